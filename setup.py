@@ -34,7 +34,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.12",
     packages=find_packages(include=["megatron_s1", "megatron_s1.*"]),
-    package_data={"megatron_s1": ["data/corpus/*", "config/presets/*.yaml"]},
+    package_data={"megatron_s1": ["data/corpus/*.jsonl", "data/corpus/tokenizer/*"]},
     ext_modules=[native_extension(n) for n in NATIVE_MODULES],
     cmdclass={"build_ext": build_ext},
     install_requires=[

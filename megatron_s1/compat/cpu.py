@@ -1,0 +1,72 @@
+"""Run Megatron-Core on CPU (gloo) by bridging its CUDA assumptions.
+
+Megatron-Core 0.19 assumes a GPU in a handful of places (stream handling in the alltoall dispatcher,
+`torch.cuda.current_device()` as a device argument, the CUDA RNG tracker, ...). On a machine without a
+GPU we patch exactly those places so the real Megatron modules, schedules, DDP and optimizer run
+unchanged. `enable()` is a no-op when CUDA is available.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+_ENABLED = False
+
+
+class _HostStream:
+    """Stands in for torch.cuda.Stream/Event: CPU work is synchronous, so every wait is immediate."""
+
+    def wait_stream(self, _other):
+        pass
+
+    def wait_event(self, _event):
+        pass
+
+    def record_event(self, _event=None):
+        return self
+
+    def synchronize(self):
+        pass
+
+    def query(self):
+        return True
+
+    def record(self, _stream=None):
+        pass
+
+
+_HOST_STREAM = _HostStream()
+
+
+def enable() -> None:
+    global _ENABLED
+    if _ENABLED or torch.cuda.is_available():
+        return
+    _ENABLED = True
+    torch.cuda.Stream = lambda *a, **k: _HOST_STREAM  # type: ignore[assignment]
+    torch.cuda.Event = lambda *a, **k: _HOST_STREAM  # type: ignore[assignment]
+    torch.cuda.current_stream = lambda *a, **k: _HOST_STREAM  # type: ignore[assignment]
+    torch.cuda.default_stream = lambda *a, **k: _HOST_STREAM  # type: ignore[assignment]
+    torch.cuda.stream = lambda *a, **k: contextlib.nullcontext()  # type: ignore[assignment]
+    torch.cuda.current_device = lambda: "cpu"  # type: ignore[assignment]
+    torch.cuda.synchronize = lambda *a, **k: None  # type: ignore[assignment]
+    torch.cuda.manual_seed = lambda *a, **k: None  # type: ignore[assignment]
+    _bridge_rng_tracker()
+
+
+def _bridge_rng_tracker() -> None:
+    """The CUDA RNG tracker forks per-TP/EP generator states. On CPU every op draws from the one default
+    generator (seeded and checkpointed by the trainer), and dropout is off, so forking is a no-op."""
+    from megatron.core.tensor_parallel import random as megatron_random
+
+    def add(self, name, seed):
+        self._is_initialized = True
+        self.states_[name] = seed
+
+    @contextlib.contextmanager
+    def fork(self, name=None):
+        yield
+
+    megatron_random.CudaRNGStatesTracker.add = add
+    megatron_random.CudaRNGStatesTracker.fork = fork

@@ -1,0 +1,260 @@
+"""Experiment configuration: dataclasses, YAML recipes and dotted command-line overrides.
+
+A recipe is a YAML file whose top-level sections mirror `ExperimentConfig`. Overrides look like
+`train.steps=20 model.num_layers=2` and are parsed as YAML scalars/lists. Every key is checked:
+a typo gets one error line with the closest valid key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import yaml
+
+from megatron_s1.models.presets import preset_fields
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration problem; the message is one line naming the problem and the fix."""
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/default"  # checkpoints/, metrics.jsonl and tensorboard/ live here
+    seed: int = 1234
+
+
+@dataclass
+class ModelConfig:
+    preset: Optional[str] = None  # fills the fields below that are not set explicitly
+    num_layers: int = 2
+    hidden_size: int = 64
+    num_attention_heads: int = 4
+    num_query_groups: int = 2
+    kv_channels: int = 16  # head_dim
+    ffn_hidden_size: int = 128
+    num_moe_experts: Optional[int] = None
+    moe_router_topk: int = 2
+    moe_ffn_hidden_size: Optional[int] = None
+    moe_norm_topk_prob: bool = True
+    moe_shared_expert_intermediate_size: Optional[int] = None
+    moe_aux_loss_coeff: float = 1e-3
+    moe_router_load_balancing_type: str = "aux_loss"
+    moe_token_dispatcher_type: str = "alltoall"  # or allgather / flex
+    moe_grouped_gemm: bool = True  # TE spec only; the local spec uses a sequential expert loop
+    vocab_size: int = 2048
+    max_position_embeddings: int = 512
+    normalization: str = "RMSNorm"
+    norm_epsilon: float = 1e-6
+    qk_layernorm: bool = True
+    rotary_base: int = 1_000_000
+    untie_embeddings_and_output_weights: bool = True
+    add_qkv_bias: bool = False
+    activation: str = "swiglu"
+    init_method_std: float = 0.02
+    spec: str = "auto"  # auto | te | local: TE when TransformerEngine + CUDA are present
+    params_dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
+    fp8: Optional[str] = None  # None | delayed | tensorwise | blockwise
+    recompute: Optional[str] = None  # None | selective | full
+
+
+@dataclass
+class ParallelConfig:
+    tensor: int = 1
+    pipeline: int = 1
+    virtual_pipeline: Optional[int] = None  # model chunks per pipeline rank (interleaved schedule)
+    expert: int = 1
+    expert_tensor: Optional[int] = None  # defaults to `tensor`
+    context: int = 1
+    sequence_parallel: bool = False  # forced on for MoE + TP
+    distributed_optimizer: str = "auto"  # auto (on with CUDA) | true | false
+    overlap_grad_reduce: bool = False
+    overlap_param_gather: bool = False
+
+
+@dataclass
+class DataConfig:
+    # Weighted blend: a list of [weight, path_prefix] pairs or plain prefixes (.bin/.idx without suffix).
+    blend: list = field(default_factory=list)
+    split: str = "98,1,1"  # train,valid,test proportions
+    tokenizer: Optional[str] = None  # HF byte-level BPE directory; default: the bundled tokenizer
+    seq_length: int = 128
+    micro_batch_size: int = 2
+    num_workers: int = 0
+    cache_dir: Optional[str] = None  # index cache for BlendedMegatronDatasetBuilder; default run.dir/data_cache
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 10
+    # Batch-size warmup on tokens (Intern-S1): [[tokens_seen, global_batch_tokens], ...]; the batch
+    # switches when consumed tokens cross a stage boundary.
+    global_batch_tokens: list = field(default_factory=lambda: [[0, 1024]])
+    log_interval: int = 1
+    eval_interval: int = 0  # 0 = no periodic eval
+    eval_iters: int = 2
+    clip_grad: float = 1.0
+    skip_grad_norm_above: Optional[float] = None  # skip (and count) steps with a larger grad norm
+    exit_signal_handling: bool = True  # SIGTERM/SIGUSR1 -> finish step, save, exit 0
+
+
+@dataclass
+class OptimizerConfig:
+    lr: float = 3e-4
+    min_lr: float = 3e-5
+    weight_decay: float = 0.1
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    # The LR schedule is defined on tokens so it stays consistent across batch-size switches.
+    warmup_tokens: int = 0
+    decay_style: str = "WSD"  # WSD | cosine | linear | constant
+    decay_tokens: Optional[int] = None  # total schedule length; default: tokens of train.steps
+    wsd_decay_tokens: Optional[int] = None  # length of the final decay phase (WSD); default 10%
+    wsd_decay_style: str = "linear"  # linear | cosine | exponential | minus_sqrt
+
+
+@dataclass
+class CheckpointConfig:
+    interval: int = 0  # 0 = only at the end and on signals
+    keep_last: int = 2
+    async_save: bool = False  # GPU only
+    resume: bool = True  # auto-resume from run.dir/checkpoints/latest
+    pretrained: Optional[str] = None  # initial weights (model only) from another checkpoint dir
+
+
+@dataclass
+class LoggingConfig:
+    tensorboard: bool = True
+    progress_bar: str = "auto"  # auto (when stdout is a terminal) | on | off
+
+
+@dataclass
+class ExperimentConfig:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _suggest(key: str, valid: typing.Iterable[str]) -> str:
+    match = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
+    return f"; did you mean {match[0]!r}?" if match else f"; valid keys: {', '.join(sorted(valid))}"
+
+
+def _coerce(value: Any, annotation: Any, dotted: str) -> Any:
+    """Check (and lightly convert) a YAML value against a dataclass field annotation."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if value is None:
+        if origin is typing.Union and type(None) in args:
+            return None
+        raise ConfigError(f"config key {dotted!r} cannot be null; give a value of type {annotation}")
+    if origin is typing.Union:  # Optional[X]
+        inner = [a for a in args if a is not type(None)][0]
+        return _coerce(value, inner, dotted)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key {dotted!r} expects true/false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise ConfigError(f"config key {dotted!r} expects an integer, got {value!r}")
+        return int(value)
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key {dotted!r} expects a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"config key {dotted!r} expects a string, got {value!r}")
+        return str(value)
+    if annotation is list or origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config key {dotted!r} expects a list, got {value!r}")
+        return value
+    return value
+
+
+def _apply(section_obj: Any, values: dict, prefix: str) -> None:
+    hints = typing.get_type_hints(type(section_obj))
+    for key, value in values.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        if key not in hints:
+            raise ConfigError(f"unknown config key {dotted!r}{_suggest(key, hints)}")
+        if dataclasses.is_dataclass(hints[key]):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config section {dotted!r} must be a mapping, got {value!r}")
+            _apply(getattr(section_obj, key), value, dotted)
+        else:
+            setattr(section_obj, key, _coerce(value, hints[key], dotted))
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """Turn ['train.steps=20', 'model.num_layers=2'] into a nested dict (values parsed as YAML)."""
+    nested: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form section.key=value (e.g. train.steps=20)")
+        dotted, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else None
+        node = nested
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return nested
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None) -> ExperimentConfig:
+    """Build an ExperimentConfig from a YAML recipe plus dotted overrides, then apply the model preset."""
+    raw: dict = {}
+    if path is not None:
+        if not os.path.exists(path):
+            raise ConfigError(f"config file {path!r} does not exist; pass an existing recipe such as "
+                              "examples/cpt/tiny_cpu.yaml")
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {path!r} must hold a mapping of sections (run:, model:, ...)")
+    raw = _merge(raw, parse_overrides(overrides or []))
+
+    cfg = ExperimentConfig()
+    model_raw = dict(raw.get("model") or {})
+    preset = model_raw.get("preset")
+    if preset is not None:
+        try:
+            preset_values = preset_fields(preset)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        # Preset first, explicit keys on top.
+        raw["model"] = {**preset_values, **model_raw}
+    _apply(cfg, raw, "")
+    return cfg
+
+
+def config_from_dict(values: dict) -> ExperimentConfig:
+    """Rebuild a resolved config (e.g. the copy stored in a checkpoint)."""
+    cfg = ExperimentConfig()
+    _apply(cfg, values, "")
+    return cfg

@@ -1,0 +1,155 @@
+"""Qwen3 / Qwen3-MoE language models (the Intern-S1 text backbones) on Megatron-Core's GPTModel.
+
+Why GPTModel and not HybridModel: see docs/design.md (HF layer <-> Megatron layer is 1:1, the local
+CPU spec works, and the HF conversion tables stay simple).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from megatron.core.models.gpt import GPTModel
+from megatron.core.transformer import TransformerConfig
+from megatron.core.transformer.transformer_block import get_num_layers_to_build
+
+from megatron_s1.config.schema import ConfigError, ExperimentConfig, ModelConfig, ParallelConfig
+from megatron_s1.models.specs import build_block_spec, resolve_spec_kind
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+_FP8_RECIPES = {"delayed": "delayed", "tensorwise": "tensorwise", "blockwise": "blockwise"}
+
+
+def resolve_params_dtype(model: ModelConfig) -> torch.dtype:
+    if model.params_dtype == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    if model.params_dtype not in _DTYPES:
+        raise ConfigError(f"model.params_dtype must be auto, fp32 or bf16, got {model.params_dtype!r}")
+    return _DTYPES[model.params_dtype]
+
+
+def validate_model_parallel(model: ModelConfig, parallel: ParallelConfig, world_size: int) -> None:
+    """Shape/layout checks that Megatron would otherwise report as assertion failures deep inside."""
+    tp, pp, cp, ep = parallel.tensor, parallel.pipeline, parallel.context, parallel.expert
+    for name, value in (("parallel.tensor", tp), ("parallel.pipeline", pp), ("parallel.context", cp),
+                        ("parallel.expert", ep)):
+        if value < 1:
+            raise ConfigError(f"{name} must be >= 1, got {value}")
+    if model.num_attention_heads % tp:
+        raise ConfigError(f"parallel.tensor={tp} does not divide model.num_attention_heads="
+                          f"{model.num_attention_heads}; choose a TP size that divides it")
+    if model.num_query_groups % tp:
+        raise ConfigError(f"parallel.tensor={tp} does not divide model.num_query_groups="
+                          f"{model.num_query_groups}; choose a TP size that divides it")
+    if model.num_attention_heads % model.num_query_groups:
+        raise ConfigError("model.num_query_groups must divide model.num_attention_heads")
+    if model.num_moe_experts is None and ep > 1:
+        raise ConfigError(f"parallel.expert={ep} needs an MoE model; set model.num_moe_experts or parallel.expert=1")
+    if model.num_moe_experts is not None and model.num_moe_experts % ep:
+        raise ConfigError(f"parallel.expert={ep} does not divide model.num_moe_experts={model.num_moe_experts}; "
+                          "choose an EP size that divides it")
+    if world_size % (tp * pp * cp):
+        raise ConfigError(f"world size {world_size} is not divisible by TPxPPxCP = {tp}x{pp}x{cp}; "
+                          "change the parallel sizes or the number of processes")
+    etp = parallel.expert_tensor or tp
+    if model.num_moe_experts is not None and world_size % (etp * ep * pp):
+        raise ConfigError(f"world size {world_size} is not divisible by ETPxEPxPP = {etp}x{ep}x{pp}; "
+                          "change the parallel sizes or the number of processes")
+    layers_per_stage = model.num_layers / (pp * (parallel.virtual_pipeline or 1))
+    if layers_per_stage != int(layers_per_stage):
+        raise ConfigError(f"model.num_layers={model.num_layers} is not divisible by pipeline x virtual stages "
+                          f"({pp}x{parallel.virtual_pipeline or 1})")
+
+
+def build_transformer_config(cfg: ExperimentConfig) -> TransformerConfig:
+    m, p = cfg.model, cfg.parallel
+    dtype = resolve_params_dtype(m)
+    on_gpu = torch.cuda.is_available()
+    is_moe = m.num_moe_experts is not None
+    if m.activation != "swiglu":
+        raise ConfigError(f"model.activation={m.activation!r} is not supported; Qwen3 uses swiglu")
+    # MoE + TP needs sequence parallel in Megatron-Core.
+    sequence_parallel = p.sequence_parallel or (is_moe and p.tensor > 1)
+    if p.tensor == 1:
+        sequence_parallel = False
+    kwargs = dict(
+        num_layers=m.num_layers,
+        hidden_size=m.hidden_size,
+        num_attention_heads=m.num_attention_heads,
+        num_query_groups=m.num_query_groups,
+        kv_channels=m.kv_channels,
+        ffn_hidden_size=m.ffn_hidden_size,
+        normalization=m.normalization,
+        layernorm_epsilon=m.norm_epsilon,
+        qk_layernorm=m.qk_layernorm,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        add_qkv_bias=m.add_qkv_bias,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        init_method_std=m.init_method_std,
+        params_dtype=dtype,
+        pipeline_dtype=dtype,
+        bf16=dtype == torch.bfloat16,
+        tensor_model_parallel_size=p.tensor,
+        pipeline_model_parallel_size=p.pipeline,
+        virtual_pipeline_model_parallel_size=p.virtual_pipeline,
+        context_parallel_size=p.context,
+        expert_model_parallel_size=p.expert,
+        expert_tensor_parallel_size=p.expert_tensor or p.tensor,
+        sequence_parallel=sequence_parallel,
+        use_cpu_initialization=not on_gpu,
+        gradient_accumulation_fusion=False,
+        bias_dropout_fusion=on_gpu,
+        masked_softmax_fusion=on_gpu,
+        apply_rope_fusion=False,
+        persist_layer_norm=False,
+        variable_seq_lengths=is_moe and p.pipeline > 1,
+    )
+    if m.recompute == "full":
+        kwargs.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
+    elif m.recompute == "selective":
+        kwargs.update(recompute_granularity="selective")
+    elif m.recompute is not None:
+        raise ConfigError(f"model.recompute must be null, selective or full, got {m.recompute!r}")
+    if is_moe:
+        kwargs.update(
+            num_moe_experts=m.num_moe_experts,
+            moe_router_topk=m.moe_router_topk,
+            moe_ffn_hidden_size=m.moe_ffn_hidden_size or m.ffn_hidden_size,
+            # norm_topk_prob=True <=> softmax over the selected top-k (Megatron's post-softmax routing).
+            moe_router_pre_softmax=not m.moe_norm_topk_prob,
+            moe_aux_loss_coeff=m.moe_aux_loss_coeff,
+            moe_router_load_balancing_type=m.moe_router_load_balancing_type,
+            moe_token_dispatcher_type=m.moe_token_dispatcher_type,
+            moe_grouped_gemm=m.moe_grouped_gemm and resolve_spec_kind(m.spec) == "te",
+            moe_shared_expert_intermediate_size=m.moe_shared_expert_intermediate_size,
+            moe_router_dtype="fp32",
+        )
+    if m.fp8 is not None:
+        if m.fp8 not in _FP8_RECIPES:
+            raise ConfigError(f"model.fp8 must be null, delayed, tensorwise or blockwise, got {m.fp8!r}")
+        if resolve_spec_kind(m.spec) != "te":
+            raise ConfigError("model.fp8 needs the TransformerEngine spec (a CUDA GPU with TE installed)")
+        kwargs.update(fp8="e4m3" if m.fp8 == "blockwise" else "hybrid", fp8_recipe=_FP8_RECIPES[m.fp8])
+    return TransformerConfig(**kwargs)
+
+
+def build_language_model(cfg: ExperimentConfig, config: TransformerConfig, pre_process: bool,
+                         post_process: bool, vp_stage=None) -> GPTModel:
+    """Model provider for one pipeline stage (or virtual stage)."""
+    kind = resolve_spec_kind(cfg.model.spec)
+    num_local_layers = get_num_layers_to_build(config, vp_stage=vp_stage)
+    spec = build_block_spec(kind, cfg.model.num_moe_experts, cfg.model.qk_layernorm, config.moe_grouped_gemm,
+                            num_local_layers)
+    return GPTModel(
+        config=config,
+        transformer_layer_spec=spec,
+        vocab_size=cfg.model.vocab_size,
+        max_sequence_length=cfg.model.max_position_embeddings,
+        pre_process=pre_process,
+        post_process=post_process,
+        share_embeddings_and_output_weights=not cfg.model.untie_embeddings_and_output_weights,
+        position_embedding_type="rope",
+        rotary_base=cfg.model.rotary_base,
+        vp_stage=vp_stage,
+    )

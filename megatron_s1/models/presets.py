@@ -1,0 +1,101 @@
+"""Architecture presets: the published shapes of the Intern-S1 text backbones and tiny CPU variants.
+
+A preset fills `model.*` config fields; anything set explicitly in a recipe or on the command line wins.
+Numbers come from the released HF configs (Qwen3-MoE 235B-A22B for Intern-S1, Qwen3-8B for
+Intern-S1-mini, Qwen3-30B-A3B).
+"""
+from __future__ import annotations
+
+# Fields shared by every Qwen3-family backbone.
+_QWEN3 = dict(
+    kv_channels=128,
+    normalization="RMSNorm",
+    norm_epsilon=1e-6,
+    qk_layernorm=True,
+    rotary_base=1_000_000,
+    untie_embeddings_and_output_weights=True,
+    add_qkv_bias=False,
+    activation="swiglu",
+)
+
+PRESETS: dict[str, dict] = {
+    # Intern-S1 text backbone = Qwen3-MoE 235B-A22B.
+    "intern-s1": dict(
+        _QWEN3,
+        num_layers=94,
+        hidden_size=4096,
+        num_attention_heads=64,
+        num_query_groups=4,
+        ffn_hidden_size=12288,
+        num_moe_experts=128,
+        moe_router_topk=8,
+        moe_ffn_hidden_size=1536,
+        moe_norm_topk_prob=True,
+        moe_shared_expert_intermediate_size=None,
+        vocab_size=153216,
+        max_position_embeddings=40960,
+    ),
+    # Intern-S1-mini text backbone = Qwen3-8B (dense).
+    "intern-s1-mini": dict(
+        _QWEN3,
+        num_layers=36,
+        hidden_size=4096,
+        num_attention_heads=32,
+        num_query_groups=8,
+        ffn_hidden_size=12288,
+        num_moe_experts=None,
+        vocab_size=153216,
+        max_position_embeddings=40960,
+    ),
+    "qwen3-30b-a3b": dict(
+        _QWEN3,
+        num_layers=48,
+        hidden_size=2048,
+        num_attention_heads=32,
+        num_query_groups=4,
+        ffn_hidden_size=6144,
+        num_moe_experts=128,
+        moe_router_topk=8,
+        moe_ffn_hidden_size=768,
+        moe_norm_topk_prob=True,
+        vocab_size=151936,
+        max_position_embeddings=40960,
+    ),
+    # CPU-sized variants with the same structure (GQA, QK-norm, untied embeddings).
+    "tiny-dense": dict(
+        _QWEN3,
+        num_layers=2,
+        hidden_size=64,
+        num_attention_heads=4,
+        num_query_groups=2,
+        kv_channels=16,
+        ffn_hidden_size=128,
+        num_moe_experts=None,
+        vocab_size=2048,
+        max_position_embeddings=512,
+        rotary_base=10_000,
+    ),
+    "tiny-moe": dict(
+        _QWEN3,
+        num_layers=2,
+        hidden_size=64,
+        num_attention_heads=4,
+        num_query_groups=2,
+        kv_channels=16,
+        ffn_hidden_size=128,
+        num_moe_experts=4,
+        moe_router_topk=2,
+        moe_ffn_hidden_size=64,
+        moe_norm_topk_prob=True,
+        vocab_size=2048,
+        max_position_embeddings=512,
+        rotary_base=10_000,
+    ),
+}
+
+
+def preset_fields(name: str) -> dict:
+    """Return a copy of a preset's fields, or raise with the list of known presets."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; choose one of: {', '.join(sorted(PRESETS))}")
+    return dict(PRESETS[name])
