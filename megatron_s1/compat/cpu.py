@@ -52,7 +52,30 @@ def enable() -> None:
     torch.cuda.current_device = lambda: "cpu"  # type: ignore[assignment]
     torch.cuda.synchronize = lambda *a, **k: None  # type: ignore[assignment]
     torch.cuda.manual_seed = lambda *a, **k: None  # type: ignore[assignment]
+    _bridge_factories()
     _bridge_rng_tracker()
+
+
+def _host_device(device):
+    if device is None:
+        return None
+    kind = device.type if isinstance(device, torch.device) else str(device)
+    return "cpu" if kind.startswith("cuda") else device
+
+
+def _bridge_factories() -> None:
+    """`device='cuda'` in factory calls and `tensor.cuda()` land on the host instead."""
+    for name in ("tensor", "zeros", "ones", "empty", "full", "arange", "randn", "rand", "randint",
+                 "zeros_like", "ones_like", "empty_like", "full_like", "as_tensor"):
+        original = getattr(torch, name)
+
+        def factory(*args, __original=original, **kwargs):
+            if "device" in kwargs:
+                kwargs["device"] = _host_device(kwargs["device"])
+            return __original(*args, **kwargs)
+
+        setattr(torch, name, factory)
+    torch.Tensor.cuda = lambda self, *a, **k: self  # type: ignore[assignment]
 
 
 def _bridge_rng_tracker() -> None:

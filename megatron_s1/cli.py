@@ -1,0 +1,126 @@
+"""`megatron-s1 <command>`: one entry point for every stage.
+
+Run `megatron-s1 <command> --help` for the options of each command. Multi-process runs go through
+torchrun (or srun): `torchrun --nproc-per-node 2 -m megatron_s1.cli train --config ...`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+OVERRIDES_HELP = ("dotted config overrides, e.g. train.steps=20 model.num_layers=2 parallel.tensor=2 "
+                  "(values parsed as YAML; unknown keys are rejected with a suggestion)")
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", help="YAML recipe, e.g. examples/cpt/tiny_cpu.yaml; without it the "
+                        "built-in defaults (tiny model, bundled tokenizer) are used")
+    parser.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+
+
+def _cmd_train(args) -> int:
+    from megatron_s1.config import load_config
+    from megatron_s1.training.loop import train
+
+    cfg = load_config(args.config, args.overrides)
+    result = train(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({"result": result}), flush=True)
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from megatron_s1.config import load_config
+    from megatron_s1.training.loop import Trainer
+
+    overrides = list(args.overrides) + ["checkpoint.resume=true"]
+    cfg = load_config(args.config, overrides)
+    trainer = Trainer(cfg)
+    trainer._maybe_resume()
+    if trainer._resumed_from is None:
+        raise SystemExit(f"error: no checkpoint under {cfg.run.dir}/checkpoints; train first or set run.dir")
+    trainer.train_ds, trainer.valid_ds, _ = trainer._datasets()
+    loss = trainer.evaluate()
+    if trainer.env.is_main:
+        print(json.dumps({"step": trainer.state["step"], "valid_loss": loss}), flush=True)
+    return 0
+
+
+def _cmd_preprocess(args) -> int:
+    from megatron_s1.data.preprocess import preprocess
+
+    stats = preprocess(args.input, args.output_prefix, args.tokenizer, args.json_key, args.workers,
+                       progress=not args.quiet)
+    print(f"wrote {args.output_prefix}.bin/.idx: {stats['documents']} documents, {stats['tokens']} tokens, "
+          f"{stats['mb_per_s']:.2f} MB/s, {stats['tokens_per_s']:.0f} tokens/s")
+    return 0
+
+
+def _cmd_config(args) -> int:
+    import yaml
+
+    from megatron_s1.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="megatron-s1", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="<command>")
+
+    p = sub.add_parser("train", help="train a model from a YAML recipe (auto-resumes from run.dir)",
+                       description="Train from a recipe. Writes run.dir/{checkpoints,metrics.jsonl,tensorboard}; "
+                       "resumes from run.dir/checkpoints/latest when present. SIGTERM/SIGUSR1 save and exit 0.")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="validation loss of the latest checkpoint in run.dir",
+                       description="Load run.dir/checkpoints/latest and report the validation loss "
+                       "(train.eval_iters global batches of the validation split).")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("preprocess", help="tokenise jsonl into a Megatron .bin/.idx dataset",
+                       description="Tokenise a jsonl file (one JSON object per line) into PREFIX.bin/PREFIX.idx "
+                       "with one end-of-document token per document.")
+    p.add_argument("--input", required=True, help="input .jsonl file")
+    p.add_argument("--output-prefix", required=True, help="output path without suffix (writes .bin and .idx)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the bundled demo tokenizer)")
+    p.add_argument("--json-key", default="text", help="field holding the document text (default: text)")
+    p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1),
+                   help="tokeniser processes (default: CPU count - 1)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_preprocess)
+
+    p = sub.add_parser("config", help="print the fully resolved config of a recipe + overrides",
+                       description="Resolve a recipe (preset, file, overrides) and print it as YAML.")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_config)
+
+    try:
+        from megatron_s1.tokenizer.cli import register as register_tokenizer
+    except ImportError:
+        register_tokenizer = None
+    if register_tokenizer is not None:
+        register_tokenizer(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    from megatron_s1.config.schema import ConfigError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

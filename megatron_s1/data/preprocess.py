@@ -1,0 +1,117 @@
+"""jsonl -> Megatron IndexedDataset (.bin/.idx), tokenised in parallel worker processes.
+
+Each input line is a JSON object; the text is read from `--json-key` (default "text") and one
+end-of-document token is appended per document.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+from typing import Iterator, Optional
+
+import numpy as np
+from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+from megatron_s1.tokenizer import load_tokenizer
+
+_WORKER_TOKENIZER = None
+_CHUNK_LINES = 256
+
+
+def _init_worker(tokenizer_dir: Optional[str]) -> None:
+    global _WORKER_TOKENIZER
+    _WORKER_TOKENIZER = load_tokenizer(tokenizer_dir)
+
+
+def _tokenize_chunk(args: tuple[list[str], str, int]) -> tuple[list[np.ndarray], int, int]:
+    lines, json_key, first_line_number = args
+    tokenizer = _WORKER_TOKENIZER
+    texts = []
+    for offset, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"line {first_line_number + offset}: not valid JSON ({err.msg}); "
+                             "each line must be one JSON object") from None
+        if json_key not in record:
+            raise ValueError(f"line {first_line_number + offset}: no {json_key!r} field; pass --json-key "
+                             f"with one of {sorted(record)}")
+        texts.append(record[json_key])
+    encoded = tokenizer.encode_batch(texts)
+    docs = [np.asarray(ids + [tokenizer.eod_id], dtype=np.int32) for ids in encoded]
+    return docs, sum(len(t.encode("utf-8")) for t in texts), len(texts)
+
+
+def _chunks(path: str, json_key: str) -> Iterator[tuple[list[str], str, int]]:
+    batch: list[str] = []
+    first = 1
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            if not batch:
+                first = number
+            batch.append(line)
+            if len(batch) == _CHUNK_LINES:
+                yield batch, json_key, first
+                batch = []
+    if batch:
+        yield batch, json_key, first
+
+
+def token_dtype(vocab_size: int):
+    return np.uint16 if vocab_size <= 65536 else np.int32
+
+
+def preprocess(input_path: str, output_prefix: str, tokenizer_dir: Optional[str] = None, json_key: str = "text",
+               workers: int = 1, progress: bool = True) -> dict:
+    """Tokenise `input_path` into `output_prefix`.bin/.idx; returns counts and throughput."""
+    if not os.path.exists(input_path):
+        raise FileNotFoundError(f"input {input_path!r} does not exist; pass a jsonl file with --input")
+    tokenizer = load_tokenizer(tokenizer_dir)
+    os.makedirs(os.path.dirname(os.path.abspath(output_prefix)), exist_ok=True)
+    # Write under temporary names and rename at the end: a crash never leaves a valid-looking pair.
+    tmp_bin, tmp_idx = output_prefix + ".bin.tmp", output_prefix + ".idx.tmp"
+    builder = IndexedDatasetBuilder(tmp_bin, dtype=token_dtype(tokenizer.vocab_size))
+    total_bytes = total_docs = total_tokens = 0
+    start = time.perf_counter()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=os.path.getsize(input_path), unit="B", unit_scale=True, desc="preprocess",
+                   file=sys.stderr, disable=None)
+    pool = mp.get_context("spawn").Pool(workers, _init_worker, (tokenizer_dir,)) if workers > 1 else None
+    try:
+        if pool is None:
+            _init_worker(tokenizer_dir)
+            results = map(_tokenize_chunk, _chunks(input_path, json_key))
+        else:
+            results = pool.imap(_tokenize_chunk, _chunks(input_path, json_key), chunksize=4)
+        for docs, nbytes, ndocs in results:
+            for doc in docs:
+                builder.add_document(doc, [len(doc)])
+                total_tokens += len(doc)
+            total_bytes += nbytes
+            total_docs += ndocs
+            if bar is not None:
+                bar.update(nbytes)
+        builder.finalize(tmp_idx)
+    except BaseException:
+        for p in (tmp_bin, tmp_idx):
+            if os.path.exists(p):
+                os.remove(p)
+        raise
+    finally:
+        if pool is not None:
+            pool.terminate()
+        if bar is not None:
+            bar.close()
+    os.replace(tmp_bin, output_prefix + ".bin")
+    os.replace(tmp_idx, output_prefix + ".idx")
+    elapsed = time.perf_counter() - start
+    return {"documents": total_docs, "tokens": total_tokens, "bytes": total_bytes, "seconds": elapsed,
+            "mb_per_s": total_bytes / 1e6 / max(elapsed, 1e-9), "tokens_per_s": total_tokens / max(elapsed, 1e-9)}

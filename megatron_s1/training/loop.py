@@ -1,0 +1,363 @@
+"""The training loop: Megatron-Core model, DDP, optimizer and pipeline schedules, driven by our own loop.
+
+(`megatron.training` asserts CUDA, so it cannot be the CPU path; everything below runs on CPU with gloo
+and on GPUs with NCCL unchanged.)
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from functools import partial
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+from megatron.core.optimizer import OptimizerConfig as MegatronOptimizerConfig
+from megatron.core.optimizer import get_megatron_optimizer
+from megatron.core.pipeline_parallel import get_forward_backward_func
+from megatron.core.transformer.enums import ModelType
+from megatron.core.transformer.moe.router import TopKRouter
+
+from megatron_s1.config.schema import ConfigError, ExperimentConfig
+from megatron_s1.data.datasets import build_gpt_datasets, microbatches
+from megatron_s1.models.language import build_language_model, build_transformer_config, validate_model_parallel
+from megatron_s1.models.specs import resolve_spec_kind
+from megatron_s1.tokenizer import load_tokenizer
+from megatron_s1.training import flops
+from megatron_s1.training.checkpointing import (Checkpointer, _uses_distributed_optimizer, find_latest,
+                                                install_exit_signal_handlers, resolve_checkpoint_dir, checkpoint_root)
+from megatron_s1.training.distributed import (all_reduce_max_flag, init_distributed, initialize_model_parallel,
+                                              seed_everything)
+from megatron_s1.training.metrics import MetricsLogger, expert_imbalance, memory_peak_gb
+from megatron_s1.training.schedules import BatchSizeSchedule, build_lr_scheduler
+
+
+def masked_token_loss(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
+    """Sum of per-token cross-entropy over unmasked tokens, with the token count.
+
+    Megatron's per-token-loss mode divides gradients by the global token count (all micro-batches, all
+    DP ranks), so every token weighs the same however the batch is split.
+    """
+    losses = output_tensor.float().reshape(-1)
+    mask = loss_mask.float().reshape(-1)
+    loss_sum = torch.sum(losses * mask)
+    num_tokens = mask.sum().to(torch.int)
+    return loss_sum, num_tokens, {"lm loss": torch.stack([loss_sum.detach(), mask.sum()])}
+
+
+class Trainer:
+    def __init__(self, cfg: ExperimentConfig):
+        self.cfg = cfg
+        self.env = init_distributed()
+        validate_model_parallel(cfg.model, cfg.parallel, self.env.world_size)
+        initialize_model_parallel(cfg)
+        seed_everything(cfg.run.seed)
+        self.dp_size = parallel_state.get_data_parallel_world_size()
+        self.dp_rank = parallel_state.get_data_parallel_rank()
+        self.tokenizer = load_tokenizer(cfg.data.tokenizer)
+        if self.tokenizer.vocab_size > cfg.model.vocab_size:
+            raise ConfigError(f"tokenizer has {self.tokenizer.vocab_size} tokens but model.vocab_size is "
+                              f"{cfg.model.vocab_size}; set model.vocab_size >= {self.tokenizer.vocab_size}")
+        if cfg.data.seq_length > cfg.model.max_position_embeddings:
+            raise ConfigError(f"data.seq_length={cfg.data.seq_length} exceeds model.max_position_embeddings="
+                              f"{cfg.model.max_position_embeddings}")
+        self.batch_schedule = BatchSizeSchedule(cfg.train.global_batch_tokens, cfg.data.seq_length,
+                                                cfg.data.micro_batch_size, self.dp_size)
+        self.total_tokens = self.batch_schedule.tokens_after_steps(cfg.train.steps)
+
+        self.tconfig = build_transformer_config(cfg)
+        self.tconfig.calculate_per_token_loss = True
+        self.model = self._build_model()
+        self.optimizer = get_megatron_optimizer(self._optimizer_config(), self.model)
+        self.scheduler = build_lr_scheduler(cfg, self.optimizer, self.total_tokens)
+        self.tconfig.grad_scale_func = self.optimizer.scale_loss
+        self.tconfig.finalize_model_grads_func = finalize_model_grads
+        if cfg.parallel.overlap_grad_reduce:
+            self.tconfig.no_sync_func = [m.no_sync for m in self.model]
+            if len(self.model) == 1:
+                self.tconfig.no_sync_func = self.tconfig.no_sync_func[0]
+            self.tconfig.grad_sync_func = [m.start_grad_sync for m in self.model]
+            if len(self.model) == 1:
+                self.tconfig.grad_sync_func = self.tconfig.grad_sync_func[0]
+        self.checkpointer = Checkpointer(cfg, self.model, self.optimizer, self.scheduler)
+        self.state = {"step": 0, "consumed_tokens": 0, "consumed_samples": 0, "skipped_steps": 0}
+        self._router_counts: dict[int, torch.Tensor] = {}
+        self._install_router_hooks()
+        self._signal: Optional[int] = None
+        self._flops_per_token = flops.training_flops_per_token(cfg.model, cfg.data.seq_length)
+        self._peak = None
+        if torch.cuda.is_available():
+            precision = "fp8" if cfg.model.fp8 else "bf16"
+            self._peak = flops.peak_tflops(torch.cuda.get_device_name(), precision)
+
+    # ------------------------------------------------------------------ setup
+    def _build_model(self) -> list:
+        cfg, vpp = self.cfg, self.cfg.parallel.virtual_pipeline
+        stages = list(range(vpp)) if (vpp and cfg.parallel.pipeline > 1) else [None]
+        chunks = []
+        for vp_stage in stages:
+            ignore_virtual = vp_stage is None
+            pre = parallel_state.is_pipeline_first_stage(ignore_virtual=ignore_virtual, vp_stage=vp_stage)
+            post = parallel_state.is_pipeline_last_stage(ignore_virtual=ignore_virtual, vp_stage=vp_stage)
+            model = build_language_model(cfg, self.tconfig, pre, post, vp_stage=vp_stage)
+            model.model_type = ModelType.encoder_or_decoder
+            chunks.append(model.to(self.env.device))
+        ddp_config = DistributedDataParallelConfig(
+            grad_reduce_in_fp32=True,
+            overlap_grad_reduce=cfg.parallel.overlap_grad_reduce,
+            overlap_param_gather=cfg.parallel.overlap_param_gather,
+            use_distributed_optimizer=_uses_distributed_optimizer(cfg),
+            check_for_nan_in_grad=False,
+        )
+        return [DistributedDataParallel(config=self.tconfig, ddp_config=ddp_config, module=chunk,
+                                        disable_bucketing=i > 0) for i, chunk in enumerate(chunks)]
+
+    def _optimizer_config(self) -> MegatronOptimizerConfig:
+        o = self.cfg.optimizer
+        return MegatronOptimizerConfig(
+            optimizer="adam", lr=o.lr, min_lr=o.min_lr, weight_decay=o.weight_decay, adam_beta1=o.adam_beta1,
+            adam_beta2=o.adam_beta2, adam_eps=o.adam_eps, clip_grad=self.cfg.train.clip_grad,
+            bf16=self.tconfig.bf16, params_dtype=self.tconfig.params_dtype,
+            use_distributed_optimizer=_uses_distributed_optimizer(self.cfg),
+        )
+
+    def _install_router_hooks(self) -> None:
+        """Count tokens routed to each expert per layer, for the load-imbalance metric."""
+        for chunk in self.model:
+            for module in chunk.modules():
+                if isinstance(module, TopKRouter):
+                    layer = module.layer_number - 1  # global layer index
+
+                    def hook(_mod, _inp, out, layer=layer):
+                        routing_map = out[1]
+                        counts = routing_map.sum(dim=0).detach().float()
+                        prev = self._router_counts.get(layer)
+                        self._router_counts[layer] = counts if prev is None else prev + counts
+
+                    module.register_forward_hook(hook)
+
+    def _datasets(self):
+        cfg = self.cfg
+        gbs_max = max(s.global_batch_tokens for s in self.batch_schedule.stages) // cfg.data.seq_length
+        train_samples = self.total_tokens // cfg.data.seq_length
+        evals = cfg.train.steps // cfg.train.eval_interval + 1 if cfg.train.eval_interval else 1
+        valid_samples = cfg.train.eval_iters * gbs_max * evals
+        cache = cfg.data.cache_dir or os.path.join(cfg.run.dir, "data_cache")
+        # Without TE the local attention needs an explicit causal mask.
+        needs_mask = resolve_spec_kind(cfg.model.spec) == "local"
+        return build_gpt_datasets(cfg.data, cfg.run.seed, self.tokenizer.vocab_size, self.tokenizer.eod_id,
+                                  [train_samples, valid_samples, 0], cache, needs_mask)
+
+    # ------------------------------------------------------------------ steps
+    def _forward_step(self, data_iterator, model):
+        batch = next(data_iterator)
+        device = self.env.device
+        tokens = batch["tokens"].to(device, non_blocking=True)
+        labels = batch["labels"].to(device, non_blocking=True)
+        position_ids = batch["position_ids"].to(device, non_blocking=True)
+        mask = batch.get("attention_mask")
+        if mask is not None:
+            mask = mask.to(device, non_blocking=True)
+            if mask.dim() == 3:
+                mask = mask.unsqueeze(1)
+        output = model(tokens, position_ids, mask, labels=labels)
+        return output, partial(masked_token_loss, batch["loss_mask"].to(device))
+
+    def _run_schedule(self, dataset, first_sample: int, global_batch: int, forward_only: bool):
+        cfg = self.cfg
+        num_micro = global_batch // (cfg.data.micro_batch_size * self.dp_size)
+        make = lambda: microbatches(dataset, first_sample, global_batch, self.dp_rank, self.dp_size,  # noqa: E731
+                                    cfg.data.micro_batch_size)
+        iterators = [make() for _ in self.model] if len(self.model) > 1 else make()
+        losses = get_forward_backward_func()(
+            forward_step_func=self._forward_step,
+            data_iterator=iterators,
+            model=self.model if len(self.model) > 1 else self.model[0],
+            num_microbatches=num_micro,
+            seq_length=cfg.data.seq_length,
+            micro_batch_size=cfg.data.micro_batch_size,
+            forward_only=forward_only,
+        )
+        # Loss lives on the last pipeline stage; a world all-reduce brings it to every rank (TP/CP copies
+        # scale numerator and denominator alike).
+        total = torch.zeros(2, device=self.env.device)
+        for item in losses:
+            total += item["lm loss"].to(total.device)
+        dist.all_reduce(total)
+        return (total[0] / total[1].clamp_min(1)).item()
+
+    def _optimizer_step(self):
+        """Step unless the grad norm is NaN/Inf or above the skip threshold; returns (stepped, grad_norm)."""
+        opt = self.optimizer
+        if opt.prepare_grads():  # loss-scaler overflow
+            return False, float("nan")
+        grad_norm = float(opt.get_grad_norm())
+        threshold = self.cfg.train.skip_grad_norm_above
+        if not math.isfinite(grad_norm) or (threshold is not None and grad_norm > threshold):
+            return False, grad_norm
+        clip = self.cfg.train.clip_grad
+        coeff = clip / (grad_norm + 1e-6)
+        if clip > 0 and coeff < 1.0:
+            grads = []
+            for sub in getattr(opt, "chained_optimizers", [opt]):
+                decoupled = sub.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8
+                for p in sub.get_parameters():
+                    g = getattr(p, "decoupled_grad", None) if decoupled else p.grad
+                    if g is not None:
+                        grads.append(g)
+            torch._foreach_mul_(grads, coeff)
+        return bool(opt.step_with_ready_grads()), grad_norm
+
+    def _moe_metrics(self, num_microbatches: int) -> dict:
+        out = {}
+        if self.cfg.model.num_moe_experts is None:
+            return out
+        from megatron.core.transformer.moe.moe_logging import get_moe_metrics_tracker
+
+        totals: dict = {}
+        get_moe_metrics_tracker().report(loss_scale=1.0 / num_microbatches, iteration=self.state["step"], total_loss_dict=totals,
+                                         force_initialize=True, track_names=["load_balancing_loss"],
+                                         num_layers=self.cfg.model.num_layers)
+        if "load_balancing_loss" in totals:
+            out["moe_aux_loss"] = float(totals["load_balancing_loss"])
+        counts = torch.zeros(self.cfg.model.num_layers, self.cfg.model.num_moe_experts, device=self.env.device)
+        for layer, c in self._router_counts.items():
+            counts[layer] += c.to(counts.device)
+        self._router_counts.clear()
+        dist.all_reduce(counts)
+        imbalance = expert_imbalance(counts)
+        out["expert_imbalance"] = [round(x, 4) for x in imbalance]
+        out["expert_imbalance_max"] = max(imbalance)
+        return out
+
+    def train_step(self) -> dict:
+        consumed = self.state["consumed_tokens"]
+        global_batch = self.batch_schedule.global_batch_size(consumed)
+        for chunk in self.model:
+            chunk.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        loss = self._run_schedule(self.train_ds, self.state["consumed_samples"], global_batch, forward_only=False)
+        stepped, grad_norm = self._optimizer_step()
+        if not math.isfinite(loss):
+            stepped = False  # the update already happened only if grads were finite; count the step as skipped
+        batch_tokens = global_batch * self.cfg.data.seq_length
+        self.scheduler.step(increment=batch_tokens)
+        self.state["step"] += 1
+        self.state["consumed_tokens"] += batch_tokens
+        self.state["consumed_samples"] += global_batch
+        if not stepped:
+            self.state["skipped_steps"] += 1
+        return {"loss": loss, "grad_norm": grad_norm, "global_batch_tokens": batch_tokens,
+                "lr": self.optimizer.param_groups[0]["lr"], "stepped": stepped,
+                "num_microbatches": global_batch // (self.cfg.data.micro_batch_size * self.dp_size)}
+
+    def evaluate(self) -> float:
+        cfg = self.cfg
+        global_batch = self.batch_schedule.global_batch_size(self.state["consumed_tokens"])
+        for chunk in self.model:
+            chunk.eval()
+        losses = []
+        with torch.no_grad():
+            for i in range(cfg.train.eval_iters):
+                losses.append(self._run_schedule(self.valid_ds, i * global_batch, global_batch, forward_only=True))
+        for chunk in self.model:
+            chunk.train()
+        return sum(losses) / len(losses)
+
+    # ------------------------------------------------------------------ main
+    def _maybe_resume(self, log: MetricsLogger | None = None) -> None:
+        cfg = self.cfg
+        latest = find_latest(checkpoint_root(cfg)) if cfg.checkpoint.resume else None
+        if latest is not None:
+            saved = self.checkpointer.load(latest)
+            for key in self.state:
+                self.state[key] = saved[key]
+            self._resumed_from = latest
+        elif cfg.checkpoint.pretrained:
+            self.checkpointer.load(resolve_checkpoint_dir(cfg.checkpoint.pretrained), model_only=True)
+            self._resumed_from = None
+        else:
+            self._resumed_from = None
+
+    def _on_signal(self, signum: int) -> None:
+        self._signal = signum
+
+    def save(self) -> str:
+        return self.checkpointer.save(dict(self.state))
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        self._maybe_resume()
+        self.train_ds, self.valid_ds, _ = self._datasets()
+        if self.train_ds is None:
+            raise ConfigError("the train split is empty; give data.split a non-zero first entry (e.g. 98,1,1)")
+        log = MetricsLogger(cfg.run.dir, self.env.is_main, cfg.logging.tensorboard, cfg.logging.progress_bar,
+                            cfg.train.steps, self.state["step"])
+        if self._resumed_from:
+            log.event(f"resumed from {self._resumed_from} at step {self.state['step']} "
+                      f"({self.state['consumed_tokens']} tokens)")
+        if cfg.train.exit_signal_handling:
+            install_exit_signal_handlers(self._on_signal)
+        last_eval, last_eval_step = None, None
+        exit_reason = "completed"
+        interval_start = time.perf_counter()
+        interval_tokens = 0
+        stage = self.batch_schedule.stage_index(self.state["consumed_tokens"])
+        try:
+            while self.state["step"] < cfg.train.steps:
+                new_stage = self.batch_schedule.stage_index(self.state["consumed_tokens"])
+                if new_stage != stage:
+                    log.event(f"batch size switch at step {self.state['step'] + 1} "
+                              f"({self.state['consumed_tokens']} tokens seen): "
+                              f"{self.batch_schedule.stages[stage].global_batch_tokens} -> "
+                              f"{self.batch_schedule.stages[new_stage].global_batch_tokens} tokens per step")
+                    stage = new_stage
+                result = self.train_step()
+                interval_tokens += result["global_batch_tokens"]
+                step = self.state["step"]
+                moe = self._moe_metrics(result["num_microbatches"])
+                if step % cfg.train.log_interval == 0 or step == cfg.train.steps:
+                    elapsed = time.perf_counter() - interval_start
+                    tokens_per_s = interval_tokens / max(elapsed, 1e-9)
+                    tflops = self._flops_per_token * tokens_per_s / self.env.world_size / 1e12
+                    record = {
+                        "step": step, "consumed_tokens": self.state["consumed_tokens"], "loss": result["loss"],
+                        "lr": result["lr"], "grad_norm": result["grad_norm"], "tokens_per_s": tokens_per_s,
+                        "tflops_per_gpu": tflops, "mfu": tflops / self._peak if self._peak else None,
+                        "peak_mem_gb": memory_peak_gb(), "skipped_steps": self.state["skipped_steps"],
+                        "global_batch_tokens": result["global_batch_tokens"], **moe,
+                    }
+                    log.log(record)
+                    interval_tokens = 0
+                if cfg.train.eval_interval and step % cfg.train.eval_interval == 0 and self.valid_ds is not None:
+                    last_eval, last_eval_step = self.evaluate(), step
+                    log.log({"step": step, "loss": last_eval}, kind="valid")
+                log.advance()
+                if cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0 and step < cfg.train.steps:
+                    path = self.checkpointer.save(dict(self.state))
+                    log.event(f"saved checkpoint {path}")
+                self.checkpointer.finalize_pending()
+                if interval_tokens == 0:  # eval and checkpoint time stay out of tokens/s
+                    interval_start = time.perf_counter()
+                if cfg.train.exit_signal_handling and all_reduce_max_flag(self._signal is not None,
+                                                                           self.env.device):
+                    exit_reason = "signal"
+                    break
+            if exit_reason == "signal" or self.state["step"] == cfg.train.steps:
+                path = self.checkpointer.save(dict(self.state), blocking=True)
+                log.event(f"saved checkpoint {path}" + (" after exit signal" if exit_reason == "signal" else ""))
+            if (exit_reason == "completed" and self.valid_ds is not None and cfg.train.eval_iters > 0
+                    and last_eval_step != self.state["step"]):
+                last_eval = self.evaluate()
+                log.log({"step": self.state["step"], "loss": last_eval}, kind="valid")
+        finally:
+            self.checkpointer.close()
+            log.close()
+        return {"exit_reason": exit_reason, "valid_loss": last_eval, **self.state}
+
+
+def train(cfg: ExperimentConfig) -> dict:
+    return Trainer(cfg).run()

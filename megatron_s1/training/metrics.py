@@ -1,0 +1,109 @@
+"""Per-step metrics: console line, metrics.jsonl, TensorBoard, and a progress bar on terminals."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from typing import Optional
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
+            return f"{value:.3e}"
+        return f"{value:.4f}"
+    return str(value)
+
+
+class MetricsLogger:
+    """Only rank 0 writes. `metrics.jsonl` gets one JSON object per logged step (append-only, so a resumed
+    run continues the same file; entries for steps re-run after a crash are dropped on resume)."""
+
+    CONSOLE_KEYS = ("step", "consumed_tokens", "loss", "lr", "grad_norm", "tokens_per_s", "tflops_per_gpu",
+                    "mfu", "peak_mem_gb", "skipped_steps", "moe_aux_loss", "expert_imbalance_max")
+
+    def __init__(self, run_dir: str, enabled: bool, tensorboard: bool, progress_bar: str, total_steps: int,
+                 start_step: int):
+        self.enabled = enabled
+        self.path = os.path.join(run_dir, "metrics.jsonl")
+        self.writer = None
+        self.bar = None
+        if not enabled:
+            return
+        os.makedirs(run_dir, exist_ok=True)
+        self._truncate_after(start_step)
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(os.path.join(run_dir, "tensorboard"), purge_step=start_step + 1)
+        show_bar = progress_bar == "on" or (progress_bar == "auto" and sys.stdout.isatty())
+        if show_bar:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
+
+    def _truncate_after(self, step: int) -> None:
+        """Drop records of steps after the resume point (they are recomputed, identically)."""
+        if not os.path.exists(self.path):
+            return
+        with open(self.path, encoding="utf-8") as f:
+            kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+        tmp = self.path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(kept)
+        os.replace(tmp, self.path)
+
+    def log(self, record: dict, kind: str = "train") -> None:
+        if not self.enabled:
+            return
+        record = {k: v for k, v in record.items() if v is not None}
+        if kind == "train":
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+                    self.writer.add_scalar(f"{kind}/{key}", value, record["step"])
+            self.writer.flush()
+        keys = self.CONSOLE_KEYS if kind == "train" else tuple(record)
+        line = f"[{kind}] " + " | ".join(f"{k} {_fmt(record[k])}" for k in keys if k in record)
+        if self.bar is not None:
+            self.bar.write(line)
+        else:
+            print(line, flush=True)
+
+    def advance(self, steps: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(steps)
+
+    def event(self, message: str) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(message)
+        else:
+            print(message, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def expert_imbalance(tokens_per_expert) -> list[float]:
+    """max/mean of tokens routed to each expert, per layer (1.0 = perfectly balanced)."""
+    counts = tokens_per_expert.float()
+    means = counts.mean(dim=-1).clamp_min(1e-9)
+    return (counts.max(dim=-1).values / means).tolist()
+
+
+def memory_peak_gb() -> Optional[float]:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is KiB on Linux
