@@ -54,6 +54,23 @@ def enable() -> None:
     torch.cuda.manual_seed = lambda *a, **k: None  # type: ignore[assignment]
     _bridge_factories()
     _bridge_rng_tracker()
+    _bridge_all_to_all()
+
+
+def _bridge_all_to_all() -> None:
+    """The alltoall dispatcher passes split sizes as numpy arrays; gloo's binding wants Python lists."""
+    import torch.distributed as dist
+
+    original = dist.all_to_all_single
+
+    def all_to_all_single(output, input, output_split_sizes=None, input_split_sizes=None, *args, **kwargs):
+        if output_split_sizes is not None:
+            output_split_sizes = [int(x) for x in output_split_sizes]
+        if input_split_sizes is not None:
+            input_split_sizes = [int(x) for x in input_split_sizes]
+        return original(output, input, output_split_sizes, input_split_sizes, *args, **kwargs)
+
+    dist.all_to_all_single = all_to_all_single
 
 
 def _host_device(device):

@@ -100,6 +100,7 @@ class TrainConfig:
     clip_grad: float = 1.0
     skip_grad_norm_above: Optional[float] = None  # skip (and count) steps with a larger grad norm
     exit_signal_handling: bool = True  # SIGTERM/SIGUSR1 -> finish step, save, exit 0
+    exit_at_step: Optional[int] = None  # save and exit after this step (the schedule still spans train.steps)
 
 
 @dataclass

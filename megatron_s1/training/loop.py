@@ -346,9 +346,12 @@ class Trainer:
                                                                            self.env.device):
                     exit_reason = "signal"
                     break
-            if exit_reason == "signal" or self.state["step"] == cfg.train.steps:
+                if cfg.train.exit_at_step is not None and step >= cfg.train.exit_at_step:
+                    exit_reason = "exit_at_step"
+                    break
+            if exit_reason != "completed" or self.state["step"] == cfg.train.steps:
                 path = self.checkpointer.save(dict(self.state), blocking=True)
-                log.event(f"saved checkpoint {path}" + (" after exit signal" if exit_reason == "signal" else ""))
+                log.event(f"saved checkpoint {path}" + ("" if exit_reason == "completed" else f" ({exit_reason})"))
             if (exit_reason == "completed" and self.valid_ds is not None and cfg.train.eval_iters > 0
                     and last_eval_step != self.state["step"]):
                 last_eval = self.evaluate()

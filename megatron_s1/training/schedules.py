@@ -74,7 +74,8 @@ class BatchSizeSchedule:
 def build_lr_scheduler(cfg: ExperimentConfig, optimizer, total_tokens: int) -> OptimizerParamScheduler:
     """LR/WD scheduler whose 'steps' are tokens (it is stepped with the tokens of each global batch)."""
     o = cfg.optimizer
-    decay_tokens = o.decay_tokens or total_tokens
+    # train.steps=0 (write initial weights only) still needs a well-formed schedule.
+    decay_tokens = o.decay_tokens or max(total_tokens, o.warmup_tokens + 1)
     if o.warmup_tokens >= decay_tokens:
         raise ConfigError(f"optimizer.warmup_tokens={o.warmup_tokens} must be smaller than the schedule length "
                           f"{decay_tokens} tokens (optimizer.decay_tokens or the tokens of train.steps)")

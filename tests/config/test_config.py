@@ -1,0 +1,69 @@
+import pytest
+
+from megatron_s1.config import ConfigError, load_config
+from megatron_s1.config.schema import parse_overrides
+from megatron_s1.models.language import validate_model_parallel
+from megatron_s1.models.presets import PRESETS
+from tests.conftest import RECIPE
+
+
+def test_recipe_and_overrides_resolve():
+    cfg = load_config(RECIPE, ["train.steps=7", "model.num_layers=4", "optimizer.lr=2e-4"])
+    assert cfg.train.steps == 7
+    assert cfg.model.num_layers == 4  # explicit key beats the preset
+    assert cfg.model.num_moe_experts == PRESETS["tiny-moe"]["num_moe_experts"]  # from the preset
+    assert cfg.optimizer.lr == 2e-4
+
+
+def test_intern_s1_preset_has_published_shape():
+    cfg = load_config(None, ["model.preset=intern-s1"])
+    m = cfg.model
+    assert (m.num_layers, m.hidden_size, m.num_attention_heads, m.num_query_groups, m.kv_channels) == (94, 4096, 64, 4, 128)
+    assert (m.num_moe_experts, m.moe_router_topk, m.moe_ffn_hidden_size, m.vocab_size) == (128, 8, 1536, 153216)
+    assert m.rotary_base == 1_000_000 and m.norm_epsilon == 1e-6 and m.qk_layernorm
+    assert m.untie_embeddings_and_output_weights and m.moe_norm_topk_prob
+    mini = load_config(None, ["model.preset=intern-s1-mini"]).model
+    assert (mini.num_layers, mini.num_attention_heads, mini.num_query_groups, mini.ffn_hidden_size) == (36, 32, 8, 12288)
+    assert mini.num_moe_experts is None
+
+
+def test_unknown_key_suggests_closest():
+    with pytest.raises(ConfigError, match=r"unknown config key 'train.stpes'; did you mean 'steps'"):
+        load_config(RECIPE, ["train.stpes=3"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'modle'; did you mean 'model'"):
+        load_config(None, ["modle.num_layers=3"])
+
+
+def test_type_errors_and_bad_override_form():
+    with pytest.raises(ConfigError, match="expects an integer"):
+        load_config(None, ["train.steps=abc"])
+    with pytest.raises(ConfigError, match="section.key=value"):
+        parse_overrides(["train.steps"])
+    with pytest.raises(ConfigError, match="unknown model preset|choose one of"):
+        load_config(None, ["model.preset=gpt5"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("no/such/recipe.yaml")
+
+
+def _cfg(*overrides):
+    return load_config(None, ["model.preset=tiny-moe", *overrides])
+
+
+def test_parallel_layout_errors():
+    cfg = _cfg("parallel.tensor=3")
+    with pytest.raises(ConfigError, match="parallel.tensor=3 does not divide model.num_attention_heads=4"):
+        validate_model_parallel(cfg.model, cfg.parallel, world_size=3)
+    cfg = _cfg("parallel.expert=3")
+    with pytest.raises(ConfigError, match="parallel.expert=3 does not divide model.num_moe_experts=4"):
+        validate_model_parallel(cfg.model, cfg.parallel, world_size=3)
+    cfg = _cfg("parallel.tensor=2", "parallel.pipeline=2")
+    with pytest.raises(ConfigError, match="world size 6 is not divisible by TPxPPxCP = 2x2x1"):
+        validate_model_parallel(cfg.model, cfg.parallel, world_size=6)
+    cfg = load_config(None, ["model.preset=tiny-dense", "parallel.expert=2"])
+    with pytest.raises(ConfigError, match="needs an MoE model"):
+        validate_model_parallel(cfg.model, cfg.parallel, world_size=2)
+    cfg = _cfg("parallel.pipeline=2", "parallel.virtual_pipeline=2")
+    with pytest.raises(ConfigError, match="num_layers=2 is not divisible"):
+        validate_model_parallel(cfg.model, cfg.parallel, world_size=2)
+    cfg = _cfg("parallel.tensor=2", "parallel.expert=2")
+    validate_model_parallel(cfg.model, cfg.parallel, world_size=4)  # a valid layout passes

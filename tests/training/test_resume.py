@@ -1,0 +1,104 @@
+"""Exact resume after kill -9, SIGTERM save-and-exit, resharding TP=2 -> TP=1, config/checkpoint mismatch."""
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+
+from tests.conftest import REPO, cli_command, losses, read_metrics, run_cli
+
+STEPS = 10
+
+
+def _popen(args):
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    return subprocess.Popen(cli_command(args), cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(predicate, proc, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"process ended early ({proc.returncode}):\n{proc.stdout.read()[-4000:]}")
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+def _latest(run_dir):
+    path = os.path.join(run_dir, "checkpoints", "latest")
+    return open(path).read().strip() if os.path.exists(path) else None
+
+
+def test_resume_after_kill9_is_exact(tmp_path, train_args):
+    common = [f"train.steps={STEPS}", "checkpoint.interval=5", "train.global_batch_tokens=[[0, 1024], [4096, 2048]]"]
+    uninterrupted = str(tmp_path / "uninterrupted")
+    run_cli(train_args(uninterrupted, *common))
+
+    interrupted = str(tmp_path / "interrupted")
+    proc = _popen(train_args(interrupted, *common))
+    _wait_for(lambda: _latest(interrupted) == "iter_0000005", proc)
+    time.sleep(random.uniform(0.0, 1.0))  # somewhere in steps 6..10 (or just after the save)
+    proc.kill()  # kill -9: no handler runs
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert _latest(interrupted) in ("iter_0000005", "iter_0000010")
+
+    run_cli(train_args(interrupted, *common))
+    expected, got = losses(uninterrupted), losses(interrupted)
+    assert sorted(got) == list(range(1, STEPS + 1))
+    assert got == expected  # bit-identical per-step losses
+    steps_logged = [r["step"] for r in read_metrics(interrupted)]
+    assert steps_logged == sorted(set(steps_logged))  # re-run steps replaced, not duplicated
+
+
+def test_sigterm_saves_and_exits_zero(tmp_path, train_args):
+    run_dir = str(tmp_path)
+    proc = _popen(train_args(run_dir, "train.steps=1000"))
+    metrics = os.path.join(run_dir, "metrics.jsonl")
+    _wait_for(lambda: os.path.exists(metrics) and len(open(metrics).readlines()) >= 2, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    assert "(signal)" in out
+    last_step = read_metrics(run_dir)[-1]["step"]
+    assert last_step < 1000
+    state = json.load(open(os.path.join(run_dir, "checkpoints", _latest(run_dir), "trainer_state.json")))
+    assert state["step"] == last_step  # the step in flight finished and was saved
+
+
+def test_tp2_checkpoint_loads_at_tp1(tmp_path, train_args, init_checkpoint):
+    common = ["train.steps=4", f"checkpoint.pretrained={init_checkpoint}"]
+    reference = str(tmp_path / "ref")
+    run_cli(train_args(reference, *common))
+    resharded = str(tmp_path / "resharded")
+    run_cli(train_args(resharded, *common, "parallel.tensor=2", "train.exit_at_step=2"), nproc=2)
+    run_cli(train_args(resharded, *common))  # TP=1 resumes the TP=2 checkpoint (model + optimizer + schedule)
+    expected, got = losses(reference), losses(resharded)
+    assert sorted(got) == [1, 2, 3, 4]
+    for step in expected:
+        assert abs(got[step] - expected[step]) <= 1e-5, (step, got[step], expected[step])
+
+
+def test_checkpoint_shape_mismatch_is_one_clear_error(tmp_path, train_args, init_checkpoint):
+    proc = run_cli(train_args(str(tmp_path), "train.steps=1", "model.hidden_size=96",
+                              f"checkpoint.pretrained={init_checkpoint}"), check=False)
+    assert proc.returncode == 2
+    assert "does not match the model config (model.hidden_size: checkpoint 64 vs config 96)" in proc.stderr
+
+
+def _result(proc):
+    return json.loads(proc.stdout.strip().splitlines()[-1])["result"]
+
+
+def test_grad_norm_threshold_skips_steps(tmp_path, train_args):
+    skipped = _result(run_cli(train_args(str(tmp_path / "skip"), "train.steps=3", "train.skip_grad_norm_above=1e-6")))
+    records = read_metrics(str(tmp_path / "skip"))
+    assert [r["skipped_steps"] for r in records] == [1, 2, 3]
+    assert all(r["grad_norm"] > 1e-6 for r in records)
+    # Every update was skipped: the weights are still the initial ones (same seed, untrained run).
+    untrained = _result(run_cli(train_args(str(tmp_path / "untrained"), "train.steps=0")))
+    assert skipped["valid_loss"] == untrained["valid_loss"]
