@@ -13,7 +13,7 @@ if sys.version_info < (3, 12):
              "Run `make demo`, which finds python3.12 for you.")
 
 # One extension per csrc/ sub-directory: csrc/<name>/*.cpp -> megatron_s1._<name>.
-NATIVE_MODULES = ["packing"]
+NATIVE_MODULES = ["packing", "tokenizer"]
 
 
 def native_extension(name):

@@ -1,0 +1,104 @@
+// pybind11 bindings: megatron_s1._tokenizer (dynamic scientific tokenizer fast path).
+// Inputs are converted to C++ strings under the GIL; planning runs on std::threads with the GIL released.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "dynamic_tokenizer.h"
+
+namespace py = pybind11;
+using namespace s1tok;
+
+namespace {
+
+std::unique_ptr<Encoder> make_encoder(py::list tokens, py::list domains, py::list detectors,
+                                      std::vector<uint32_t> decimal_digits, bool rules_validator, bool strict_tags,
+                                      bool rescan_detected) {
+  std::vector<TokenEntry> toks;
+  for (py::handle h : tokens) {
+    auto t = h.cast<py::tuple>();
+    toks.push_back({t[0].cast<std::string>(), t[1].cast<int>(), t[2].cast<int>(), t[3].cast<int>()});
+  }
+  std::vector<std::unique_ptr<SpBpeModel>> models;
+  for (py::handle h : domains) {
+    auto d = h.cast<py::dict>();
+    auto m = std::make_unique<SpBpeModel>();
+    m->offset = d["offset"].cast<int>();
+    m->add_dummy_prefix = d["add_dummy_prefix"].cast<bool>();
+    m->remove_extra_whitespaces = d["remove_extra_whitespaces"].cast<bool>();
+    m->escape_whitespaces = d["escape_whitespaces"].cast<bool>();
+    m->added_override = d["added_override"].cast<std::unordered_map<int, int>>();
+    m->base_remap = d["base_remap"].cast<std::unordered_map<int, int>>();
+    m->init(d["pieces"].cast<std::vector<std::string>>(), d["scores"].cast<std::vector<float>>(),
+            d["types"].cast<std::vector<int>>());
+    models.push_back(std::move(m));
+  }
+  std::vector<std::pair<int, int>> dets;
+  for (py::handle h : detectors) {
+    auto t = h.cast<py::tuple>();
+    const auto kind = t[0].cast<std::string>();
+    int k = kind == "smiles" ? kSmiles : kind == "protein" ? kProtein : kind == "xna" ? kXna : -1;
+    if (k < 0) throw std::invalid_argument("unknown detector kind: " + kind);
+    dets.emplace_back(k, t[1].cast<int>());
+  }
+  return std::make_unique<Encoder>(std::move(toks), std::move(models), std::move(dets), decimal_digits,
+                                   rules_validator, strict_tags, rescan_detected);
+}
+
+py::list spans_of(const Plan& p) {
+  py::list out;
+  for (const auto& v : p.spans) {
+    for (const auto& s : v) out.append(py::str(s));
+  }
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_tokenizer, m) {
+  m.doc() = "C++ fast path of the Intern-S1 dynamic tokenizer (see megatron_s1/tokenizer/dynamic.py)";
+
+  py::class_<Plan>(m, "Plan")
+      .def("spans", &spans_of, "base-BPE texts of all documents, in order (encode each with tiktoken)")
+      .def("__len__", [](const Plan& p) { return p.ops.size(); });
+
+  py::class_<Encoder>(m, "Encoder")
+      .def(py::init(&make_encoder), py::arg("tokens"), py::arg("domains"), py::arg("detectors"),
+           py::arg("decimal_digits"), py::arg("rules_validator"), py::arg("strict_tags"), py::arg("rescan_detected"))
+      .def("pending_smiles", &Encoder::pending_smiles, py::arg("texts"), py::arg("threads") = 1,
+           py::call_guard<py::gil_scoped_release>(),
+           "SMILES candidates that need an external (RDKit) verdict before plan()")
+      .def("set_verdicts", &Encoder::set_verdicts, py::arg("candidates"), py::arg("verdicts"))
+      .def(
+          "plan",
+          [](const Encoder& e, const std::vector<std::string>& texts, int threads) {
+            std::unique_ptr<Plan> p;
+            {
+              py::gil_scoped_release release;  // std::invalid_argument becomes ValueError
+              p = e.plan(texts, threads);
+            }
+            return p;
+          },
+          py::arg("texts"), py::arg("threads") = 1)
+      .def(
+          "assemble",
+          [](const Encoder& e, const Plan& p, const std::vector<std::vector<int32_t>>& ids) {
+            std::vector<std::vector<int32_t>> out;
+            {
+              py::gil_scoped_release release;
+              out = e.assemble(p, ids);
+            }
+            return out;
+          },
+          py::arg("plan"), py::arg("span_ids"))
+      .def(
+          "encode_domain",
+          [](const Encoder& e, int domain, const std::string& text) {
+            py::list out;
+            for (const auto& p : e.encode_domain(domain, text)) out.append(py::make_tuple(py::str(p.text), p.id));
+            return out;
+          },
+          py::arg("domain"), py::arg("text"), "[(piece, local id)] like SentencePieceProcessor.encode")
+      .def("rules_ok", &Encoder::rules_ok, py::arg("candidate"))
+      .def("smiles_matches", &Encoder::smiles_matches, py::arg("text"),
+           "byte spans of the SMILES regex matches (before length/letter/validity checks)");
+}

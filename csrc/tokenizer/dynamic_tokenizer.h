@@ -1,0 +1,119 @@
+// Dynamic scientific tokenizer, C++ fast path (see megatron_s1/tokenizer/dynamic.py for the reference).
+//
+// Text (UTF-8, already NFC) is cut at added tokens, untagged stretches are scanned by the SMILES / DNA-RNA /
+// protein detectors, and each span is encoded by its domain's SentencePiece BPE model (re-implemented here:
+// identity normalizer, score-ordered pair merges, unknown runs merged). Base-BPE stretches are returned as
+// "spans" for tiktoken to encode; `assemble` splices their ids back.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+namespace s1tok {
+
+enum TokenKind { kSpecial = 0, kTagBegin = 1, kTagEnd = 2, kProtectBegin = 3, kProtectEnd = 4 };
+enum DetectorKind { kSmiles = 0, kProtein = 1, kXna = 2 };
+
+// SentencePiece piece types.
+enum PieceType { kNormal = 1, kUnknown = 2, kControl = 3, kUserDefined = 4, kUnused = 5, kByte = 6 };
+
+struct SpPiece {
+  int id;           // local id, 0 = unknown run
+  std::string text; // normalized surface ('▁' for escaped spaces)
+};
+
+class SpBpeModel {
+ public:
+  int offset = 0;
+  bool add_dummy_prefix = true;
+  bool remove_extra_whitespaces = true;
+  bool escape_whitespaces = true;
+  std::unordered_map<int, int> added_override;  // local id -> added-token id
+  std::unordered_map<int, int> base_remap;      // base id -> global domain id
+
+  void init(std::vector<std::string> pieces, std::vector<float> scores, std::vector<int> types);
+  std::string normalize(std::string_view in) const;
+  // SentencePieceProcessor::Encode(text) equivalent: pieces with local ids, consecutive unknowns merged.
+  void encode(std::string_view text, std::vector<SpPiece>& out) const;
+
+ private:
+  std::vector<std::string> pieces_;
+  std::vector<float> scores_;
+  std::unordered_map<std::string_view, int> piece_ids_;  // NORMAL / USER_DEFINED / UNUSED
+  std::vector<std::string_view> user_defined_;            // longest first
+};
+
+struct TokenEntry {
+  std::string text;
+  int kind;
+  int id;
+  int domain;
+};
+
+struct Plan {
+  std::vector<std::vector<int32_t>> ops;                 // id >= 0, or -(k+1): k-th span of this text
+  std::vector<std::vector<std::string>> spans;           // base-BPE text per text
+  std::vector<std::vector<int>> span_domain;             // remap domain per span (-1 none)
+};
+
+class Encoder {
+ public:
+  Encoder(std::vector<TokenEntry> tokens, std::vector<std::unique_ptr<SpBpeModel>> domains,
+          std::vector<std::pair<int, int>> detectors, const std::vector<uint32_t>& decimal_digits,
+          bool rules_validator, bool strict_tags, bool rescan_detected);
+
+  // Candidates (unique) whose SMILES verdict is not cached yet; only meaningful without the rules validator.
+  std::vector<std::string> pending_smiles(const std::vector<std::string>& texts, int threads) const;
+  void set_verdicts(const std::vector<std::string>& candidates, const std::vector<bool>& verdicts);
+  std::unique_ptr<Plan> plan(const std::vector<std::string>& texts, int threads) const;
+  std::vector<std::vector<int32_t>> assemble(const Plan& plan, const std::vector<std::vector<int32_t>>& ids) const;
+
+  // Testing hooks.
+  std::vector<SpPiece> encode_domain(int domain, const std::string& text) const;
+  bool rules_ok(const std::string& candidate) const;
+  std::vector<std::pair<size_t, size_t>> smiles_matches(const std::string& text) const;
+
+  const SpBpeModel& domain(int i) const { return *domains_[i]; }
+  int num_domains() const { return static_cast<int>(domains_.size()); }
+
+ private:
+  struct Item {
+    int type;  // 0 text, 1 begin marker, 2 end marker, 3 token (index into tokens_)
+    int value; // domain or token index
+    std::string_view text;
+  };
+  struct Ctx {
+    std::vector<std::string>* pending = nullptr;  // collect unknown verdicts (scan pass)
+  };
+
+  size_t smiles_unit(std::string_view s, size_t p) const;
+  bool is_decimal(uint32_t cp) const;
+  bool smiles_valid(std::string_view cand, Ctx& ctx) const;
+  void detect(std::string_view text, size_t k, std::vector<Item>& out, Ctx& ctx) const;
+  void split_one(std::string_view text, size_t k, std::vector<Item>& out, Ctx& ctx) const;
+  std::vector<Item> items(std::string_view text, Ctx& ctx) const;
+  void check_balanced(std::string_view text) const;
+  void encode_one(std::string_view text, Plan& plan, size_t index) const;
+
+  std::vector<TokenEntry> tokens_;
+  bool token_first_byte_[256] = {};
+  std::vector<std::vector<int>> tokens_by_byte_;  // first byte -> token indices, longest first
+  std::vector<std::unique_ptr<SpBpeModel>> domains_;
+  std::vector<std::pair<int, int>> detectors_;  // (kind, domain)
+  std::vector<std::pair<uint32_t, uint32_t>> decimal_ranges_;
+  bool rules_validator_;
+  bool strict_tags_;
+  bool rescan_detected_;
+  mutable std::mutex verdict_mutex_;
+  std::unordered_map<std::string, bool> verdicts_;
+};
+
+bool smiles_rules_ok(const std::u32string& t, const std::vector<std::pair<uint32_t, uint32_t>>& decimal_ranges);
+
+}  // namespace s1tok
