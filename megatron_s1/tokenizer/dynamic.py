@@ -328,7 +328,12 @@ class DynamicTokenizer:
             pending = native.pending_smiles(texts, num_threads)
             if pending:
                 native.set_verdicts(pending, [self._validate_smiles(c) for c in pending])
-        plan = native.plan(texts, num_threads)
+        try:
+            plan = native.plan(texts, num_threads)
+        except ValueError as err:
+            if str(err).startswith("unbalanced tag"):
+                raise UnbalancedTagError(str(err)) from None
+            raise
         spans = plan.spans()
         if spans:
             core = self.base._encoding._core_bpe
