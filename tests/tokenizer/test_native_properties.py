@@ -1,0 +1,86 @@
+"""Property tests on random strings: C++ path == Python reference, decode(encode(x)) == x, and the C++
+SentencePiece BPE == the sentencepiece library."""
+import io
+import unicodedata
+
+import pytest
+import sentencepiece as spm
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from megatron_s1.tokenizer import DynamicTokenizer
+from megatron_s1.tokenizer.testing import build_test_directories, data_files
+from megatron_s1.tokenizer.training import read_documents
+
+pytest.importorskip("megatron_s1._tokenizer")
+
+TAGS = ["<SMILES>", "</SMILES>", "<SELFIES>", "</SELFIES>", "<IUPAC>", "</IUPAC>", "<FASTA>", "</FASTA>",
+        "<protein>", "</protein>", "<dna>", "</dna>", "<MOLFORMULA>", "</MOLFORMULA>", "<|im_start|>",
+        "<|endoftext|>", "<SMILES_AUTO_DETECT>"]
+PIECES = (list("CNOScnos()[]=#@+-123%.:/\\ \n\tHxyzé中🙂ACGTUMKVLQ٣") +
+          ["Cl", "Br", "C1=CC=CC=C1", "CC(=O)O", "[nH]", "ACGTACGTACGT", "MKVLAAGIVALL", "e\u0301"] + TAGS)
+TEXT = st.one_of(
+    st.lists(st.sampled_from(PIECES), max_size=40).map("".join),
+    st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\u2581"), max_size=60),
+)
+
+
+@pytest.fixture(scope="module")
+def toks(tmp_path_factory):
+    dirs = build_test_directories(str(tmp_path_factory.getbasetemp() / "tokdirs"))
+    out = {}
+    for name in ("s1", "custom"):
+        for validator in ("rdkit", "rules"):
+            out[(name, validator)] = (
+                DynamicTokenizer(dirs[name], backend="native", smiles_validator=validator, on_unbalanced="ignore"),
+                DynamicTokenizer(dirs[name], backend="python", smiles_validator=validator, on_unbalanced="ignore"))
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(texts=st.lists(TEXT, min_size=1, max_size=4), name=st.sampled_from(["s1", "custom"]),
+       validator=st.sampled_from(["rdkit", "rules"]))
+def test_native_equals_reference_and_round_trips(toks, texts, name, validator):
+    native, ref = toks[(name, validator)]
+    want = [ref.encode_python(t) for t in texts]
+    assert native.encode_batch(texts, num_threads=2) == want
+    for text, ids in zip(texts, want):
+        assert ref.decode(ids) == unicodedata.normalize("NFC", text)
+
+
+def _model(**flags):
+    buf = io.BytesIO()
+    docs = [s for p in data_files()["smiles_nci"] for s in read_documents(p)][:2000]
+    docs += ["hello world  foo", "a b c"]
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(docs), model_writer=buf, model_type="bpe",
+                                   vocab_size=200, character_coverage=1.0, normalization_rule_name="identity",
+                                   minloglevel=2, **flags)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module", params=["ours", "sentencepiece-defaults", "user-defined"])
+def sp_pair(request):
+    from megatron_s1 import _tokenizer
+    from megatron_s1.tokenizer.domain import read_model_proto
+
+    flags = {"ours": dict(add_dummy_prefix=False, remove_extra_whitespaces=False),
+             "sentencepiece-defaults": {},
+             "user-defined": dict(user_defined_symbols=["[nH]", "Cl", "C1=C"], add_dummy_prefix=False)}
+    proto = _model(**flags[request.param])
+    info = read_model_proto(proto)
+    assert info.native_unsupported_reason() is None
+    enc = _tokenizer.Encoder([], [dict(offset=0, pieces=info.pieces, scores=info.scores, types=info.types,
+                                       add_dummy_prefix=info.add_dummy_prefix,
+                                       remove_extra_whitespaces=info.remove_extra_whitespaces,
+                                       escape_whitespaces=info.escape_whitespaces, added_override={},
+                                       base_remap={})], [], [], True, False, False)
+    return enc, spm.SentencePieceProcessor(model_proto=proto)
+
+
+@settings(max_examples=300, deadline=None)
+@given(TEXT)
+def test_native_sentencepiece_bpe_matches_library(sp_pair, text):
+    enc, sp = sp_pair
+    got = enc.encode_domain(0, text)
+    assert [p for p, _ in got] == sp.encode(text, out_type=str)
+    assert [i for _, i in got] == sp.encode(text)
