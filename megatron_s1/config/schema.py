@@ -169,6 +169,12 @@ def _coerce(value: Any, annotation: Any, dotted: str) -> Any:
         if isinstance(value, bool):
             return value
         raise ConfigError(f"config key {dotted!r} expects true/false, got {value!r}")
+    if annotation in (int, float) and isinstance(value, str):
+        # YAML 1.1 reads "2e-4" (no dot) as a string; accept it as the number it means.
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
             raise ConfigError(f"config key {dotted!r} expects an integer, got {value!r}")

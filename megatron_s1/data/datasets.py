@@ -68,7 +68,8 @@ def build_gpt_datasets(data: DataConfig, seed: int, vocab_size: int, eod_id: int
         create_attention_mask=create_attention_mask,
         mmap_bin_files=True,
     )
-    sizes = [n if n > 0 else None for n in num_samples]
+    # Megatron wants None for unused splits of an unweighted blend and an int for weighted ones.
+    sizes = [n if (n > 0 or weights) else None for n in num_samples]
     return BlendedMegatronDatasetBuilder(GPTDataset, sizes, lambda: True, config).build()
 
 
