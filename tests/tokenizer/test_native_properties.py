@@ -6,7 +6,7 @@ import unicodedata
 import pytest
 import sentencepiece as spm
 from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import strategies as st  # noqa: E402
 
 from megatron_s1.tokenizer import DynamicTokenizer
 from megatron_s1.tokenizer.testing import build_test_directories, data_files
