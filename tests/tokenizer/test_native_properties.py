@@ -5,7 +5,9 @@ import unicodedata
 
 import pytest
 import sentencepiece as spm
-from hypothesis import given, settings
+
+pytest.importorskip("hypothesis")
+from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from megatron_s1.tokenizer import DynamicTokenizer
