@@ -6,9 +6,15 @@ torchrun (or srun): `torchrun --nproc-per-node 2 -m megatron_s1.cli train --conf
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
+
+# Modules that add sub-commands: each exposes register(subparsers).
+PLUGIN_COMMANDS = [
+    "megatron_s1.tokenizer.cli",  # megatron-s1 tokenizer ...
+]
 
 OVERRIDES_HELP = ("dotted config overrides, e.g. train.steps=20 model.num_layers=2 parallel.tensor=2 "
                   "(values parsed as YAML; unknown keys are rejected with a suggestion)")
@@ -102,12 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=_cmd_config)
 
-    try:
-        from megatron_s1.tokenizer.cli import register as register_tokenizer
-    except ImportError:
-        register_tokenizer = None
-    if register_tokenizer is not None:
-        register_tokenizer(sub)
+    for module_name in PLUGIN_COMMANDS:
+        importlib.import_module(module_name).register(sub)
     return parser
 
 
