@@ -90,6 +90,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
+    task: str = "pretrain"  # pretrain | mm_pretrain | sft | ... (see training/tasks.py)
     steps: int = 10
     # Batch-size warmup on tokens (Intern-S1): [[tokens_seen, global_batch_tokens], ...]; the batch
     # switches when consumed tokens cross a stage boundary.

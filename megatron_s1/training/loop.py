@@ -6,9 +6,7 @@ and on GPUs with NCCL unchanged.)
 from __future__ import annotations
 
 import math
-import os
 import time
-from functools import partial
 from typing import Optional
 
 import torch
@@ -22,9 +20,7 @@ from megatron.core.transformer.enums import ModelType
 from megatron.core.transformer.moe.router import TopKRouter
 
 from megatron_s1.config.schema import ConfigError, ExperimentConfig
-from megatron_s1.data.datasets import build_gpt_datasets, microbatches
-from megatron_s1.models.language import build_language_model, build_transformer_config, validate_model_parallel
-from megatron_s1.models.specs import resolve_spec_kind
+from megatron_s1.models.language import build_transformer_config, validate_model_parallel
 from megatron_s1.tokenizer import load_tokenizer
 from megatron_s1.training import flops
 from megatron_s1.training.checkpointing import (Checkpointer, _uses_distributed_optimizer, find_latest,
@@ -33,19 +29,7 @@ from megatron_s1.training.distributed import (all_reduce_max_flag, init_distribu
                                               seed_everything)
 from megatron_s1.training.metrics import MetricsLogger, expert_imbalance, memory_peak_gb
 from megatron_s1.training.schedules import BatchSizeSchedule, build_lr_scheduler
-
-
-def masked_token_loss(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
-    """Sum of per-token cross-entropy over unmasked tokens, with the token count.
-
-    Megatron's per-token-loss mode divides gradients by the global token count (all micro-batches, all
-    DP ranks), so every token weighs the same however the batch is split.
-    """
-    losses = output_tensor.float().reshape(-1)
-    mask = loss_mask.float().reshape(-1)
-    loss_sum = torch.sum(losses * mask)
-    num_tokens = mask.sum().to(torch.int)
-    return loss_sum, num_tokens, {"lm loss": torch.stack([loss_sum.detach(), mask.sum()])}
+from megatron_s1.training.tasks import get_task
 
 
 class Trainer:
@@ -68,6 +52,7 @@ class Trainer:
                                                 cfg.data.micro_batch_size, self.dp_size)
         self.total_tokens = self.batch_schedule.tokens_after_steps(cfg.train.steps)
 
+        self.task = get_task(cfg.train.task)(self)
         self.tconfig = build_transformer_config(cfg)
         self.tconfig.calculate_per_token_loss = True
         self.model = self._build_model()
@@ -102,7 +87,7 @@ class Trainer:
             ignore_virtual = vp_stage is None
             pre = parallel_state.is_pipeline_first_stage(ignore_virtual=ignore_virtual, vp_stage=vp_stage)
             post = parallel_state.is_pipeline_last_stage(ignore_virtual=ignore_virtual, vp_stage=vp_stage)
-            model = build_language_model(cfg, self.tconfig, pre, post, vp_stage=vp_stage)
+            model = self.task.build_model(self.tconfig, pre, post, vp_stage=vp_stage)
             model.model_type = ModelType.encoder_or_decoder
             chunks.append(model.to(self.env.device))
         ddp_config = DistributedDataParallelConfig(
@@ -144,33 +129,16 @@ class Trainer:
         gbs_max = max(s.global_batch_tokens for s in self.batch_schedule.stages) // cfg.data.seq_length
         train_samples = self.total_tokens // cfg.data.seq_length
         evals = cfg.train.steps // cfg.train.eval_interval + 1 if cfg.train.eval_interval else 1
-        valid_samples = cfg.train.eval_iters * gbs_max * evals
-        cache = cfg.data.cache_dir or os.path.join(cfg.run.dir, "data_cache")
-        # Without TE the local attention needs an explicit causal mask.
-        needs_mask = resolve_spec_kind(cfg.model.spec) == "local"
-        return build_gpt_datasets(cfg.data, cfg.run.seed, self.tokenizer.vocab_size, self.tokenizer.eod_id,
-                                  [train_samples, valid_samples, 0], cache, needs_mask)
+        return self.task.build_datasets(train_samples, cfg.train.eval_iters * gbs_max * evals)
 
-    # ------------------------------------------------------------------ steps
     def _forward_step(self, data_iterator, model):
-        batch = next(data_iterator)
-        device = self.env.device
-        tokens = batch["tokens"].to(device, non_blocking=True)
-        labels = batch["labels"].to(device, non_blocking=True)
-        position_ids = batch["position_ids"].to(device, non_blocking=True)
-        mask = batch.get("attention_mask")
-        if mask is not None:
-            mask = mask.to(device, non_blocking=True)
-            if mask.dim() == 3:
-                mask = mask.unsqueeze(1)
-        output = model(tokens, position_ids, mask, labels=labels)
-        return output, partial(masked_token_loss, batch["loss_mask"].to(device))
+        return self.task.forward_step(next(data_iterator), model)
 
     def _run_schedule(self, dataset, first_sample: int, global_batch: int, forward_only: bool):
         cfg = self.cfg
         num_micro = global_batch // (cfg.data.micro_batch_size * self.dp_size)
-        make = lambda: microbatches(dataset, first_sample, global_batch, self.dp_rank, self.dp_size,  # noqa: E731
-                                    cfg.data.micro_batch_size)
+        make = lambda: self.task.microbatches(dataset, first_sample, global_batch, self.dp_rank,  # noqa: E731
+                                              self.dp_size)
         iterators = [make() for _ in self.model] if len(self.model) > 1 else make()
         losses = get_forward_backward_func()(
             forward_step_func=self._forward_step,

@@ -1,0 +1,88 @@
+"""Training tasks: what a stage builds and feeds to the shared training loop.
+
+The loop (training/loop.py) owns parallelism, optimisation, schedules, checkpoints and logging. A task
+owns the stage-specific parts: the model provider, the datasets, how a global batch is cut into
+micro-batches, and the forward step with its loss. CPT is `PretrainTask`; multimodal CPT, SFT and RL
+register their own tasks under the name used by `train.task`.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from functools import partial
+from typing import Callable, Iterator
+
+import torch
+
+from megatron_s1.config.schema import ConfigError
+from megatron_s1.data.datasets import build_gpt_datasets, microbatches
+from megatron_s1.models.language import build_language_model
+from megatron_s1.models.specs import resolve_spec_kind
+
+_TASKS: dict[str, type] = {}
+# Modules that register further tasks when imported (keeps heavy imports out of plain CPT runs).
+TASK_MODULES: dict[str, str] = {}
+
+
+def register_task(name: str) -> Callable[[type], type]:
+    def wrap(cls: type) -> type:
+        _TASKS[name] = cls
+        return cls
+    return wrap
+
+
+def get_task(name: str) -> type:
+    if name not in _TASKS and name in TASK_MODULES:
+        importlib.import_module(TASK_MODULES[name])
+    if name not in _TASKS:
+        known = sorted(set(_TASKS) | set(TASK_MODULES))
+        raise ConfigError(f"unknown train.task {name!r}; choose one of: {', '.join(known)}")
+    return _TASKS[name]
+
+
+def masked_token_loss(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
+    """Sum of per-token cross-entropy over unmasked tokens, with the token count.
+
+    Megatron's per-token-loss mode divides gradients by the global token count (all micro-batches, all
+    DP ranks), so every token weighs the same however the batch is split.
+    """
+    losses = output_tensor.float().reshape(-1)
+    mask = loss_mask.float().reshape(-1)
+    loss_sum = torch.sum(losses * mask)
+    num_tokens = mask.sum().to(torch.int)
+    return loss_sum, num_tokens, {"lm loss": torch.stack([loss_sum.detach(), mask.sum()])}
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+@register_task("pretrain")
+class PretrainTask:
+    """Continued pretraining on Megatron GPT datasets (next-token loss on every token)."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+        self.cfg = trainer.cfg
+
+    def build_model(self, tconfig, pre_process: bool, post_process: bool, vp_stage=None):
+        return build_language_model(self.cfg, tconfig, pre_process, post_process, vp_stage=vp_stage)
+
+    def build_datasets(self, train_samples: int, valid_samples: int):
+        cfg, tok = self.cfg, self.trainer.tokenizer
+        cache = cfg.data.cache_dir or os.path.join(cfg.run.dir, "data_cache")
+        needs_mask = resolve_spec_kind(cfg.model.spec) == "local"  # TE builds the causal mask itself
+        return build_gpt_datasets(cfg.data, cfg.run.seed, tok.vocab_size, tok.eod_id,
+                                  [train_samples, valid_samples, 0], cache, needs_mask)
+
+    def microbatches(self, dataset, first_sample: int, global_batch: int, dp_rank: int,
+                     dp_size: int) -> Iterator[dict]:
+        return microbatches(dataset, first_sample, global_batch, dp_rank, dp_size, self.cfg.data.micro_batch_size)
+
+    def forward_step(self, batch: dict, model):
+        batch = to_device(batch, self.trainer.env.device)
+        mask = batch.get("attention_mask")
+        if mask is not None and mask.dim() == 3:
+            mask = mask.unsqueeze(1)
+        output = model(batch["tokens"], batch["position_ids"], mask, labels=batch["labels"])
+        return output, partial(masked_token_loss, batch["loss_mask"])
