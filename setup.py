@@ -52,7 +52,7 @@ setup(
         "pybind11>=2.12",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-timeout", "transformers>=4.57", "rdkit", "pyhmmer"],
+        "dev": ["pytest>=8", "pytest-timeout", "transformers>=4.57", "rdkit", "pyhmmer", "datamol", "hypothesis"],
         "gpu": ["transformer-engine[pytorch]==2.20.*"],
         "science": ["rdkit"],
         "launch": ["nemo-run", "leptonai==0.27.3", "mpi4py", "mpich"],
