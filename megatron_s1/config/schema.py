@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import yaml
 
-from megatron_s1.models.presets import preset_fields
+from megatron_s1.models.presets import MM_DEFAULT_VISION, encoder_preset_fields, preset_fields
 
 
 class ConfigError(ValueError):
@@ -136,6 +136,60 @@ class LoggingConfig:
 
 
 @dataclass
+class VisionConfig:
+    """InternViT tower + pixel-unshuffle MLP projector (multimodal tasks; see docs/multimodal.md)."""
+    preset: Optional[str] = None  # internvit-6b | internvit-300m | tiny-vit; null = no vision tower
+    num_layers: int = 2
+    hidden_size: int = 48
+    num_attention_heads: int = 3  # padded up to a multiple of parallel.tensor
+    ffn_hidden_size: int = 96
+    normalization: str = "RMSNorm"  # RMSNorm | LayerNorm
+    norm_epsilon: float = 1e-6
+    qk_layernorm: bool = True  # RMS QK-norm over the full (unpadded) hidden size
+    add_qkv_bias: bool = False
+    image_size: int = 448
+    patch_size: int = 14
+    layer_scale_init: float = 0.1  # lambda_1 / lambda_2 initial value
+    drop_path_rate: float = 0.0
+    downsample_ratio: float = 0.5  # pixel unshuffle: 32x32 -> 16x16 tokens per 448 tile
+    min_tiles: int = 1
+    max_tiles: int = 12
+    use_thumbnail: bool = True
+
+
+@dataclass
+class TimeSeriesConfig:
+    """Adaptive-patching time-series encoder (multimodal tasks)."""
+    preset: Optional[str] = None  # intern-s1-ts | tiny-ts; null = no time-series encoder
+    patch_hidden: int = 16
+    patch_heads: int = 2
+    patch_layers: int = 1
+    patch_ffn: int = 32
+    adapt_in_dim: int = 32  # 2 x patch_hidden after frame concat
+    num_mel_bins: int = 8
+    d_model: int = 32
+    num_layers: int = 1
+    num_heads: int = 2
+    ffn_hidden_size: int = 64
+    max_source_positions: int = 64
+    out_dim: int = 32
+    causal: bool = True  # the released encoder masks attention causally
+    default_sampling_rate: float = 100.0  # Hz, for samples that give none
+
+
+@dataclass
+class MultimodalConfig:
+    """Multimodal training switches (train.task=mm_pretrain)."""
+    freeze_vision: bool = False
+    freeze_projector: bool = False
+    freeze_timeseries: bool = False
+    freeze_language_model: bool = False
+    freeze_router: bool = False
+    loss_weighting: str = "square"  # square (InternVL Eq. 4: 1/sqrt(l_i)) | token (every token alike)
+    image_root: Optional[str] = None  # relative image/series paths resolve here; default: the jsonl's folder
+
+
+@dataclass
 class ExperimentConfig:
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -145,6 +199,9 @@ class ExperimentConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    timeseries: TimeSeriesConfig = field(default_factory=TimeSeriesConfig)
+    mm: MultimodalConfig = field(default_factory=MultimodalConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -257,6 +314,21 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
             raise ConfigError(str(err)) from None
         # Preset first, explicit keys on top.
         raw["model"] = {**preset_values, **model_raw}
+    # Multimodal encoders: with train.task=mm_pretrain, model.preset intern-s1 / intern-s1-mini means the full
+    # multimodal model, so vision.preset defaults to its InternViT; explicit encoder keys win over presets.
+    task = (raw.get("train") or {}).get("task")
+    vision_raw = dict(raw.get("vision") or {})
+    if task == "mm_pretrain" and "preset" not in vision_raw and preset in MM_DEFAULT_VISION:
+        vision_raw["preset"] = MM_DEFAULT_VISION[preset]
+        raw["vision"] = vision_raw
+    for kind in ("vision", "timeseries"):
+        section_raw = dict(raw.get(kind) or {})
+        if section_raw.get("preset") is not None:
+            try:
+                values = encoder_preset_fields(kind, section_raw["preset"])
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
+            raw[kind] = {**values, **section_raw}
     _apply(cfg, raw, "")
     return cfg
 

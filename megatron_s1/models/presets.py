@@ -99,3 +99,42 @@ def preset_fields(name: str) -> dict:
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r}; choose one of: {', '.join(sorted(PRESETS))}")
     return dict(PRESETS[name])
+
+
+# ---------------------------------------------------------------- multimodal encoders (issue 4)
+# Vision towers (InternViT, 448x448 tiles, patch 14). Numbers from the released InternViT configs.
+VISION_PRESETS: dict[str, dict] = {
+    # InternViT-6B (Intern-S1): 25 heads are padded to a TP multiple; QK-norm spans the full hidden size.
+    "internvit-6b": dict(num_layers=45, hidden_size=3200, num_attention_heads=25, ffn_hidden_size=12800,
+                         normalization="RMSNorm", norm_epsilon=1e-6, qk_layernorm=True, add_qkv_bias=False,
+                         image_size=448, patch_size=14, layer_scale_init=0.1),
+    # InternViT-300M (Intern-S1-mini).
+    "internvit-300m": dict(num_layers=24, hidden_size=1024, num_attention_heads=16, ffn_hidden_size=4096,
+                           normalization="LayerNorm", norm_epsilon=1e-6, qk_layernorm=False, add_qkv_bias=True,
+                           image_size=448, patch_size=14, layer_scale_init=0.1),
+    # CPU-sized tower with the 6B structure (3 heads: padded to 4 under TP=2).
+    "tiny-vit": dict(num_layers=2, hidden_size=48, num_attention_heads=3, ffn_hidden_size=96,
+                     normalization="RMSNorm", norm_epsilon=1e-6, qk_layernorm=True, add_qkv_bias=False,
+                     image_size=56, patch_size=14, layer_scale_init=0.1),
+}
+
+# Time-series encoder (adaptive patching + Whisper-style encoder) of Intern-S1.
+TIMESERIES_PRESETS: dict[str, dict] = {
+    "intern-s1-ts": dict(patch_hidden=128, patch_heads=8, patch_layers=1, patch_ffn=2048, adapt_in_dim=256,
+                         num_mel_bins=80, d_model=1024, num_layers=24, num_heads=16, ffn_hidden_size=4096,
+                         max_source_positions=1500, out_dim=1024),
+    "tiny-ts": dict(patch_hidden=16, patch_heads=2, patch_layers=1, patch_ffn=32, adapt_in_dim=32,
+                    num_mel_bins=8, d_model=32, num_layers=1, num_heads=2, ffn_hidden_size=64,
+                    max_source_positions=64, out_dim=32),
+}
+
+# With train.task=mm_pretrain the model presets mean the full multimodal models: these vision presets
+# fill `vision.preset` when it is not given.
+MM_DEFAULT_VISION = {"intern-s1": "internvit-6b", "intern-s1-mini": "internvit-300m"}
+
+
+def encoder_preset_fields(kind: str, name: str) -> dict:
+    table = {"vision": VISION_PRESETS, "timeseries": TIMESERIES_PRESETS}[kind]
+    if name not in table:
+        raise ValueError(f"unknown {kind} preset {name!r}; choose one of: {', '.join(sorted(table))}")
+    return dict(table[name])
