@@ -60,6 +60,15 @@ class ModelConfig:
     params_dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
     fp8: Optional[str] = None  # None | delayed | tensorwise | blockwise
     recompute: Optional[str] = None  # None | selective | full
+    # Intern-S1-Pro options (megatron_s1/models/pro, docs/intern_s1_pro.md).
+    moe_router_groups: Optional[int] = None  # grouped router: G groups, top-(topk/G) in each (None = plain top-k)
+    moe_router_ste: bool = False  # straight-through router gradient through the dense softmax (Pro Eq. 2-3)
+    moe_router_ste_temperature: float = 1.0  # tau of the dense softmax used by the STE backward
+    position_embedding_type: str = "rope"  # rope | fope (Fourier position encoding)
+    fope_init_factor: float = 0.5  # gain of the random part of the FoPE mixing (0 = identity = RoPE)
+    fope_sep_head: bool = True  # one FoPE mixing matrix per KV head
+    fope_num_inv_freq: Optional[int] = None  # kept frequencies; None = those with period < max_position_embeddings
+    fope_learnable: bool = True  # train the FoPE mixing coefficients
 
 
 @dataclass
