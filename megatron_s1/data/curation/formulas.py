@@ -20,9 +20,9 @@ _CID_RE = re.compile(r"\(cid:\d+\)")
 
 
 def _is_math_char(ch: str) -> bool:
-    if ch in ASCII_MATH_CHARS:
-        return True
     code = ord(ch)
+    if code < 128:                        # ASCII: only the explicit list (Unicode calls '|' and '~' Sm too)
+        return ch in ASCII_MATH_CHARS
     if 0x0370 <= code <= 0x03FF:          # Greek and Coptic: alpha, beta, Sigma ...
         return True
     if 0x1D400 <= code <= 0x1D7FF:        # Mathematical Alphanumeric Symbols: bold/italic x ...
@@ -44,7 +44,7 @@ def symbol_density(text: str) -> float:
     as one character. ``math_symbols`` counts: each ``(cid:N)`` token (an unmapped glyph, typically from
     an equation font), ASCII ``= + ^ < > { } \\``, Greek letters (U+0370-U+03FF), Mathematical
     Alphanumeric Symbols (U+1D400-U+1D7FF), geometric shapes U+25A0-U+25FF (pypdf's placeholder for a glyph
-    it cannot map), U+FFFD, and every character of Unicode category Sm (math symbol) or Co (private use).
+    it cannot map), U+FFFD, and every non-ASCII character of Unicode category Sm (math symbol) or Co (private use).
     Empty or whitespace-only text scores 0.0.
 
     Example: ``"a=b+c"`` has 5 visible characters of which 2 are symbols -> 0.4.

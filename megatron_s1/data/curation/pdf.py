@@ -83,7 +83,7 @@ def low_cost_pages(path: str, parser: str = "pypdf") -> list[str]:
 # --- post-processing, one function per path ---------------------------------------------------------------
 
 _HYPHEN_BREAK = re.compile(r"(\w)-\n(\w)")
-_PAGE_NUMBER_LINE = re.compile(r"^\s*(page\s*)?\d{1,4}\s*$", re.I | re.M)
+_PAGE_NUMBER_LINE = re.compile(r"^[ \t]*(page[ \t]*)?\d{1,4}[ \t]*(\n|$)", re.I | re.M)
 _SENTENCE_END = re.compile(r"[.!?:;)\]\"']$")
 
 
