@@ -13,6 +13,7 @@ from megatron.core.transformer.transformer_block import get_num_layers_to_build
 
 from megatron_s1.config.schema import ConfigError, ExperimentConfig, ModelConfig, ParallelConfig
 from megatron_s1.models.specs import build_block_spec, resolve_spec_kind
+from megatron_s1.models.pro.spec import apply_pro_spec, validate_pro_options
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 _FP8_RECIPES = {"delayed": "delayed", "tensorwise": "tensorwise", "blockwise": "blockwise"}
@@ -61,6 +62,7 @@ def validate_model_parallel(model: ModelConfig, parallel: ParallelConfig, world_
 
 def build_transformer_config(cfg: ExperimentConfig) -> TransformerConfig:
     m, p = cfg.model, cfg.parallel
+    validate_pro_options(cfg)
     dtype = resolve_params_dtype(m)
     on_gpu = torch.cuda.is_available()
     is_moe = m.num_moe_experts is not None
@@ -141,6 +143,7 @@ def build_language_model(cfg: ExperimentConfig, config: TransformerConfig, pre_p
     num_local_layers = get_num_layers_to_build(config, vp_stage=vp_stage)
     spec = build_block_spec(kind, cfg.model.num_moe_experts, cfg.model.qk_layernorm, config.moe_grouped_gemm,
                             num_local_layers)
+    spec = apply_pro_spec(cfg.model, spec)  # Intern-S1-Pro router / FoPE swaps (no-op otherwise)
     return GPTModel(
         config=config,
         transformer_layer_spec=spec,

@@ -1,0 +1,176 @@
+"""jsonl samples with interleaved text, images and time series.
+
+One line = one sample:
+    {"content": [{"text": "..."}, {"image": "imgs/a.png"}, {"timeseries": "sig/x.npy", "sampling_rate": 250},
+                 {"text": "..."}]}
+Relative paths resolve against `mm.image_root` or the jsonl's folder. Series are .npy or .csv arrays of
+shape [L] or [L, C] (time first; a .csv may have one header line), z-normalised per channel.
+
+Each sample becomes one row of `seq_length` tokens (next-token inputs/labels, padded with EOD, no packing).
+Images expand to `<img>` + tiles * tokens_per_tile x `<IMG_CONTEXT>` + `</img>`, series to
+`<|ts|>` + N x `<TS_CONTEXT>` + `<|/ts|>`. Loss is on text tokens only (labels that are text or EOD).
+A sample longer than the row is cut at the first media item that does not fit whole (text is cut
+mid-way), so placeholders and encoder outputs always agree.
+"""
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from typing import Optional
+
+import numpy as np
+import torch
+
+from megatron_s1.models.timeseries.encoder import num_timeseries_tokens, znormalize
+from megatron_s1.models.vision.preprocess import dynamic_tiles, image_prompt_ids, num_tiles, tokens_per_tile
+
+
+def load_series(path: str) -> torch.Tensor:
+    if path.endswith(".npy"):
+        arr = np.load(path)
+    elif path.endswith(".csv"):
+        with open(path, encoding="utf-8") as f:
+            first = f.readline()
+        try:
+            [float(v) for v in first.strip().split(",")]
+            skip = 0
+        except ValueError:
+            skip = 1
+        arr = np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2)
+    else:
+        raise ValueError(f"time series {path!r}: expected a .npy or .csv file")
+    arr = np.asarray(arr, dtype=np.float32)
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2 or arr.shape[0] == 0:
+        raise ValueError(f"time series {path!r}: expected shape [L] or [L, C] with L >= 1, got {arr.shape}")
+    return znormalize(torch.from_numpy(arr))
+
+
+class MultimodalJsonlDataset:
+    def __init__(self, paths: list[str], tokenizer, media, seq_length: int, vision=None, timeseries=None,
+                 root: Optional[str] = None, indices: Optional[list[int]] = None):
+        self.tok, self.media, self.seq_length = tokenizer, media, seq_length
+        self.vision, self.timeseries, self.root = vision, timeseries, root
+        self.records: list[tuple[dict, str]] = []
+        for path in paths:
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"multimodal data file {path!r} does not exist")
+            base = root or os.path.dirname(os.path.abspath(path))
+            with open(path, encoding="utf-8") as f:
+                for n, line in enumerate(f):
+                    if line.strip():
+                        rec = json.loads(line)
+                        if not isinstance(rec.get("content"), list):
+                            raise ValueError(f"{path}:{n + 1}: a sample needs a 'content' list")
+                        self.records.append((rec, base))
+        self.indices = list(range(len(self.records))) if indices is None else indices
+        self.media_ids = set(media.all())
+        self._layout = lru_cache(maxsize=65536)(self._build_layout)
+
+    def subset(self, indices: list[int]) -> "MultimodalJsonlDataset":
+        other = object.__new__(MultimodalJsonlDataset)
+        other.__dict__.update(self.__dict__)
+        other.indices = [self.indices[i] for i in indices]
+        return other
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def _path(self, base: str, p: str) -> str:
+        return p if os.path.isabs(p) else os.path.join(base, p)
+
+    def _build_layout(self, rec_index: int):
+        """(ids, images [(path, tiles)], series [(path, sr)]) fitting seq_length + 1 tokens."""
+        rec, base = self.records[rec_index]
+        limit = self.seq_length + 1
+        ids: list[int] = []
+        images, series = [], []
+        for item in rec["content"]:
+            room = limit - len(ids)
+            if room <= 0:
+                break
+            if "text" in item:
+                ids.extend(self.tok.encode(item["text"])[:room])
+            elif "image" in item:
+                if self.vision is None:
+                    raise ValueError("a sample has an image but vision.preset is not set")
+                from PIL import Image
+
+                path = self._path(base, item["image"])
+                with Image.open(path) as im:
+                    w, h = im.size
+                v = self.vision
+                n = num_tiles(w, h, v.image_size, v.min_tiles, v.max_tiles, v.use_thumbnail)
+                seg = image_prompt_ids(n, tokens_per_tile(v.image_size, v.patch_size, v.downsample_ratio),
+                                       self.media.img_start, self.media.img_context, self.media.img_end)
+                if len(seg) > room:
+                    break
+                ids.extend(seg)
+                images.append((path, n))
+            elif "timeseries" in item:
+                if self.timeseries is None:
+                    raise ValueError("a sample has a time series but timeseries.preset is not set")
+                path = self._path(base, item["timeseries"])
+                sr = float(item.get("sampling_rate", self.timeseries.default_sampling_rate))
+                length = int(item["length"]) if "length" in item else load_series(path).shape[0]
+                n = num_timeseries_tokens(length, sr)
+                seg = [self.media.ts_start] + [self.media.ts_context] * n + [self.media.ts_end]
+                if len(seg) > room:
+                    break
+                ids.extend(seg)
+                series.append((path, sr))
+            else:
+                raise ValueError(f"content item {item!r} needs a text, image or timeseries key")
+        if len(ids) < limit:
+            ids.append(self.tok.eod_id)
+        return ids, images, series
+
+    def loss_tokens(self, index: int) -> int:
+        """Number of loss (text) tokens of a sample: what square averaging weighs by."""
+        ids, _, _ = self._layout(self.indices[index % len(self)])
+        return sum(1 for t in ids[1:] if t not in self.media_ids)
+
+    def __getitem__(self, index: int) -> dict:
+        ids, images, series = self._layout(self.indices[index % len(self)])
+        s = self.seq_length
+        arr = np.full(s + 1, self.tok.eod_id, dtype=np.int64)
+        arr[: len(ids)] = ids
+        tokens = torch.from_numpy(arr[:-1].copy())
+        labels = torch.from_numpy(arr[1:].copy())
+        loss_mask = torch.zeros(s, dtype=torch.float32)
+        valid = len(ids) - 1
+        lab = labels[:valid]
+        is_text = torch.ones(valid, dtype=torch.bool)
+        for m in self.media_ids:
+            is_text &= lab != m
+        loss_mask[:valid] = is_text.float()
+        pixel = []
+        if images:
+            from PIL import Image
+
+            v = self.vision
+            for path, n in images:
+                with Image.open(path) as im:
+                    tiles = dynamic_tiles(im, v.image_size, v.min_tiles, v.max_tiles, v.use_thumbnail)
+                assert tiles.shape[0] == n
+                pixel.append(tiles)
+        return {
+            "tokens": tokens, "labels": labels, "loss_mask": loss_mask,
+            "position_ids": torch.arange(s, dtype=torch.long),
+            "pixel_values": torch.cat(pixel) if pixel else None,
+            "ts_values": [load_series(p) for p, _ in series], "ts_rates": [sr for _, sr in series],
+        }
+
+
+def collate(samples: list[dict], create_attention_mask: bool) -> dict:
+    batch = {k: torch.stack([s[k] for s in samples]) for k in ("tokens", "labels", "loss_mask", "position_ids")}
+    pixels = [s["pixel_values"] for s in samples if s["pixel_values"] is not None]
+    batch["pixel_values"] = torch.cat(pixels) if pixels else None
+    batch["ts_values"] = [x for s in samples for x in s["ts_values"]]
+    batch["ts_rates"] = [r for s in samples for r in s["ts_rates"]]
+    if create_attention_mask:
+        s = batch["tokens"].shape[1]
+        batch["attention_mask"] = (torch.tril(torch.ones(s, s)) < 0.5).view(1, 1, s, s)
+    return batch
