@@ -192,9 +192,10 @@ def per_label_report(gold: Sequence[str], pred: Sequence[str], positive: set[str
 def in_domain_score(labels: Sequence[str], probs: Sequence[float], keep: set[str]) -> float:
     """Classifier score used by batch filtering: the summed probability of the kept labels,
 
-        score = sum(p_l for l in labels if l in keep)
+        score = min(1, sum(p_l for l in labels if l in keep))
 
-    over the classifier's full label distribution (fastText ``k=-1``). Example: labels (physics, other,
+    over the classifier's full label distribution (fastText ``k=-1``; its probabilities can sum to slightly
+    more than 1 by rounding, hence the clip). Example: labels (physics, other,
     chemistry) with probabilities (0.5, 0.3, 0.2) and keep {physics, chemistry} -> 0.7.
     """
-    return float(sum(p for label, p in zip(labels, probs) if label in keep))
+    return min(1.0, float(sum(p for label, p in zip(labels, probs) if label in keep)))

@@ -57,9 +57,9 @@ def fake_answer(messages: list[dict]) -> str:
     doc = _document_of(messages)
     if "GARBLE" in doc:
         return "I am not sure what this is."
-    if "sequence" in doc or "Protein" in doc or "enzyme" in doc:
+    if doc.startswith("Protein ") or "enzyme" in doc:
         return "Protein biology"
-    if "Compound" in doc or "molecule" in doc:
+    if doc.startswith("Compound ") or "molecule" in doc:
         return "chemistry/organic chemistry"
     return "other"
 

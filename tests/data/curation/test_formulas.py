@@ -94,3 +94,4 @@ def test_in_domain_score():
     assert F.in_domain_score(["physics", "other", "chemistry"], [0.5, 0.3, 0.2], {"physics", "chemistry"}) == \
         pytest.approx(0.7)
     assert F.in_domain_score(["other"], [1.0], {"physics"}) == 0.0
+    assert F.in_domain_score(["physics"], [1.00001], {"physics"}) == 1.0
