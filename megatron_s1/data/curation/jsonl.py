@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 from megatron_s1.data.curation.errors import CurationError
 
@@ -16,11 +16,11 @@ def check_input(path: str, what: str = "input") -> None:
         raise CurationError(f"{what} {path!r} is a directory", "pass a file")
 
 
-def iter_jsonl(path: str, require: Iterable[str] = ()) -> Iterator[dict]:
+def iter_jsonl(path: str, require: dict[str, str] | None = None) -> Iterator[dict]:
     """Yield one dict per non-empty line; bad JSON, non-objects or missing required keys raise
-    CurationError naming ``path:line``."""
+    CurationError naming ``path:line``. ``require`` maps a required key to the option that names it."""
     check_input(path)
-    require = tuple(require)
+    require = require or {}
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -33,10 +33,10 @@ def iter_jsonl(path: str, require: Iterable[str] = ()) -> Iterator[dict]:
             if not isinstance(obj, dict):
                 raise CurationError(f"{path}:{lineno} is a JSON {type(obj).__name__}, not an object",
                                     "each line must be one JSON object, e.g. {\"text\": \"...\"}")
-            for key in require:
+            for key, option in require.items():
                 if key not in obj:
                     raise CurationError(f"{path}:{lineno} has no {key!r} field (fields: {', '.join(obj) or 'none'})",
-                                        f"add it or choose the field with the matching --*-key option")
+                                        f"add it or name the right field with {option}")
             yield obj
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -38,6 +39,7 @@ from megatron_s1.data.curation.jsonl import JsonlWriter, check_input, iter_jsonl
 from megatron_s1.data.curation.taxonomy import UNKNOWN, Taxonomy, silver_label
 
 ACTIONS = ("keep", "discard", "rewrite")
+_HOST_RE = re.compile(r"^[\w-]+(\.[\w-]+)*$")
 RULE_KEYS = {"action", "min_fraction", "max_fraction", "min_pages", "max_pages", "of"}
 
 REWRITE_PROMPT = ("Rewrite the following web page as clean, self-contained scientific text. Keep every fact, "
@@ -54,6 +56,8 @@ def url_domain(url: str, levels: int = 0) -> str:
     try:
         host = (urlsplit(url).hostname or "").lower().rstrip(".")
     except ValueError:
+        return ""
+    if not _HOST_RE.match(host):
         return ""
     if host.startswith("www."):
         host = host[4:]
@@ -175,7 +179,7 @@ def run_web_domains(input_path: str, output: str, client, taxonomy: Taxonomy, ru
     # pass 1: group + per-domain reservoir sample
     groups: dict[str, _DomainSample] = defaultdict(_DomainSample)
     page_domains: list[str] = []
-    for i, doc in enumerate(iter_jsonl(input_path, require=(url_key, text_key))):
+    for i, doc in enumerate(iter_jsonl(input_path, require={url_key: "--url-key", text_key: "--text-key"})):
         domain = url_domain(str(doc[url_key]), domain_levels)
         if not domain:
             raise CurationError(f"{input_path} record {i + 1}: URL {str(doc[url_key])[:80]!r} has no host",
