@@ -27,8 +27,15 @@ def cli_command(args: list[str], nproc: int = 1) -> list[str]:
             f"--master-port={free_port()}", "-m", "megatron_s1.cli", *args]
 
 
+def cli_env() -> dict:
+    """Environment for a child run: never inherit the rendezvous of an in-process test's process group."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    return dict(env, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+
+
 def run_cli(args: list[str], nproc: int = 1, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    env = cli_env()
     proc = subprocess.run(cli_command(args, nproc), cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=timeout)
     if check and proc.returncode != 0:

@@ -95,6 +95,14 @@ class DataConfig:
     micro_batch_size: int = 2
     num_workers: int = 0
     cache_dir: Optional[str] = None  # index cache for BlendedMegatronDatasetBuilder; default run.dir/data_cache
+    # Whole-document packing (needs micro_batch_size=1; one pack per micro-batch): none = Megatron's
+    # concatenated fixed-length samples; naive = next-fit packing + round-robin ranks; vlbs = best-fit
+    # packing + per-step balancing of a*tokens + b*sum(len^2) over DP ranks (Intern-S1 VLBS).
+    packing: str = "none"
+    packing_epochs: int = 1
+    vlbs_window_steps: int = 16
+    vlbs_cost_a: float = 1.0
+    vlbs_cost_b: float = 1.0 / 4096
 
 
 @dataclass

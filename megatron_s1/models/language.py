@@ -136,6 +136,39 @@ def build_transformer_config(cfg: ExperimentConfig) -> TransformerConfig:
     return TransformerConfig(**kwargs)
 
 
+class PositionIdRotary(torch.nn.Module):
+    """RoPE looked up at explicit position ids instead of 0..S-1.
+
+    Megatron's GPTModel applies RoPE by sequence index unless a THD packed sequence (TE) tells it where
+    documents start. Without TE, packed documents carry restarting `position_ids`; this wrapper makes RoPE
+    follow them, so a document in a pack is encoded exactly as it would be alone.
+    """
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.position_ids = None
+
+    def get_rotary_seq_len(self, *args, **kwargs):
+        return self.inner.get_rotary_seq_len(*args, **kwargs)
+
+    def forward(self, max_seq_len, *args, **kwargs):
+        if self.position_ids is None:
+            return self.inner(max_seq_len, *args, **kwargs)
+        positions = self.position_ids[0]
+        table = self.inner(max(int(max_seq_len), int(positions.max()) + 1), *args, **kwargs)
+        return table[positions]
+
+
+class LanguageModel(GPTModel):
+    """GPTModel whose RoPE follows `position_ids` on the local spec (packed documents on CPU)."""
+
+    def forward(self, input_ids, position_ids, attention_mask, *args, **kwargs):
+        if isinstance(getattr(self, "rotary_pos_emb", None), PositionIdRotary):
+            self.rotary_pos_emb.position_ids = position_ids
+        return super().forward(input_ids, position_ids, attention_mask, *args, **kwargs)
+
+
 def build_language_model(cfg: ExperimentConfig, config: TransformerConfig, pre_process: bool,
                          post_process: bool, vp_stage=None) -> GPTModel:
     """Model provider for one pipeline stage (or virtual stage)."""
@@ -144,7 +177,7 @@ def build_language_model(cfg: ExperimentConfig, config: TransformerConfig, pre_p
     spec = build_block_spec(kind, cfg.model.num_moe_experts, cfg.model.qk_layernorm, config.moe_grouped_gemm,
                             num_local_layers)
     spec = apply_pro_spec(cfg.model, spec)  # Intern-S1-Pro router / FoPE swaps (no-op otherwise)
-    return GPTModel(
+    model = LanguageModel(
         config=config,
         transformer_layer_spec=spec,
         vocab_size=cfg.model.vocab_size,
@@ -156,3 +189,6 @@ def build_language_model(cfg: ExperimentConfig, config: TransformerConfig, pre_p
         rotary_base=cfg.model.rotary_base,
         vp_stage=vp_stage,
     )
+    if kind == "local":
+        model.rotary_pos_emb = PositionIdRotary(model.rotary_pos_emb)
+    return model

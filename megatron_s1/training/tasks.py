@@ -70,13 +70,46 @@ class PretrainTask:
 
     def build_datasets(self, train_samples: int, valid_samples: int):
         cfg, tok = self.cfg, self.trainer.tokenizer
+        if cfg.data.packing != "none":
+            return self._packed_datasets()
         cache = cfg.data.cache_dir or os.path.join(cfg.run.dir, "data_cache")
         needs_mask = resolve_spec_kind(cfg.model.spec) == "local"  # TE builds the causal mask itself
         return build_gpt_datasets(cfg.data, cfg.run.seed, tok.vocab_size, tok.eod_id,
                                   [train_samples, valid_samples, 0], cache, needs_mask)
 
+    def _packed_datasets(self):
+        from megatron_s1.data.packed import (PackedData, PackedDocuments, PackedSchedule, prefixes_for_packing,
+                                             split_documents)
+        from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+        cfg, d, trainer = self.cfg, self.cfg.data, self.trainer
+        if d.packing not in ("naive", "vlbs"):
+            raise ConfigError(f"data.packing must be none, naive or vlbs, got {d.packing!r}")
+        if d.micro_batch_size != 1:
+            raise ConfigError("data.packing needs data.micro_batch_size=1 (a micro-batch is one packed sequence)")
+        prefixes = prefixes_for_packing(d.blend)
+        num_docs = sum(len(IndexedDataset(p)) for p in prefixes)
+        train_docs, valid_docs, _ = split_documents(num_docs, d.split, cfg.run.seed)
+        vlbs = d.packing == "vlbs"
+        train = PackedDocuments(prefixes, train_docs, d.seq_length, cfg.run.seed, vlbs, d.packing_epochs)
+        # Packs per rank of every step, from the (token-based) batch-size schedule.
+        per_step, consumed = [], 0
+        for _ in range(cfg.train.steps):
+            per_step.append(trainer.batch_schedule.num_microbatches(consumed))
+            consumed += trainer.batch_schedule.global_batch_tokens(consumed)
+        schedule = PackedSchedule(train, per_step, trainer.dp_size, cfg.run.seed, vlbs, d.vlbs_window_steps,
+                                  d.vlbs_cost_a, d.vlbs_cost_b)
+        with_mask = resolve_spec_kind(cfg.model.spec) == "local"
+        valid = None
+        if len(valid_docs):
+            valid = PackedData(PackedDocuments(prefixes, valid_docs, d.seq_length, cfg.run.seed, False, 1),
+                               None, d.seq_length, with_mask)
+        return PackedData(train, schedule, d.seq_length, with_mask), valid, None
+
     def microbatches(self, dataset, first_sample: int, global_batch: int, dp_rank: int,
                      dp_size: int) -> Iterator[dict]:
+        if hasattr(dataset, "microbatches"):  # packed data schedules its own packs
+            return dataset.microbatches(first_sample, global_batch, dp_rank, dp_size)
         return microbatches(dataset, first_sample, global_batch, dp_rank, dp_size, self.cfg.data.micro_batch_size)
 
     def forward_step(self, batch: dict, model):
@@ -84,5 +117,18 @@ class PretrainTask:
         mask = batch.get("attention_mask")
         if mask is not None and mask.dim() == 3:
             mask = mask.unsqueeze(1)
-        output = model(batch["tokens"], batch["position_ids"], mask, labels=batch["labels"])
+        packed_seq_params = None
+        if "cu_seqlens" in batch and mask is None:
+            packed_seq_params = thd_params(batch["cu_seqlens"])
+        output = model(batch["tokens"], batch["position_ids"], mask, labels=batch["labels"],
+                       packed_seq_params=packed_seq_params)
         return output, partial(masked_token_loss, batch["loss_mask"])
+
+
+def thd_params(cu_seqlens: torch.Tensor):
+    """TE packed-sequence (THD) parameters of one packed micro-batch."""
+    from megatron.core.packed_seq_params import PackedSeqParams
+
+    max_len = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+    return PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu_seqlens, cu_seqlens_kv=cu_seqlens,
+                           max_seqlen_q=max_len, max_seqlen_kv=max_len)

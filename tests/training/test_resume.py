@@ -6,14 +6,13 @@ import signal
 import subprocess
 import time
 
-from tests.conftest import REPO, cli_command, losses, read_metrics, run_cli
+from tests.conftest import REPO, cli_command, cli_env, losses, read_metrics, run_cli
 
 STEPS = 10
 
 
 def _popen(args):
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    return subprocess.Popen(cli_command(args), cwd=REPO, env=env, stdout=subprocess.PIPE,
+    return subprocess.Popen(cli_command(args), cwd=REPO, env=cli_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
 
