@@ -269,7 +269,7 @@ class Trainer:
                       f"({self.state['consumed_tokens']} tokens)")
         if cfg.train.exit_signal_handling:
             install_exit_signal_handlers(self._on_signal)
-        last_eval, last_eval_step = None, None
+        last_eval, last_eval_step, last_saved_step = None, None, None
         exit_reason = "completed"
         interval_start = time.perf_counter()
         interval_tokens = 0
@@ -306,6 +306,7 @@ class Trainer:
                 log.advance()
                 if cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0 and step < cfg.train.steps:
                     path = self.checkpointer.save(dict(self.state))
+                    last_saved_step = step
                     log.event(f"saved checkpoint {path}")
                 self.checkpointer.finalize_pending()
                 if interval_tokens == 0:  # eval and checkpoint time stay out of tokens/s
@@ -317,7 +318,11 @@ class Trainer:
                 if cfg.train.exit_at_step is not None and step >= cfg.train.exit_at_step:
                     exit_reason = "exit_at_step"
                     break
-            if exit_reason != "completed" or self.state["step"] == cfg.train.steps:
+            needs_save = exit_reason != "completed" or self.state["step"] == cfg.train.steps
+            if needs_save and last_saved_step == self.state["step"]:
+                self.checkpointer.finalize_pending(blocking=True)  # this step is already saved
+                log.event(f"checkpoint of step {self.state['step']} already saved ({exit_reason})")
+            elif needs_save:
                 path = self.checkpointer.save(dict(self.state), blocking=True)
                 log.event(f"saved checkpoint {path}" + ("" if exit_reason == "completed" else f" ({exit_reason})"))
             if (exit_reason == "completed" and self.valid_ds is not None and cfg.train.eval_iters > 0
