@@ -14,6 +14,7 @@ import sys
 # Modules that add sub-commands: each exposes register(subparsers).
 PLUGIN_COMMANDS = [
     "megatron_s1.tokenizer.cli",  # megatron-s1 tokenizer ...
+    "megatron_s1.conversion.cli",  # megatron-s1 convert ...
     "megatron_s1.data.curation.cli",  # megatron-s1 data ... (curation; `data` itself: megatron_s1/data/cli.py)
 ]
 

@@ -1,0 +1,253 @@
+"""`hf_to_mcore` and `mcore_to_hf`: streaming, atomic conversions between HF safetensors and our checkpoints.
+
+Output is written to a sibling temp directory and renamed into place only when complete; any error removes
+it, so a failed conversion leaves nothing behind.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import resource
+import shutil
+import time
+from typing import Optional
+
+import torch
+
+from megatron_s1.conversion import hf_io
+from megatron_s1.conversion.hf_config import hf_to_model_fields, model_fields_to_hf
+from megatron_s1.conversion.mappings import ConversionError, Shapes, expand, get_architecture
+from megatron_s1.conversion.mcore_io import build_layout, read_params, stored_dtypes, write_checkpoint
+
+HF_SUBDIR = "hf"  # inside a converted Megatron checkpoint: the original config.json, tokenizer files, ...
+STATE_FILE = "trainer_state.json"
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+@contextlib.contextmanager
+def atomic_output_dir(out_dir: str, force: bool):
+    """Yield a temp dir next to `out_dir`; rename it to `out_dir` on success, delete it on any failure."""
+    out_dir = os.path.abspath(out_dir)
+    if os.path.exists(out_dir) and not force:
+        raise ConversionError(f"output directory {out_dir} already exists; pass --force to replace it")
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{os.path.basename(out_dir)}.tmp-{os.getpid()}")
+    if os.path.exists(tmp):
+        shutil.rmtree(tmp)
+    os.makedirs(tmp)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if os.path.exists(out_dir):
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+
+
+def _flags(model: dict) -> set:
+    flags = {"moe" if model.get("num_moe_experts") else "dense"}
+    if model["untie_embeddings_and_output_weights"]:
+        flags.add("untied")
+    if model["qk_layernorm"]:
+        flags.add("qk_norm")
+    return flags
+
+
+def _shapes(model: dict) -> Shapes:
+    return Shapes(hidden_size=model["hidden_size"], num_attention_heads=model["num_attention_heads"],
+                  num_query_groups=model["num_query_groups"], head_dim=model["kv_channels"])
+
+
+def _experiment_config(model_fields: dict, tp: int, pp: int, ep: int, etp: Optional[int]):
+    from megatron_s1.config.schema import ConfigError, ExperimentConfig, config_from_dict
+    from megatron_s1.models.language import validate_model_parallel
+
+    base = ExperimentConfig().to_dict()
+    base["model"].update(model_fields)
+    base["parallel"].update(tensor=tp, pipeline=pp, expert=ep, expert_tensor=etp)
+    cfg = config_from_dict(base)
+    world = pp * math.lcm(tp, (etp or tp) * ep)
+    try:
+        validate_model_parallel(cfg.model, cfg.parallel, world)
+    except ConfigError as err:
+        raise ConversionError(f"requested layout does not fit the model: {err}") from None
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------- HF -> mcore
+def hf_to_mcore(hf_dir: str, out_dir: str, tp: int = 1, pp: int = 1, ep: int = 1, etp: Optional[int] = None,
+                force: bool = False) -> dict:
+    start = time.time()
+    hf_config = hf_io.read_hf_config(hf_dir)
+    arch_name, model_fields = hf_to_model_fields(hf_config)
+    arch = get_architecture(arch_name)
+    cfg = _experiment_config(model_fields, tp, pp, ep, etp)
+    ckpt = hf_io.HFCheckpoint(hf_dir)
+    model = cfg.to_dict()["model"]
+    rules = expand(arch.components, model["num_layers"], model["num_moe_experts"], _flags(model))
+    shapes = _shapes(model)
+
+    # Plan everything from headers before writing a byte: names, shapes, dtypes.
+    layout = build_layout(cfg)
+    by_mcore = {r.mcore: r for r in rules}
+    if set(by_mcore) != set(layout.params):
+        extra = sorted(set(by_mcore) ^ set(layout.params))
+        raise ConversionError(f"mapping table and Megatron model disagree on {extra[:4]}; the table for "
+                              f"{arch_name} does not match this Megatron version")
+    dtypes, used = {}, set()
+    for rule in rules:
+        absent = [h for h in rule.hf if h not in ckpt.shapes]
+        if absent:
+            raise ConversionError(f"HF checkpoint {hf_dir} lacks tensor {absent[0]!r} required by config.json "
+                                  f"({arch_name}); config and weights disagree")
+        got = rule.transform.mcore_shape([ckpt.shapes[h] for h in rule.hf], shapes)
+        want = layout.params[rule.mcore].shape
+        if tuple(got) != tuple(want):
+            shown = ", ".join(f"{h} {ckpt.shapes[h]}" for h in rule.hf)
+            raise ConversionError(f"shape mismatch: {shown} gives {tuple(got)} but config.json implies {want} "
+                                  f"for {rule.mcore}; config and weights disagree")
+        kinds = {ckpt.dtypes[h] for h in rule.hf}
+        if len(kinds) != 1:
+            raise ConversionError(f"tensors {rule.hf} have different dtypes {kinds}")
+        dtypes[rule.mcore] = kinds.pop()
+        used.update(rule.hf)
+    ignorable = set() if "untied" in _flags(model) else {"lm_head.weight"}  # tied: lm_head is the embedding
+    unused = sorted(set(ckpt.shapes) - used - ignorable)
+    if unused:
+        raise ConversionError(f"HF checkpoint has {len(unused)} tensors the {arch_name} table does not map, e.g. "
+                              f"{unused[0]!r}; refusing to drop weights")
+
+    def make_tensor(name: str) -> torch.Tensor:
+        rule = by_mcore[name]
+        return rule.transform.to_mcore([ckpt.get(h) for h in rule.hf], shapes)
+
+    stored_dtype = next(iter(dtypes.values()))
+    with atomic_output_dir(out_dir, force) as tmp:
+        write_checkpoint(tmp, layout, dtypes, make_tensor, common={"content_metadata": _content_metadata()},
+                         order=[r.mcore for r in rules])
+        os.makedirs(os.path.join(tmp, HF_SUBDIR))
+        for name in hf_io.side_files(hf_dir):
+            shutil.copy2(os.path.join(hf_dir, name), os.path.join(tmp, HF_SUBDIR, name))
+        state = {
+            "step": 0, "consumed_tokens": 0, "consumed_samples": 0, "skipped_steps": 0,
+            "layout": {"tensor": 1, "pipeline": 1, "virtual_pipeline": None, "expert": 1, "expert_tensor": 1,
+                       "context": 1, "world_size": 1, "distributed_optimizer": False},
+            "config": cfg.to_dict(),
+            "converted_from": {"format": "hf", "architecture": arch_name, "path": os.path.abspath(hf_dir),
+                               "dtype": hf_io.torch_dtype_name(stored_dtype)},
+        }
+        with open(os.path.join(tmp, STATE_FILE), "w", encoding="utf-8") as f:
+            json.dump(state, f, indent=1)
+    return {"architecture": arch_name, "tensors": len(rules), "seconds": round(time.time() - start, 2),
+            "peak_rss_mb": round(peak_rss_mb(), 1), "out": os.path.abspath(out_dir)}
+
+
+def _content_metadata() -> dict:
+    # Same content metadata the trainer writes (see training/checkpointing.py).
+    return {"distrib_optim_sharding_type": "dp_reshardable", "chained_optim_avoid_prefix": True}
+
+
+# --------------------------------------------------------------------------------------------- mcore -> HF
+def _resolve_ckpt(path: str) -> str:
+    from megatron_s1.config.schema import ConfigError
+    from megatron_s1.training.checkpointing import resolve_checkpoint_dir
+
+    if not os.path.exists(path):
+        raise ConversionError(f"checkpoint {path!r} does not exist")
+    try:
+        return resolve_checkpoint_dir(path)
+    except ConfigError as err:
+        raise ConversionError(str(err)) from None
+
+
+def _infer_architecture(model: dict) -> str:
+    problems = []
+    if not model["qk_layernorm"]:
+        problems.append("model.qk_layernorm=false")
+    if model["add_qkv_bias"]:
+        problems.append("model.add_qkv_bias=true")
+    if model["activation"] != "swiglu" or model["normalization"] != "RMSNorm":
+        problems.append("activation/normalization other than swiglu/RMSNorm")
+    if model.get("moe_shared_expert_intermediate_size"):
+        problems.append("shared experts")
+    if problems:
+        raise ConversionError(f"checkpoint model cannot be expressed as a Qwen3 HF model ({', '.join(problems)})")
+    return "Qwen3MoeForCausalLM" if model.get("num_moe_experts") else "Qwen3ForCausalLM"
+
+
+def mcore_to_hf(ckpt_dir: str, out_dir: str, force: bool = False, dtype: Optional[str] = None,
+                max_shard_size: str = "2GB", tokenizer: Optional[str] = None) -> dict:
+    from megatron_s1.config.schema import config_from_dict
+
+    start = time.time()
+    ckpt_dir = _resolve_ckpt(ckpt_dir)
+    with open(os.path.join(ckpt_dir, STATE_FILE), encoding="utf-8") as f:
+        state = json.load(f)
+    cfg = config_from_dict(state["config"])
+    cfg.model.fp8 = None
+    cfg.model.recompute = None
+    model = cfg.to_dict()["model"]
+    source = state.get("converted_from") or {}
+    arch_name = source.get("architecture") or _infer_architecture(model)
+    arch = get_architecture(arch_name)
+    rules = expand(arch.components, model["num_layers"], model["num_moe_experts"], _flags(model))
+    shapes = _shapes(model)
+    layout = build_layout(cfg)
+    if {r.mcore for r in rules} != set(layout.params):
+        extra = sorted({r.mcore for r in rules} ^ set(layout.params))
+        raise ConversionError(f"mapping table and Megatron model disagree on {extra[:4]}")
+    stored = stored_dtypes(ckpt_dir)
+    cast = None
+    if dtype is not None:
+        cast = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+                "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}.get(dtype)
+        if cast is None:
+            raise ConversionError(f"--dtype {dtype!r}: choose float32, bfloat16 or float16")
+    out_dtype = cast or stored[layout.params[rules[0].mcore].key][1]
+
+    # Group by layer: one layer's tensors in memory at a time.
+    groups: dict = {}
+    for rule in rules:
+        groups.setdefault(rule.layer, []).append(rule)
+    hf_source = os.path.join(ckpt_dir, HF_SUBDIR)
+    base_config = None
+    if os.path.exists(os.path.join(hf_source, "config.json")):
+        with open(os.path.join(hf_source, "config.json"), encoding="utf-8") as f:
+            base_config = json.load(f)
+    hf_config = model_fields_to_hf(arch_name, model, base_config, hf_io.torch_dtype_name(out_dtype))
+
+    with atomic_output_dir(out_dir, force) as tmp:
+        writer = hf_io.ShardWriter(tmp, hf_io.parse_size(max_shard_size))
+        for layer in sorted(groups, key=lambda x: -1 if x is None else x):
+            group = groups[layer]
+            params = read_params(ckpt_dir, layout, [r.mcore for r in group], stored)
+            for rule in group:
+                tensor = params.pop(rule.mcore)
+                if cast is not None:
+                    tensor = tensor.to(cast)
+                for name, part in zip(rule.hf, rule.transform.to_hf(tensor, shapes)):
+                    writer.add(name, part)
+            del params
+        writer.close()
+        copied = set()
+        for src in ([tokenizer] if tokenizer else []) + [hf_source]:
+            if src and os.path.isdir(src):
+                for name in hf_io.side_files(src):
+                    if name not in copied and name != "config.json":
+                        shutil.copy2(os.path.join(src, name), os.path.join(tmp, name))
+                        copied.add(name)
+        if hf_config == base_config:  # untouched: byte-identical copy of the original
+            shutil.copy2(os.path.join(hf_source, "config.json"), os.path.join(tmp, "config.json"))
+        else:
+            with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
+                json.dump(hf_config, f, indent=2, sort_keys=True)
+                f.write("\n")
+    return {"architecture": arch_name, "tensors": len(rules), "seconds": round(time.time() - start, 2),
+            "peak_rss_mb": round(peak_rss_mb(), 1), "out": os.path.abspath(out_dir)}
