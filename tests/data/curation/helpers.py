@@ -75,9 +75,12 @@ class FakeLLMServer:
             def do_POST(self):  # noqa: N802
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 server.requests.append(body)
-                if not self.path.endswith("/chat/completions"):
+                if not self.path.endswith("/chat/completions") or body.get("model") == "missing":
+                    payload = b'{"error": {"message": "model not found"}}'
                     self.send_response(404)
+                    self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()
+                    self.wfile.write(payload)
                     return
                 payload = json.dumps({"choices": [{"message": {"role": "assistant",
                                                                "content": answer(body["messages"])}}]}).encode()
