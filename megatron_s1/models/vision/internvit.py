@@ -337,3 +337,28 @@ def pad_head_dim0(weight: torch.Tensor, num_heads: int, padded_heads: int, head_
     """Pad a per-head vector (QK-norm weight) along dim 0."""
     pad = weight.new_full(((padded_heads - num_heads) * head_dim, *weight.shape[1:]), fill)
     return torch.cat([weight, pad])
+
+
+def shard_vision_state_dict(full: dict, num_heads: int, head_dim: int, tp_rank: int, tp_size: int) -> dict:
+    """Unpadded TP=1 state dict (vision_model.* / vision_projection.* or bare names) -> one TP rank's shard.
+
+    Heads are padded to a multiple of tp_size (zero qkv rows, zero proj columns, unit QK-norm weights),
+    then column-parallel weights split on dim 0 and row-parallel weights on dim 1; the rest is replicated.
+    """
+    padded = padded_num_heads(num_heads, tp_size)
+    out = {}
+    for name, t in full.items():
+        if ".self_attention.linear_qkv." in name:
+            t = pad_qkv_heads(t, num_heads, padded, head_dim)
+            t = t.chunk(tp_size, 0)[tp_rank]
+        elif name.endswith(("q_layernorm.weight", "k_layernorm.weight")):
+            t = pad_head_dim0(t, num_heads, padded, head_dim, fill=1.0).chunk(tp_size, 0)[tp_rank]
+        elif name.endswith(".self_attention.linear_proj.weight"):
+            pad = t.new_zeros(t.shape[0], (padded - num_heads) * head_dim)
+            t = torch.cat([t, pad], 1).chunk(tp_size, 1)[tp_rank]
+        elif name.endswith(("linear_fc1.weight", "linear_fc1.bias")):
+            t = t.chunk(tp_size, 0)[tp_rank]
+        elif name.endswith("linear_fc2.weight"):
+            t = t.chunk(tp_size, 1)[tp_rank]
+        out[name] = t.clone()
+    return out
