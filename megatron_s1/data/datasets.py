@@ -12,7 +12,7 @@ from typing import Iterator, Optional
 
 import torch
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
-from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
 
 from megatron_s1.config.schema import ConfigError, DataConfig
 
@@ -54,11 +54,15 @@ def parse_blend(blend: list) -> tuple[list[str], Optional[list[float]]]:
 def build_gpt_datasets(data: DataConfig, seed: int, vocab_size: int, eod_id: int, num_samples: list[int],
                        cache_dir: str, create_attention_mask: bool):
     """Train/valid/test GPTDatasets sized for `num_samples` [train, valid, test] sequences."""
-    prefixes, weights = parse_blend(data.blend)
+    if data.mock:
+        blend, weights, dataset_class = None, None, MockGPTDataset
+    else:
+        prefixes, weights = parse_blend(data.blend)
+        blend, dataset_class = (prefixes, weights), GPTDataset
     config = GPTDatasetConfig(
         random_seed=seed,
         sequence_length=data.seq_length,
-        blend=(prefixes, weights),
+        blend=blend,
         split=data.split,
         path_to_cache=cache_dir,
         tokenizer=_TokenizerInfo(vocab_size, eod_id),
@@ -70,7 +74,7 @@ def build_gpt_datasets(data: DataConfig, seed: int, vocab_size: int, eod_id: int
     )
     # Megatron wants None for unused splits of an unweighted blend and an int for weighted ones.
     sizes = [n if (n > 0 or weights) else None for n in num_samples]
-    return BlendedMegatronDatasetBuilder(GPTDataset, sizes, lambda: True, config).build()
+    return BlendedMegatronDatasetBuilder(dataset_class, sizes, lambda: True, config).build()
 
 
 def _collate(samples: list[dict]) -> dict:

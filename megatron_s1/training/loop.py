@@ -318,7 +318,8 @@ class Trainer:
                 if cfg.train.exit_at_step is not None and step >= cfg.train.exit_at_step:
                     exit_reason = "exit_at_step"
                     break
-            needs_save = exit_reason != "completed" or self.state["step"] == cfg.train.steps
+            needs_save = exit_reason != "completed" or (self.state["step"] == cfg.train.steps
+                                                        and cfg.checkpoint.save_final)
             if needs_save and last_saved_step == self.state["step"]:
                 self.checkpointer.finalize_pending(blocking=True)  # this step is already saved
                 log.event(f"checkpoint of step {self.state['step']} already saved ({exit_reason})")

@@ -50,3 +50,11 @@ def test_async_checkpoint_and_resume(tmp_path, train_args):
     assert sorted(got) == list(range(1, 7))
     for step in expected:  # bf16 GPU kernels: same data and state, tolerance for kernel non-determinism
         assert abs(got[step] - expected[step]) < 2e-2, (step, got[step], expected[step])
+
+
+def test_packed_thd_trains(tmp_path, train_args):
+    """VLBS-packed documents run as TE THD sequences (cu_seqlens) and learn."""
+    run_cli(train_args(str(tmp_path), "train.steps=6", "model.spec=te", *GPU_MODEL, "data.packing=vlbs",
+                       "data.micro_batch_size=1"))
+    records = read_metrics(str(tmp_path))
+    assert len(records) == 6 and records[-1]["loss"] < records[0]["loss"]

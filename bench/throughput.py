@@ -1,0 +1,180 @@
+"""Training throughput of megatron-s1 against HF transformers on the same model, data shape and GPU.
+
+Runs, one after another in separate processes (so each gets the whole GPU):
+  hf            transformers Qwen3Moe/Qwen3ForCausalLM, bf16, sdpa attention, fused AdamW
+  ours-untuned  megatron-s1 with the TE spec and model.fusions=false (plain Megatron-Core defaults)
+  ours-bf16     megatron-s1 with its defaults (fusions on, grouped GEMM, alltoall dispatcher)
+  ours-fp8-*    the same with an FP8 recipe (delayed, tensorwise, blockwise)
+and prints tokens/s, TFLOP/s per GPU, MFU and the ratio to the HF peer. Our numbers come from the
+trainer's own metrics.jsonl (median over the timed steps), the HF numbers from CUDA-synchronised timing.
+
+    python bench/throughput.py --shape probe-moe --runs hf,ours-untuned,ours-bf16,ours-fp8-blockwise
+    python bench/throughput.py --shape probe-moe --nproc 2 --parallel parallel.expert=2 --runs ours-bf16
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+# Model shapes (our config keys). probe-moe is the issue's probe; dense-slice an Intern-S1-mini slice.
+SHAPES = {
+    "probe-moe": dict(num_layers=4, hidden_size=2048, num_attention_heads=16, num_query_groups=4, kv_channels=128,
+                      ffn_hidden_size=6144, num_moe_experts=32, moe_router_topk=8, moe_ffn_hidden_size=768,
+                      vocab_size=151936, seq_length=4096, micro_batch_size=2),
+    "dense-slice": dict(num_layers=4, hidden_size=4096, num_attention_heads=32, num_query_groups=8, kv_channels=128,
+                        ffn_hidden_size=12288, num_moe_experts=None, vocab_size=151936, seq_length=4096,
+                        micro_batch_size=1),
+}
+FP8 = {"ours-fp8-delayed": "delayed", "ours-fp8-tensorwise": "tensorwise", "ours-fp8-blockwise": "blockwise"}
+
+
+def hf_model(shape: dict):
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    common = dict(hidden_size=shape["hidden_size"], num_hidden_layers=shape["num_layers"],
+                  num_attention_heads=shape["num_attention_heads"], num_key_value_heads=shape["num_query_groups"],
+                  head_dim=shape["kv_channels"], intermediate_size=shape["ffn_hidden_size"],
+                  vocab_size=shape["vocab_size"], max_position_embeddings=shape["seq_length"], rope_theta=1e6,
+                  rms_norm_eps=1e-6, tie_word_embeddings=False, attn_implementation="sdpa", torch_dtype=torch.bfloat16)
+    if shape["num_moe_experts"]:
+        config = Qwen3MoeConfig(num_experts=shape["num_moe_experts"], num_experts_per_tok=shape["moe_router_topk"],
+                                moe_intermediate_size=shape["moe_ffn_hidden_size"], norm_topk_prob=True,
+                                output_router_logits=True, router_aux_loss_coef=1e-3, **common)
+        return Qwen3MoeForCausalLM(config)
+    return Qwen3ForCausalLM(Qwen3Config(**common))
+
+
+def run_hf(shape: dict, steps: int, warmup: int) -> dict:
+    """Child-process body: time HF training steps."""
+    import torch
+
+    torch.manual_seed(0)
+    model = hf_model(shape).to(device="cuda", dtype=torch.bfloat16)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    b, s = shape["micro_batch_size"], shape["seq_length"]
+    tokens = torch.randint(0, shape["vocab_size"], (b, s), device="cuda")
+    times = []
+    for step in range(warmup + steps):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        loss = model(input_ids=tokens, labels=tokens).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        if step >= warmup:
+            times.append(time.perf_counter() - start)
+    return {"tokens_per_s": b * s / statistics.median(times), "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30}
+
+
+def ours_overrides(shape: dict, run: str, nproc: int, parallel: list[str], steps: int, run_dir: str) -> list[str]:
+    keys = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "kv_channels", "ffn_hidden_size",
+            "num_moe_experts", "moe_router_topk", "moe_ffn_hidden_size", "vocab_size")
+    out = [f"model.{k}={'null' if shape.get(k) is None else shape[k]}" for k in keys if k in shape]
+    dp = nproc
+    for p in parallel:  # TP/PP/CP shrink the data-parallel group
+        key, value = p.split("=")
+        if key in ("parallel.tensor", "parallel.pipeline", "parallel.context"):
+            dp //= int(value)
+    batch_tokens = shape["seq_length"] * shape["micro_batch_size"] * dp
+    out += [f"model.max_position_embeddings={shape['seq_length']}", "model.spec=te", "model.params_dtype=bf16",
+            f"data.seq_length={shape['seq_length']}", f"data.micro_batch_size={shape['micro_batch_size']}",
+            "data.mock=true", f"train.global_batch_tokens=[[0, {batch_tokens}]]", f"train.steps={steps}",
+            "train.log_interval=1", "train.eval_interval=0", "train.eval_iters=0", "checkpoint.save_final=false",
+            "checkpoint.resume=false", "logging.tensorboard=false", "logging.progress_bar=off", f"run.dir={run_dir}",
+            "optimizer.warmup_tokens=0", *parallel]
+    if run == "ours-untuned":
+        out.append("model.fusions=false")
+    if run in FP8:
+        out.append(f"model.fp8={FP8[run]}")
+    return out
+
+
+def run_ours(shape, run, nproc, parallel, steps, warmup) -> dict:
+    with tempfile.TemporaryDirectory() as run_dir:
+        args = ["-m", "megatron_s1.cli", "train", *ours_overrides(shape, run, nproc, parallel, warmup + steps, run_dir)]
+        if nproc > 1:
+            cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", *args]
+        else:
+            cmd = [sys.executable, *args]
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        if proc.returncode != 0:
+            return {"error": (proc.stdout + proc.stderr)[-2500:]}
+        with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+            records = [json.loads(line) for line in f][warmup:]
+    return {"tokens_per_s": statistics.median(r["tokens_per_s"] for r in records) / nproc,
+            "peak_mem_gb": max(r["peak_mem_gb"] for r in records), "loss_last": records[-1]["loss"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="probe-moe", help="model + batch shape")
+    parser.add_argument("--runs", default="hf,ours-untuned,ours-bf16,ours-fp8-blockwise",
+                        help="comma list of: hf, ours-untuned, ours-bf16, " + ", ".join(FP8))
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per run")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    parser.add_argument("--nproc", type=int, default=1, help="GPUs for our runs (the HF peer uses one)")
+    parser.add_argument("--parallel", nargs="*", default=[], help="extra overrides, e.g. parallel.expert=2")
+    parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument("--child-hf", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    shape = SHAPES[args.shape]
+    if args.child_hf:
+        print(json.dumps(run_hf(shape, args.steps, args.warmup)))
+        return
+
+    import torch
+
+    from megatron_s1.config import load_config
+    from megatron_s1.training.flops import peak_tflops, training_flops_per_token
+
+    model_cfg = load_config(None, [f"model.{k}={'null' if v is None else v}" for k, v in shape.items()
+                                   if k not in ("seq_length", "micro_batch_size")]).model
+    flops_per_token = training_flops_per_token(model_cfg, shape["seq_length"])
+    device = torch.cuda.get_device_name()
+    results = {}
+    for run in args.runs.split(","):
+        if run == "hf":
+            proc = subprocess.run([sys.executable, __file__, "--shape", args.shape, "--steps", str(args.steps),
+                                   "--warmup", str(args.warmup), "--child-hf"], capture_output=True, text=True)
+            res = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else \
+                {"error": proc.stderr[-2500:]}
+        else:
+            res = run_ours(shape, run, args.nproc, args.parallel, args.steps, args.warmup)
+        if "tokens_per_s" in res:
+            tflops = flops_per_token * res["tokens_per_s"] / 1e12
+            peak = peak_tflops(device, "fp8" if run in FP8 else "bf16")
+            bf16_peak = peak_tflops(device, "bf16")
+            res.update(tflops_per_gpu=tflops, mfu_bf16_peak=tflops / bf16_peak if bf16_peak else None,
+                       mfu=tflops / peak if peak else None)
+        results[run] = res
+        print(run, json.dumps(res)[:400], flush=True)
+    hf = results.get("hf", {}).get("tokens_per_s")
+    print(f"\n{args.shape} on {device}, nproc={args.nproc} {' '.join(args.parallel)} (tokens/s per GPU)")
+    print(f"{'run':22s} {'tokens/s':>10s} {'TFLOP/s':>8s} {'MFU(bf16 peak)':>15s} {'vs HF':>6s}")
+    for run, res in results.items():
+        if "tokens_per_s" not in res:
+            print(f"{run:22s} failed: {res['error'][-300:]}")
+            continue
+        ratio = f"{res['tokens_per_s'] / hf:.2f}x" if hf else "-"
+        mfu = f"{res['mfu_bf16_peak']:.1%}" if res.get("mfu_bf16_peak") else "-"
+        print(f"{run:22s} {res['tokens_per_s']:10.0f} {res['tflops_per_gpu']:8.1f} {mfu:>15s} {ratio:>6s}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"shape": args.shape, "device": device, "nproc": args.nproc, "parallel": args.parallel,
+                       "results": results}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
