@@ -18,7 +18,7 @@ import torch
 from megatron.core.transformer.moe.moe_utils import compute_routing_scores_for_aux_loss
 from megatron.core.transformer.moe.router import TopKRouter
 
-from megatron_s1.models.pro.routing import grouped_topk, ste_routing_weights
+from megatron_s1.models.pro.routing import grouped_topk, ste_routing_weights, topk_weights
 
 STATS_ENV = "MEGATRON_S1_ROUTING_STATS"
 _STATS: dict[int, torch.Tensor] = {}
@@ -67,14 +67,12 @@ class ProRouter(TopKRouter):
 
     def pro_routing(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[T, E] logits -> (sparse probs [T, E], routing map [T, E]); the formulas live in routing.py."""
-        scores = torch.softmax(logits.float(), dim=-1)
+        scores = logits.float()
         if self.router_replay is not None:  # RL routing replay records / replays these indices
-            values, indices = self.router_replay.get_replay_topk(scores, self.topk, self.num_groups, None,
-                                                                 self._select)
+            _, indices = self.router_replay.get_replay_topk(scores, self.topk, self.num_groups, None, self._select)
         else:
-            values, indices = self._select(scores, self.topk)
-        if not self.config.moe_router_pre_softmax:  # norm_topk_prob
-            values = values / (values.sum(dim=-1, keepdim=True) + 1e-20)
+            _, indices = self._select(scores, self.topk)
+        values = topk_weights(logits, indices, norm_topk_prob=not self.config.moe_router_pre_softmax)
         if self.config.moe_router_topk_scaling_factor:
             values = values * self.config.moe_router_topk_scaling_factor
         if self.ste:

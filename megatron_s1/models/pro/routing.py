@@ -55,16 +55,24 @@ def grouped_topk_routing(logits: torch.Tensor, topk: int, num_groups: int = 1,
                          norm_topk_prob: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Routing weights of the Pro grouped router (Pro §2.1), as in the released model.
 
-        p = softmax(z),  A = grouped_topk(p),  w_e = p_e / sum_{e' in A} p_e'   for e in A  (norm_topk_prob)
+        p = softmax(z),  A = grouped_topk(z),  w_e = p_e / sum_{e' in A} p_e'   for e in A  (norm_topk_prob)
                                                w_e = p_e                        otherwise
+
+    Selecting on z or on p is the same (softmax is monotone). The renormalised weights are computed as a
+    softmax over the selected logits: equal to p_e / sum_A p, and bit-identical to Megatron's post-softmax
+    top-K when G = 1.
 
     Returns (weights [T, K] in fp32, indices [T, K]).
     """
-    scores = torch.softmax(logits.float(), dim=-1)
-    values, indices = grouped_topk(scores, topk, num_groups)
+    _, indices = grouped_topk(logits.float(), topk, num_groups)
+    return topk_weights(logits, indices, norm_topk_prob), indices
+
+
+def topk_weights(logits: torch.Tensor, indices: torch.Tensor, norm_topk_prob: bool = True) -> torch.Tensor:
+    """w = softmax over the selected logits (= p_e / sum_A p, norm_topk_prob) or the dense softmax p_e."""
     if norm_topk_prob:
-        values = values / (values.sum(dim=-1, keepdim=True) + 1e-20)
-    return values, indices
+        return torch.softmax(logits.float().gather(1, indices), dim=-1)
+    return torch.softmax(logits.float(), dim=-1).gather(1, indices)
 
 
 def ste_routing_weights(logits: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor,
