@@ -149,11 +149,22 @@ def _init_worker(model_dir: str, keep: set[str], threshold: float, text_key: str
     _worker_state.update(model=model, keep=keep, threshold=threshold, text_key=text_key)
 
 
-def _score_chunk(lines: list[str]) -> list[tuple[str, bool, str, float]]:
-    """(output line, keep?, top label, in-domain score) for raw jsonl lines."""
+def _score_chunk(chunk: tuple[str, list[tuple[int, str]]]) -> list[tuple[str, bool, str, float]]:
+    """(output line, keep?, top label, in-domain score) for ``(path, [(line number, raw jsonl line)])``."""
     st = _worker_state
-    docs = [json.loads(line) for line in lines]
-    texts = [fasttext_text(d.get(st["text_key"]) or "") for d in docs]
+    path, lines = chunk
+    key = st["text_key"]
+    docs = []
+    for lineno, line in lines:
+        try:
+            doc = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise CurationError(f"{path}:{lineno} is not valid JSON ({err.msg})",
+                                "each line must be one JSON object") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get(key), str):
+            raise CurationError(f"{path}:{lineno} has no string field {key!r}", "choose the text field with --text-key")
+        docs.append(doc)
+    texts = [fasttext_text(d[key]) for d in docs]
     out = []
     for doc, (labels, probs) in zip(docs, _predict(st["model"], texts)):
         score = in_domain_score(labels, probs, st["keep"])
@@ -163,26 +174,17 @@ def _score_chunk(lines: list[str]) -> list[tuple[str, bool, str, float]]:
     return out
 
 
-def _chunks(path: str, text_key: str, size: int):
-    chunk: list[str] = []
+def _chunks(path: str, size: int):
+    chunk: list[tuple[int, str]] = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise CurationError(f"{path}:{lineno} is not valid JSON ({err.msg})",
-                                    "each line must be one JSON object") from None
-            if not isinstance(obj, dict) or not isinstance(obj.get(text_key), str):
-                raise CurationError(f"{path}:{lineno} has no string field {text_key!r}",
-                                    "choose the text field with --text-key")
-            chunk.append(line)
-            if len(chunk) >= size:
-                yield chunk
-                chunk = []
+            if line.strip():
+                chunk.append((lineno, line))
+                if len(chunk) >= size:
+                    yield path, chunk
+                    chunk = []
     if chunk:
-        yield chunk
+        yield path, chunk
 
 
 def filter_jsonl(model_dir: str, input_path: str, output: str, *, keep: list[str] | None = None,
@@ -216,12 +218,12 @@ def filter_jsonl(model_dir: str, input_path: str, output: str, *, keep: list[str
         try:
             if workers == 1:
                 _init_worker(*init)
-                results = map(_score_chunk, _chunks(input_path, text_key, batch_size))
+                results = map(_score_chunk, _chunks(input_path, batch_size))
                 pool = None
             else:
                 import multiprocessing as mp
                 pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=init)
-                results = pool.imap(_score_chunk, _chunks(input_path, text_key, batch_size))
+                results = pool.imap(_score_chunk, _chunks(input_path, batch_size))
             try:
                 for chunk in results:
                     for line, kept, label, _score in chunk:

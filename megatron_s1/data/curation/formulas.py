@@ -17,6 +17,8 @@ ASCII_MATH_CHARS = frozenset("=+^<>{}\\")
 # (identifiers, paths and tables in technical prose).
 # pdfminer writes a glyph it cannot map to Unicode as "(cid:123)"; each one counts as one symbol.
 _CID_RE = re.compile(r"\(cid:\d+\)")
+# Runs of 3+ identical ASCII marks are rules, prompts or arrows (=====, >>>, +++), not math.
+_ASCII_RUN_RE = re.compile(r"([=+^<>{}\\])\1{2,}")
 
 
 def _is_math_char(ch: str) -> bool:
@@ -42,15 +44,17 @@ def symbol_density(text: str) -> float:
 
     ``visible_chars`` counts every non-whitespace character, where each pdfminer ``(cid:N)`` token counts
     as one character. ``math_symbols`` counts: each ``(cid:N)`` token (an unmapped glyph, typically from
-    an equation font), ASCII ``= + ^ < > { } \\``, Greek letters (U+0370-U+03FF), Mathematical
+    an equation font), ASCII ``= + ^ < > { } \\`` except inside a run of 3 or more of the same mark
+    (``=====`` table rules, ``>>>`` prompts), Greek letters (U+0370-U+03FF), Mathematical
     Alphanumeric Symbols (U+1D400-U+1D7FF), geometric shapes U+25A0-U+25FF (pypdf's placeholder for a glyph
     it cannot map), U+FFFD, and every non-ASCII character of Unicode category Sm (math symbol) or Co (private use).
     Empty or whitespace-only text scores 0.0.
 
-    Example: ``"a=b+c"`` has 5 visible characters of which 2 are symbols -> 0.4.
+    Examples: ``"a=b+c"`` has 5 visible characters of which 2 are symbols -> 0.4; ``"=== x"`` -> 0 of 4.
     """
     cids = len(_CID_RE.findall(text))
     rest = _CID_RE.sub(" ", text)
+    rest = _ASCII_RUN_RE.sub(lambda m: "\0" * len(m.group(0)), rest)   # visible, but not symbols
     visible = 0
     symbols = 0
     for ch in rest:

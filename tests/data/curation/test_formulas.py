@@ -16,6 +16,9 @@ from megatron_s1.data.curation import formulas as F
     ("■ ok", 1 / 3),                  # pypdf placeholder for an unmapped glyph
     ("𝑥 = 2", 2 / 3),                 # math italic x and '='
     ("", 0.0),
+    ("a == b", 2 / 4),                # a run of 2 counts
+    (">>> x = 1", 1 / 6),             # a run of 3+ ('>>>') is visible but not math; '=' counts
+    ("===== ====", 0.0),              # table rules
     ("   \n", 0.0),
     ("Plain prose, with (parentheses) - and 2024.", 0.0),
 ])
