@@ -8,8 +8,8 @@
 # Preemption: SIGUSR1 reaches this task (Slurm signals the job step), the batch shell forwards it, or
 # both. torchrun itself ignores SIGUSR1 (its default action would kill it and orphan the workers);
 # this script passes the signal on to the workers, which finish the current step, save a checkpoint
-# and exit 0, so torchrun and the step end cleanly. The signal is repeated every few seconds until
-# the workers exit, because a worker ignores it until its training loop has installed the handler.
+# and exit 0, so torchrun and the step end cleanly. The signal is delivered once to
+# each worker as soon as it has installed its handler (before that it ignores SIGUSR1).
 # SIGTERM (scancel, time limit) is passed to torchrun, which forwards it to the workers (they save too).
 set -uo pipefail
 
@@ -72,9 +72,24 @@ workers() {
     done
     pgrep -P "$TORCHRUN" 2>/dev/null
 }
-signal_workers() {
-    local pid
-    for pid in $(workers); do kill -"$1" "$pid" 2>/dev/null; done
+catches_usr1() {  # SigCgt in /proc/PID/status: the process has a handler for SIGUSR1 (bit 10 - 1)
+    local key value
+    while read -r key value; do
+        [ "$key" = SigCgt: ] && { (( 0x$value & 0x200 )); return; }
+    done < /proc/"$1"/status 2>/dev/null
+    return 1
+}
+# Each worker gets SIGUSR1 exactly once, as soon as it has a handler for it: not while it still
+# ignores it (start-up), and never after Python has put back the default action (interpreter exit).
+preempt_workers() {
+    local pid done=" "
+    while kill -0 "$TORCHRUN" 2>/dev/null; do
+        for pid in $(workers); do
+            case $done in *" $pid "*) continue ;; esac
+            if catches_usr1 "$pid"; then kill -USR1 "$pid" 2>/dev/null; done+="$pid "; fi
+        done
+        sleep 1
+    done
 }
 
 REPEATER=
@@ -82,7 +97,7 @@ on_usr1() {
     [ -n "${S1_PREEMPT_MARKER:-}" ] && touch "$S1_PREEMPT_MARKER" 2>/dev/null
     [ -n "$REPEATER" ] && return
     echo "[node $(hostname)] SIGUSR1: workers save a checkpoint and stop"
-    ( while kill -0 "$TORCHRUN" 2>/dev/null; do signal_workers USR1; sleep 3; done ) &
+    preempt_workers &
     REPEATER=$!
 }
 on_term() { kill -TERM "$TORCHRUN" 2>/dev/null; }
