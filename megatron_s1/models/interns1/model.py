@@ -161,11 +161,14 @@ def precision_plan(model: InternS1Model) -> dict[str, str]:
         weight = getattr(module, "weight", None)
         if not isinstance(weight, torch.Tensor) or weight.dim() < 2 or "embedding" in name.split(".")[-1]:
             continue
-        if name.startswith("language_model.decoder."):
-            cfg_fp8 = getattr(getattr(module, "config", None), "fp8", model.config.fp8)
-            plan[name] = "fp8" if (llm_fp8 and cfg_fp8 is not None) else base[weight.dtype]
+        if name.startswith("language_model."):
+            # FP8 autocast covers the decoder block's GEMMs; routers run in fp32 and the output layer sits
+            # outside the block, so both keep the params dtype.
+            in_block = name.startswith("language_model.decoder.") and not isinstance(module, TopKRouter)
+            plan[name] = "fp8" if (llm_fp8 and in_block) else base[weight.dtype]
         else:
             enc_cfg = getattr(module, "config", None)
-            assert enc_cfg is None or getattr(enc_cfg, "fp8", None) is None, name
+            if enc_cfg is not None and getattr(enc_cfg, "fp8", None) is not None:
+                raise AssertionError(f"encoder module {name} has an FP8 config")
             plan[name] = base[weight.dtype]
     return plan
