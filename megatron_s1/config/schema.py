@@ -264,6 +264,8 @@ def _coerce(value: Any, annotation: Any, dotted: str) -> Any:
             raise ConfigError(f"config key {dotted!r} expects a number, got {value!r}")
         return float(value)
     if annotation is str:
+        if isinstance(value, bool):  # YAML 1.1 reads on/off/yes/no as booleans
+            return "on" if value else "off"
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ConfigError(f"config key {dotted!r} expects a string, got {value!r}")
         return str(value)
