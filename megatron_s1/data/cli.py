@@ -30,13 +30,39 @@ DESCRIPTION = """Data preparation tools. Science data curation (docs/curation.md
 Run `megatron-s1 data <data-command> --help` for the options of each."""
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Wraps description paragraphs to the terminal width but keeps indented lines (examples, file
+    formats) as written."""
+
+    def _fill_text(self, text, width, indent):
+        import textwrap
+
+        out, para = [], []
+
+        def flush():
+            if para:
+                out.append(textwrap.fill(" ".join(para), width, initial_indent=indent, subsequent_indent=indent))
+                para.clear()
+        for line in text.splitlines():
+            if not line.strip():
+                flush()
+                out.append("")
+            elif line.startswith((" ", "\t")):
+                flush()
+                out.append(indent + line)
+            else:
+                para.append(line.strip())
+        flush()
+        return "\n".join(out)
+
+
 def data_subparsers(subparsers) -> argparse._SubParsersAction:
     """The subparsers of the `data` command, created on first call (idempotent)."""
     parser = subparsers.choices.get("data")
     if parser is None:
         parser = subparsers.add_parser("data", help="data tools: science curation (classifier recall/filter, "
                                        "page-level PDF parsing, web domains, dedup) and more",
-                                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                       description=DESCRIPTION, formatter_class=HelpFormatter)
         sub = parser.add_subparsers(dest="data_command", required=True, metavar="<data-command>")
         setattr(parser, _DATA_SUB_ATTR, sub)
     return getattr(parser, _DATA_SUB_ATTR)

@@ -12,14 +12,13 @@
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
-from megatron_s1.data.cli import data_subparsers, safe
+from megatron_s1.data.cli import HelpFormatter, data_subparsers, safe
 from megatron_s1.data.curation.llm import add_client_args, client_from_args, require_client
 
-RAW = argparse.RawDescriptionHelpFormatter
+RAW = HelpFormatter
 
 
 def _print_json(obj) -> None:
