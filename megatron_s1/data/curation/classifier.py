@@ -94,6 +94,9 @@ def train_classifier(silver: str, out_dir: str, *, text_key: str = "text", level
     model_path = os.path.join(out_dir, "model.bin")
     model.save_model(model_path)
     labels = sorted(l[len(PREFIX):] for l in model.get_labels())
+    if science and not set(science) <= set(labels):
+        raise CurationError(f"--in-domain {', '.join(sorted(set(science) - set(labels)))}: not a class of the silver "
+                            f"set (classes: {', '.join(labels)})", "pick classes from that list")
     positive = set(science) if science else {l for l in labels if l != OTHER}
     report: dict = {"train_documents": len(train), "train_seconds": round(train_s, 3),
                     "class_counts": dict(counts), "in_domain_labels": sorted(positive), "validation": {}}

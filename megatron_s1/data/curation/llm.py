@@ -18,7 +18,7 @@ import os
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
@@ -145,8 +145,7 @@ def require_client(client, role: str = "llm"):
     return client
 
 
-def chat_many(client: ChatClient, requests: Sequence[list[dict]], concurrency: int = 8,
-              on_done: Callable[[int], None] | None = None) -> list[str]:
+def chat_many(client: ChatClient, requests: Sequence[list[dict]], concurrency: int = 8) -> list[str]:
     """Answer every message list in ``requests`` (same order), ``concurrency`` at a time."""
     if concurrency < 1:
         raise CurationError(f"--concurrency {concurrency} is below 1", "pass a positive number")
