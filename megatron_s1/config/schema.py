@@ -60,7 +60,7 @@ class ModelConfig:
     params_dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
     fp8: Optional[str] = None  # None | delayed | tensorwise | blockwise
     recompute: Optional[str] = None  # None | selective | full
-    # TE-spec kernel fusions (RoPE, MoE permute and router, TE cross-entropy, fused wgrad accumulation):
+    # TE-spec kernel fusions (RoPE, MoE permute and router, TE cross-entropy):
     # measured faster on H100 and numerically equivalent, so on by default (docs/performance.md).
     fusions: bool = True
     # Intern-S1-Pro options (megatron_s1/models/pro, docs/intern_s1_pro.md).

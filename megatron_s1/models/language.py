@@ -108,8 +108,7 @@ def build_transformer_config(cfg: ExperimentConfig) -> TransformerConfig:
         variable_seq_lengths=is_moe and p.pipeline > 1,
     )
     if m.fusions and resolve_spec_kind(m.spec) == "te":
-        kwargs.update(apply_rope_fusion=True, cross_entropy_loss_fusion=True, cross_entropy_fusion_impl="te",
-                      gradient_accumulation_fusion=True)
+        kwargs.update(apply_rope_fusion=True, cross_entropy_loss_fusion=True, cross_entropy_fusion_impl="te")
         if is_moe:
             kwargs.update(moe_permute_fusion=True, moe_router_fusion=True)
     if m.recompute == "full":
