@@ -161,6 +161,7 @@ def test_launcher_dry_run(tmp_path):
     env.pop("SLURM_JOB_NODELIST", None)
     out = subprocess.run(["bash", "slurm/launch.sh", RECIPE, "train.steps=3"], cwd=REPO, env=env,
                          capture_output=True, text=True, check=True).stdout
+    out = out.replace("\\,", ",")  # printf %q escapes commas
     assert out.startswith("srun --nodes=4 --ntasks-per-node=1 --kill-on-bad-exit=1"), out
     assert "--container-image=nvcr.io#nvidia/pytorch:25.01-py3" in out
     assert f"--container-mounts={REPO}:{REPO},{tmp_path}/run:{tmp_path}/run" in out
