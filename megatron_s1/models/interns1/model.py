@@ -76,6 +76,12 @@ class InternS1Model(MegatronModule):
         if pre_process and cfg.timeseries.preset is not None:
             self.timeseries_model = TimeSeriesModel(cfg.timeseries, cfg.model.hidden_size, config.params_dtype)
 
+        # Megatron's grad finalisation (tied embeddings across PP stages) looks these up on the model chunk.
+        self.share_embeddings_and_output_weights = self.language_model.share_embeddings_and_output_weights
+
+    def shared_embedding_or_output_weight(self):
+        return self.language_model.shared_embedding_or_output_weight()
+
     def set_input_tensor(self, input_tensor) -> None:
         self.language_model.set_input_tensor(input_tensor)
 
