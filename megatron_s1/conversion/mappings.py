@@ -16,8 +16,10 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from megatron_s1.config.schema import ConfigError
 
-class ConversionError(ValueError):
+
+class ConversionError(ConfigError):
     """A user-facing conversion problem; the message is one line naming the problem and the fix."""
 
 

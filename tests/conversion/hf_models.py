@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import torch
 
-COMMON = dict(vocab_size=320, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-              head_dim=16, max_position_embeddings=256, rms_norm_eps=1e-6, rope_theta=1_000_000.0,
-              tie_word_embeddings=False)
+# Shapes of the tiny-dense / tiny-moe presets, so `megatron-s1 train model.preset=tiny-moe
+# checkpoint.pretrained=...` can start from the converted checkpoint. A larger init std than HF's default
+# gives O(1) logits, so a wrong mapping cannot hide below the tolerance.
+COMMON = dict(vocab_size=2048, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+              head_dim=16, max_position_embeddings=512, rms_norm_eps=1e-6, rope_theta=10_000.0,
+              tie_word_embeddings=False, initializer_range=0.1)
 
 
 def make_hf_model(kind: str, out_dir: str, seed: int = 0, **overrides) -> str:
@@ -14,10 +17,10 @@ def make_hf_model(kind: str, out_dir: str, seed: int = 0, **overrides) -> str:
 
     torch.manual_seed(seed)
     if kind == "dense":
-        config = transformers.Qwen3Config(**dict(COMMON, intermediate_size=96, **overrides))
+        config = transformers.Qwen3Config(**dict(COMMON, intermediate_size=128, **overrides))
         model = transformers.Qwen3ForCausalLM(config)
     else:
-        config = transformers.Qwen3MoeConfig(**dict(COMMON, intermediate_size=96, moe_intermediate_size=32,
+        config = transformers.Qwen3MoeConfig(**dict(COMMON, intermediate_size=128, moe_intermediate_size=64,
                                                     num_experts=4, num_experts_per_tok=2, norm_topk_prob=True,
                                                     **overrides))
         model = transformers.Qwen3MoeForCausalLM(config)
