@@ -83,7 +83,7 @@ class ParallelConfig:
     expert_tensor: Optional[int] = None  # defaults to `tensor`
     context: int = 1
     sequence_parallel: bool = False  # forced on for MoE + TP
-    distributed_optimizer: str = "auto"  # auto (on with CUDA) | true | false
+    distributed_optimizer: str = "auto"  # auto (on with CUDA and DP > 1) | true | false
     overlap_grad_reduce: bool = False
     overlap_param_gather: bool = False
 

@@ -27,14 +27,15 @@ def _result(proc):
 @pytest.mark.parametrize("fp8", [None, "delayed", "tensorwise", "blockwise"])
 def test_te_spec_trains(fp8, tmp_path, train_args):
     extra = [] if fp8 is None else [f"model.fp8={fp8}"]
-    run_cli(train_args(str(tmp_path), "train.steps=8", "model.spec=te", *GPU_MODEL, *extra))
+    run_cli(train_args(str(tmp_path), "train.steps=8", "model.spec=te", "parallel.distributed_optimizer=true",
+                       *GPU_MODEL, *extra))
     records = read_metrics(str(tmp_path))
     assert len(records) == 8
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records)
     assert records[-1]["loss"] < records[0]["loss"]  # it learns
     assert records[-1]["skipped_steps"] == 0
     state = json.load(open(tmp_path / "checkpoints" / "iter_0000008" / "trainer_state.json"))
-    assert state["layout"]["distributed_optimizer"] is True  # on by default with CUDA
+    assert state["layout"]["distributed_optimizer"] is True
 
 
 def test_async_checkpoint_and_resume(tmp_path, train_args):
