@@ -104,26 +104,36 @@ class PatchEncoder(nn.Module):
         return torch.cat([frames[0::2], frames[1::2]], dim=-1)  # frame concat: [n // 2, 2D]
 
 
-class WhisperEncoderLayer(nn.Module):
-    def __init__(self, d: int, heads: int, ffn: int, causal: bool):
+class WhisperAttention(nn.Module):
+    def __init__(self, d: int, heads: int, causal: bool):
         super().__init__()
         self.heads, self.causal = heads, causal
-        self.self_attn_layer_norm = nn.LayerNorm(d)
         self.q_proj = nn.Linear(d, d)
         self.k_proj = nn.Linear(d, d, bias=False)
         self.v_proj = nn.Linear(d, d)
         self.out_proj = nn.Linear(d, d)
+
+    def forward(self, h):  # [b, t, d]
+        b, t, d = h.shape
+        q, k, v = (proj(h).view(b, t, self.heads, -1).transpose(1, 2) for proj in (self.q_proj, self.k_proj,
+                                                                                     self.v_proj))
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        return self.out_proj(a.transpose(1, 2).reshape(b, t, d))
+
+
+class WhisperEncoderLayer(nn.Module):
+    """Pre-norm Whisper encoder layer (HF Whisper names: self_attn.{q,k,v,out}_proj, fc1/fc2, norms)."""
+
+    def __init__(self, d: int, heads: int, ffn: int, causal: bool):
+        super().__init__()
+        self.self_attn_layer_norm = nn.LayerNorm(d)
+        self.self_attn = WhisperAttention(d, heads, causal)
         self.final_layer_norm = nn.LayerNorm(d)
         self.fc1 = nn.Linear(d, ffn)
         self.fc2 = nn.Linear(ffn, d)
 
     def forward(self, x):  # [b, t, d]
-        b, t, d = x.shape
-        h = self.self_attn_layer_norm(x)
-        q, k, v = (proj(h).view(b, t, self.heads, -1).transpose(1, 2) for proj in (self.q_proj, self.k_proj,
-                                                                                     self.v_proj))
-        a = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
-        x = x + self.out_proj(a.transpose(1, 2).reshape(b, t, d))
+        x = x + self.self_attn(self.self_attn_layer_norm(x))
         return x + self.fc2(F.gelu(self.fc1(self.final_layer_norm(x))))
 
 
