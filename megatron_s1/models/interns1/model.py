@@ -92,7 +92,15 @@ class InternS1Model(MegatronModule):
 
     def embed(self, input_ids, pixel_values=None, ts_values=None, ts_rates=None) -> torch.Tensor:
         """Merged input embeddings [s, b, h] (before any sequence-parallel scatter)."""
-        emb = self.language_model.embedding.word_embeddings(input_ids)  # [b, s, h]
+        word = self.language_model.embedding.word_embeddings
+        # With sequence parallelism the vocab-parallel embedding would reduce-scatter along the sequence; the
+        # merge needs whole sequences, so take the all-reduced [b, s, h] output and scatter after merging.
+        scatter = getattr(word, "reduce_scatter_embeddings", False)
+        word.reduce_scatter_embeddings = False
+        try:
+            emb = word(input_ids)  # [b, s, h]
+        finally:
+            word.reduce_scatter_embeddings = scatter
         ids = self.token_ids
         if ids is not None:
             img = None
