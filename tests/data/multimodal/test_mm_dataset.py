@@ -1,0 +1,67 @@
+"""Multimodal jsonl samples: prompt expansion, text-only loss mask, whole-media truncation, reserved ids."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from megatron_s1.config.schema import load_config
+from megatron_s1.data.multimodal import MultimodalJsonlDataset, collate, resolve_media_tokens
+from megatron_s1.models.timeseries import num_timeseries_tokens
+from megatron_s1.tokenizer import load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("mmdata")
+    Image.new("RGB", (112, 56), (200, 10, 10)).save(d / "wide.png")  # 2x1 grid + thumbnail = 3 tiles
+    np.save(d / "sig.npy", np.random.default_rng(0).standard_normal((300, 2)).astype(np.float32))
+    rows = [{"content": [{"text": "hello"}, {"image": "wide.png"}, {"text": " world"},
+                         {"timeseries": "sig.npy", "sampling_rate": 100}, {"text": " end"}]},
+            {"content": [{"text": "x " * 40}, {"image": "wide.png"}]}]
+    with open(d / "s.jsonl", "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    cfg = load_config(None, ["vision.preset=tiny-vit", "vision.max_tiles=4", "timeseries.preset=tiny-ts"])
+    tok = load_tokenizer(None)
+    media = resolve_media_tokens(tok)
+    return d, cfg, tok, media
+
+
+def test_reserved_media_ids_follow_the_vocabulary(setup):
+    _, _, tok, media = setup
+    assert media.all() == list(range(tok.vocab_size, tok.vocab_size + 6))
+
+
+def test_expansion_and_loss_mask(setup):
+    d, cfg, tok, media = setup
+    ds = MultimodalJsonlDataset([str(d / "s.jsonl")], tok, media, 128, cfg.vision, cfg.timeseries)
+    s = ds[0]
+    toks = s["tokens"].tolist() + [s["labels"][-1].item()]
+    assert toks.count(media.img_context) == 3 * 4 and s["pixel_values"].shape == (3, 3, 56, 56)
+    assert toks.count(media.ts_context) == num_timeseries_tokens(300, 100) and s["ts_values"][0].shape == (300, 2)
+    labels, mask = s["labels"], s["loss_mask"]
+    is_media = torch.zeros_like(mask, dtype=torch.bool)
+    for m in media.all():
+        is_media |= labels == m
+    assert not (mask.bool() & is_media).any()  # no loss on media tokens
+    n_loss = int(mask.sum())
+    assert n_loss == ds.loss_tokens(0) > 0
+    text_ids = tok.encode("hello") + tok.encode(" world") + tok.encode(" end")
+    assert n_loss == len(text_ids)  # every text token but the first is a label, plus the EOD
+    batch = collate([ds[0], ds[0]], create_attention_mask=True)
+    assert batch["pixel_values"].shape[0] == 6 and len(batch["ts_values"]) == 2
+    assert batch["attention_mask"].shape == (1, 1, 128, 128)
+
+
+def test_truncation_drops_media_that_does_not_fit(setup):
+    d, cfg, tok, media = setup
+    ds = MultimodalJsonlDataset([str(d / "s.jsonl")], tok, media, 48, cfg.vision, cfg.timeseries)
+    n_text = len(tok.encode("x " * 40))
+    assert 48 + 1 - n_text < 14  # the 3-tile image (14 tokens) cannot fit whole after the text
+    s = ds[1]
+    assert media.img_context not in s["tokens"].tolist() and s["pixel_values"] is None
+    assert int(s["loss_mask"].sum()) == ds.loss_tokens(1) == n_text  # text labels + EOD
