@@ -6,6 +6,7 @@ it, so a failed conversion leaves nothing behind.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import math
 import os
@@ -234,7 +235,9 @@ def mcore_to_hf(ckpt_dir: str, out_dir: str, force: bool = False, dtype: Optiona
                     tensor = tensor.to(cast)
                 for name, part in zip(rule.hf, rule.transform.to_hf(tensor, shapes)):
                     writer.add(name, part)
+                del tensor
             del params
+            gc.collect()  # DCP objects form reference cycles; free this layer's buffers before the next
         writer.close()
         copied = set()
         for src in ([tokenizer] if tokenizer else []) + [hf_source]:

@@ -203,10 +203,6 @@ def read_params(ckpt_dir: str, layout: Layout, names: list, stored: dict) -> dic
     chunks overlapping it (TP/EP shards, per-layer chunks), so only these parameters are materialised.
     """
     from torch.distributed.checkpoint import FileSystemReader
-    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
-    from torch.distributed.checkpoint.metadata import ChunkStorageMetadata
-    from torch.distributed.checkpoint.planner import LoadPlan
-    from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
     from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 
     targets, out = {}, {}
@@ -222,33 +218,55 @@ def read_params(ckpt_dir: str, layout: Layout, names: list, stored: dict) -> dic
         out[name] = tensor
         targets[(e.key, torch.Size(e.offset))] = tensor.view(e.chunk_shape)
 
-    class RegionPlanner(DefaultLoadPlanner):
-        def set_up_planner(self, state_dict, metadata=None, is_coordinator=False):
-            self.metadata = metadata
-            self.is_coordinator = is_coordinator
-
-        def create_local_plan(self) -> LoadPlan:
-            items = []
-            for (key, offset), target in targets.items():
-                chunk = ChunkStorageMetadata(offsets=offset, sizes=target.shape)
-                found = create_read_items_for_chunk_list(key, self.metadata.state_dict_metadata[key], [chunk])
-                covered = sum(int(torch.Size(r.lengths).numel()) for r in found)
-                if covered != target.numel():
-                    raise ConversionError(f"checkpoint {ckpt_dir}: {key} at {tuple(offset)} is incomplete")
-                items.extend(found)
-            return LoadPlan(items)
-
-        def resolve_tensor(self, read_item):
-            target = targets[(read_item.dest_index.fqn, read_item.dest_index.offset)]
-            for dim, (start, length) in enumerate(zip(read_item.dest_offsets, read_item.lengths)):
-                target = target.narrow(dim, start, length)
-            return target
-
-        def commit_tensor(self, read_item, tensor):
-            pass
-
-    dcp_load({}, storage_reader=FileSystemReader(ckpt_dir), planner=RegionPlanner(), no_dist=True)
+    planner = _region_planner(ckpt_dir, targets)
+    dcp_load({}, storage_reader=FileSystemReader(ckpt_dir), planner=planner, no_dist=True)
+    planner.targets = None  # drop references now rather than at the next cyclic GC
     return out
+
+
+def _region_planner(ckpt_dir: str, targets: dict):
+    """A DCP load planner that reads each (key, chunk offset) region into `targets[(key, offset)]`."""
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+    from torch.distributed.checkpoint.metadata import ChunkStorageMetadata
+    from torch.distributed.checkpoint.planner import LoadPlan
+    from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
+
+    global _RegionPlanner
+    if _RegionPlanner is None:
+        class RegionPlanner(DefaultLoadPlanner):
+            def __init__(self, ckpt_dir, targets):
+                super().__init__()
+                self.ckpt_dir, self.targets = ckpt_dir, targets
+
+            def set_up_planner(self, state_dict, metadata=None, is_coordinator=False):
+                self.metadata = metadata
+                self.is_coordinator = is_coordinator
+
+            def create_local_plan(self) -> LoadPlan:
+                items = []
+                for (key, offset), target in self.targets.items():
+                    chunk = ChunkStorageMetadata(offsets=offset, sizes=target.shape)
+                    found = create_read_items_for_chunk_list(key, self.metadata.state_dict_metadata[key], [chunk])
+                    covered = sum(int(torch.Size(r.lengths).numel()) for r in found)
+                    if covered != target.numel():
+                        raise ConversionError(f"checkpoint {self.ckpt_dir}: {key} at {tuple(offset)} is incomplete")
+                    items.extend(found)
+                return LoadPlan(items)
+
+            def resolve_tensor(self, read_item):
+                target = self.targets[(read_item.dest_index.fqn, read_item.dest_index.offset)]
+                for dim, (start, length) in enumerate(zip(read_item.dest_offsets, read_item.lengths)):
+                    target = target.narrow(dim, start, length)
+                return target
+
+            def commit_tensor(self, read_item, tensor):
+                pass
+
+        _RegionPlanner = RegionPlanner
+    return _RegionPlanner(ckpt_dir, targets)
+
+
+_RegionPlanner = None
 
 
 def read_json(path: str) -> dict:
