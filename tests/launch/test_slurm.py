@@ -56,7 +56,10 @@ def _job_log(job: dict) -> str:
 
 
 def _diagnose(slurm, job: dict) -> str:
-    return f"job log:\n{_job_log(job)[-4000:]}\n{slurm.log_tail(1500)}"
+    noise = ("warn", "Warn", "class MimoModelConfig", "GPTModel IS DEPRECATED")
+    lines = [ln for ln in _job_log(job).splitlines() if not any(n in ln for n in noise)]
+    log = "\n".join(lines)[-5000:]
+    return f"job {slurm.job(job['id'])}\njob log:\n{log}\n{slurm.log_tail(1500)}"
 
 
 def _metrics_step(run_dir: str) -> int:
