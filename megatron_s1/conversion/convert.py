@@ -30,12 +30,16 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _check_output(out_dir: str, force: bool) -> None:
+    if os.path.exists(out_dir) and not force:
+        raise ConversionError(f"output directory {os.path.abspath(out_dir)} already exists; pass --force to replace it")
+
+
 @contextlib.contextmanager
 def atomic_output_dir(out_dir: str, force: bool):
     """Yield a temp dir next to `out_dir`; rename it to `out_dir` on success, delete it on any failure."""
+    _check_output(out_dir, force)
     out_dir = os.path.abspath(out_dir)
-    if os.path.exists(out_dir) and not force:
-        raise ConversionError(f"output directory {out_dir} already exists; pass --force to replace it")
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".{os.path.basename(out_dir)}.tmp-{os.getpid()}")
@@ -86,6 +90,7 @@ def _experiment_config(model_fields: dict, tp: int, pp: int, ep: int, etp: Optio
 def hf_to_mcore(hf_dir: str, out_dir: str, tp: int = 1, pp: int = 1, ep: int = 1, etp: Optional[int] = None,
                 force: bool = False) -> dict:
     start = time.time()
+    _check_output(out_dir, force)  # fail before any work
     hf_config = hf_io.read_hf_config(hf_dir)
     arch_name, model_fields = hf_to_model_fields(hf_config)
     arch = get_architecture(arch_name)
@@ -188,6 +193,7 @@ def mcore_to_hf(ckpt_dir: str, out_dir: str, force: bool = False, dtype: Optiona
     from megatron_s1.config.schema import config_from_dict
 
     start = time.time()
+    _check_output(out_dir, force)  # fail before any work
     ckpt_dir = _resolve_ckpt(ckpt_dir)
     with open(os.path.join(ckpt_dir, STATE_FILE), encoding="utf-8") as f:
         state = json.load(f)
