@@ -98,8 +98,9 @@ def test_preemption_saves_requeues_and_resumes(slurm, jobs):
     saved_at = int(_latest(job["run_dir"]).split("_")[-1])
     assert 1 <= saved_at < PREEMPT_STEPS, log[-3000:]
 
-    # A requeued job is held back ~2 minutes by Slurm (BeginTime); the test skips that wait.
-    slurm.run("scontrol", "update", f"JobId={job['id']}", "StartTime=now")
+    # A requeued job is held back ~2 minutes by Slurm (BeginTime); the test shortens that wait. Not to
+    # zero: slurmd refuses a batch job whose credential is from the same second as the requeue's kill.
+    slurm.run("scontrol", "update", f"JobId={job['id']}", "StartTime=now+3")
     try:
         info = slurm.wait_job(job["id"], lambda i: i.get("JobState") in ("COMPLETED", "FAILED", "CANCELLED"),
                               timeout=150, what="finished")
