@@ -102,7 +102,7 @@ def _uses_distributed_optimizer(cfg: ExperimentConfig) -> bool:
         from megatron.core import parallel_state
 
         return torch.cuda.is_available() and parallel_state.get_data_parallel_world_size() > 1
-    return str(value).lower() in ("true", "1", "yes")
+    return str(value).lower() in ("true", "1", "yes", "on")
 
 
 def _sharding_metadata() -> dict:

@@ -67,3 +67,12 @@ def test_parallel_layout_errors():
         validate_model_parallel(cfg.model, cfg.parallel, world_size=2)
     cfg = _cfg("parallel.tensor=2", "parallel.expert=2")
     validate_model_parallel(cfg.model, cfg.parallel, world_size=4)  # a valid layout passes
+
+
+def test_yaml_booleans_in_string_fields():
+    from megatron_s1.training.checkpointing import _uses_distributed_optimizer
+
+    cfg = load_config(None, ["parallel.distributed_optimizer=true", "logging.progress_bar=off"])
+    assert cfg.parallel.distributed_optimizer == "on" and cfg.logging.progress_bar == "off"
+    assert _uses_distributed_optimizer(cfg)
+    assert not _uses_distributed_optimizer(load_config(None, ["parallel.distributed_optimizer=false"]))
