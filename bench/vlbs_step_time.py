@@ -54,6 +54,8 @@ def main() -> None:
                                                        "model.kv_channels=128", "model.ffn_hidden_size=3072",
                                                        "model.num_moe_experts=null", "model.vocab_size=32768"],
                         help="model overrides")
+    parser.add_argument("--spec", default="te", help="layer spec (te on GPUs; local for a CPU dry run)")
+    parser.add_argument("--dtype", default="bf16", help="params dtype (bf16 on GPUs, fp32 on CPU)")
     parser.add_argument("--out", help="JSON results file")
     args = parser.parse_args()
     sys.path.insert(0, REPO)
@@ -68,7 +70,7 @@ def main() -> None:
                    "megatron_s1.cli", "train", "--config", os.path.join(REPO, "examples/cpt/tiny_cpu.yaml"),
                    f"run.dir={run_dir}", f"data.blend=[{prefix}]", "data.split=100,0,0", f"data.packing={mode}",
                    "data.micro_batch_size=1", f"data.seq_length={args.seq_length}",
-                   f"model.max_position_embeddings={args.seq_length}", "model.spec=te", "model.params_dtype=bf16",
+                   f"model.max_position_embeddings={args.seq_length}", f"model.spec={args.spec}", f"model.params_dtype={args.dtype}",
                    f"train.global_batch_tokens=[[0, {gbt}]]", f"train.steps={args.steps + args.warmup}",
                    "train.eval_interval=0", "train.eval_iters=0", "checkpoint.save_final=false",
                    "checkpoint.resume=false", "logging.tensorboard=false", "logging.progress_bar=off",
