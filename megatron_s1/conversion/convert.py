@@ -230,9 +230,18 @@ def mcore_to_hf(ckpt_dir: str, out_dir: str, force: bool = False, dtype: Optiona
             base_config = json.load(f)
     hf_config = model_fields_to_hf(arch_name, model, base_config, hf_io.torch_dtype_name(out_dtype))
 
+    # HF tensor shapes in write order (transforms applied to meta tensors), so shard headers go first.
+    order = sorted(groups, key=lambda x: -1 if x is None else x)
+    plan = []
+    for layer in order:
+        for rule in groups[layer]:
+            dt = cast or stored[layout.params[rule.mcore].key][1]
+            meta = torch.empty(layout.params[rule.mcore].shape, dtype=dt, device="meta")
+            plan.extend((name, tuple(part.shape), dt)
+                        for name, part in zip(rule.hf, rule.transform.to_hf(meta, shapes)))
     with atomic_output_dir(out_dir, force) as tmp:
-        writer = hf_io.ShardWriter(tmp, hf_io.parse_size(max_shard_size))
-        for layer in sorted(groups, key=lambda x: -1 if x is None else x):
+        writer = hf_io.ShardWriter(tmp, plan, hf_io.parse_size(max_shard_size))
+        for layer in order:
             group = groups[layer]
             params = read_params(ckpt_dir, layout, [r.mcore for r in group], stored)
             for rule in group:

@@ -7,7 +7,6 @@ from typing import Optional
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from megatron_s1.conversion.mappings import ConversionError
 
@@ -69,42 +68,67 @@ def parse_size(text: str) -> int:
     return int(text)
 
 
-class ShardWriter:
-    """Buffers tensors up to `max_shard_bytes`, then writes a safetensors shard; `close()` writes the index."""
+_ST_DTYPES = {v: k for k, v in _DTYPES.items()}
 
-    def __init__(self, out_dir: str, max_shard_bytes: int):
+
+class ShardWriter:
+    """Streams tensors into safetensors shards whose headers are written up front from a plan.
+
+    `plan` lists (name, shape, dtype) in the order the tensors will be added; shards are cut at
+    `max_shard_bytes`. Each tensor's bytes go to disk as soon as it is added, so memory holds no shard buffer.
+    `close()` checks completeness and writes model.safetensors.index.json.
+    """
+
+    def __init__(self, out_dir: str, plan: list, max_shard_bytes: int):
         self.out_dir = out_dir
-        self.max_bytes = max_shard_bytes
-        self.buffer: dict = {}
-        self.buffer_bytes = 0
-        self.shards: list = []  # list of lists of tensor names
-        self.total = 0
+        self.plan = plan
+        shards, current, size = [], [], 0
+        for name, shape, dtype in plan:
+            nbytes = int(torch.Size(shape).numel()) * torch.empty((), dtype=dtype).element_size()
+            if current and size + nbytes > max_shard_bytes:
+                shards.append(current)
+                current, size = [], 0
+            current.append((name, tuple(shape), dtype, nbytes))
+            size += nbytes
+        if current:
+            shards.append(current)
+        self.shards = shards
+        self.file_names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+        self.total = sum(n for shard in shards for *_, n in shard)
+        self.position = (0, 0)  # (shard, tensor within shard) expected next
+        self.stream = None
+
+    def _open(self, index: int) -> None:
+        header, offset = {"__metadata__": {"format": "pt"}}, 0
+        for name, shape, dtype, nbytes in self.shards[index]:
+            header[name] = {"dtype": _ST_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            offset += nbytes
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)
+        self.stream = open(os.path.join(self.out_dir, self.file_names[index]), "wb")
+        self.stream.write(len(raw).to_bytes(8, "little"))
+        self.stream.write(raw)
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
-        size = tensor.numel() * tensor.element_size()
-        if self.buffer and self.buffer_bytes + size > self.max_bytes:
-            self._flush()
-        self.buffer[name] = tensor.contiguous()
-        self.buffer_bytes += size
-        self.total += size
-
-    def _flush(self) -> None:
-        if not self.buffer:
-            return
-        path = os.path.join(self.out_dir, f"shard-{len(self.shards):05d}.tmp")
-        save_file(self.buffer, path, metadata={"format": "pt"})
-        self.shards.append(sorted(self.buffer))
-        self.buffer, self.buffer_bytes = {}, 0
+        shard, pos = self.position
+        expected, shape, dtype, _ = self.shards[shard][pos]
+        if (name, tuple(tensor.shape), tensor.dtype) != (expected, shape, dtype):
+            raise ConversionError(f"internal: tensor {name} {tuple(tensor.shape)} {tensor.dtype} arrived where "
+                                  f"{expected} {shape} {dtype} was planned")
+        if pos == 0:
+            self._open(shard)
+        self.stream.write(memoryview(tensor.detach().contiguous().view(-1).view(torch.uint8).numpy()))
+        if pos + 1 == len(self.shards[shard]):
+            self.stream.close()
+            self.stream = None
+            self.position = (shard + 1, 0)
+        else:
+            self.position = (shard, pos + 1)
 
     def close(self) -> None:
-        self._flush()
-        count = len(self.shards)
-        weight_map = {}
-        for i, names in enumerate(self.shards):
-            final = f"model-{i + 1:05d}-of-{count:05d}.safetensors"
-            os.replace(os.path.join(self.out_dir, f"shard-{i:05d}.tmp"), os.path.join(self.out_dir, final))
-            for name in names:
-                weight_map[name] = final
+        if self.position != (len(self.shards), 0):
+            raise ConversionError("internal: not every planned tensor was written")
+        weight_map = {name: self.file_names[i] for i, shard in enumerate(self.shards) for name, *_ in shard}
         index = {"metadata": {"total_size": self.total}, "weight_map": dict(sorted(weight_map.items()))}
         with open(os.path.join(self.out_dir, INDEX_NAME), "w", encoding="utf-8") as f:
             json.dump(index, f, indent=2)
