@@ -70,7 +70,9 @@ mkdir -p "$RUN_DIR/logs" || die "cannot create $RUN_DIR/logs"
 # Per-job log in the run directory (the sbatch --output file gets the same lines).
 JOB_LOG=$RUN_DIR/logs/slurm-$JOB_ID.log
 if [ "${S1_DRY_RUN:-0}" != 1 ]; then
-    exec > >(tee -a "$JOB_LOG") 2>&1
+    # tee ignores SIGTERM (scancel signals the whole batch step): it must outlive the shell and srun
+    # to keep their last lines, and a dead tee would kill srun with SIGPIPE while the workers save.
+    exec > >(trap '' TERM INT; exec tee -a "$JOB_LOG") 2>&1
     TEE_PID=$!
 fi
 
