@@ -11,8 +11,8 @@ the Qwen3 tables under its own prefixes (see docs/conversion.md).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from dataclasses import dataclass
+from typing import Optional, Sequence
 
 import torch
 
