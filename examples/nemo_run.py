@@ -141,11 +141,14 @@ def slurm_executor(nodes: int = 1, gpus_per_node: int = 8, partition: str | None
     """One srun task per node running torchrun (c10d rendezvous on the first node), one worker per GPU."""
     run = _nemo_run()
 
-    job_dir = job_dir or os.path.join(REPO, "runs", "s1_nemo_jobs")
     if ssh_host:
+        # NeMo-Run copies the experiment directory (sbatch script, logs) to JOB_DIR on the login node.
+        job_dir = job_dir or os.path.join(REPO, "runs", "s1_nemo_jobs")
         tunnel = run.SSHTunnel(host=ssh_host, user=ssh_user or os.environ.get("USER", ""), job_dir=job_dir)
     else:
-        tunnel = run.LocalTunnel(job_dir=job_dir)
+        # Submitting from a cluster node: the sbatch script is the one NeMo-Run wrote locally, under
+        # $NEMORUN_HOME/experiments (which must be on a file system the compute nodes see).
+        tunnel = run.LocalTunnel(job_dir=os.path.join(run.config.get_nemorun_home(), "experiments"))
     env_vars = {
         "TORCHELASTIC_SIGNALS_TO_HANDLE": FORWARDED_SIGNALS,
         "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "110",  # workers get 110 s of the 120 s notice to save
@@ -207,8 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--container-image", help="run in this container (pyxis/enroot --container-image)")
     s.add_argument("--container-mounts", action="append",
                    help="SRC:DST mount for the container, repeatable (default: the checkout)")
-    s.add_argument("--job-dir", help="where NeMo-Run keeps sbatch scripts and logs "
-                   "(default: runs/s1_nemo_jobs in the checkout)")
+    s.add_argument("--job-dir", help="with --ssh-host: where NeMo-Run copies sbatch scripts and logs on the "
+                   "cluster (default: runs/s1_nemo_jobs in the checkout); without it they stay in "
+                   "$NEMORUN_HOME/experiments (default ~/.nemo_run)")
     s.add_argument("--ssh-host", help="submit over SSH to this login node instead of locally")
     s.add_argument("--ssh-user", help="SSH user (default: $USER)")
     s.add_argument("--rdzv-port", type=int, default=29500, help="c10d rendezvous port on the first node")
@@ -256,9 +260,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.detach:
         return 0
     # Leaving the `with` block waited for the job (unless detached); its final state is known now.
-    states = [str(getattr(job, "state", "")) for job in exp.jobs]
+    states = [str(getattr(job, "state", "")).rsplit(".", 1)[-1] for job in exp.jobs]
     print(f"{name}: {', '.join(states) or 'done'}; run dir {run_dir}")
-    return 0 if all("SUCCEEDED" in s for s in states) else 1
+    if any(s in ("FAILED", "CANCELLED") for s in states):
+        return 1
+    if not all(s == "SUCCEEDED" for s in states):
+        # NeMo-Run follows Slurm jobs through sacct; without job accounting the end state is unknown.
+        print(f"{name}: final state unknown here (squeue/sacct); results are in {run_dir}")
+    return 0
 
 
 if __name__ == "__main__":

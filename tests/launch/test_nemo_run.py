@@ -43,7 +43,7 @@ def test_help_explains_the_options(tmp_path):
 @needs_nemo_run
 def test_slurm_dryrun_prints_sbatch_with_srun_and_torchrun(tmp_path):
     proc = _run(["sft", "--executor", "slurm", "--dryrun", "--nodes", "4", "--gpus-per-node", "8",
-                 "--partition", "batch", "--job-dir", str(tmp_path / "jobs"), "--run-dir", str(tmp_path / "run"),
+                 "--partition", "batch", "--run-dir", str(tmp_path / "run"),
                  "train.steps=100"], tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
