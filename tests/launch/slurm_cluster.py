@@ -186,7 +186,14 @@ class LocalSlurm:
     def stop(self) -> None:
         if self.procs:
             subprocess.run(["scancel", "--user", "root", "--full"], env=self.env, capture_output=True)
-            time.sleep(1)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:  # let slurmd finish the steps before it goes away
+                proc = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i %T"], env=self.env,
+                                      capture_output=True, text=True)
+                if proc.returncode != 0 or not any(w in proc.stdout for w in ("RUNNING", "COMPLETING",
+                                                                              "CONFIGURING")):
+                    break
+                time.sleep(0.5)
         for p in reversed(self.procs):  # slurmd first, then slurmctld
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
@@ -197,6 +204,29 @@ class LocalSlurm:
                 p.kill()
                 p.wait()
         self.procs.clear()
+        for pid in self.stray_stepds():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def stray_stepds(self) -> list[int]:
+        """slurmstepd processes of this cluster (SLURM_CONF in their environment) still alive."""
+        mine = f"SLURM_CONF={self.conf}".encode()
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/comm", "rb") as f:
+                    if f.read().strip() != b"slurmstepd":
+                        continue
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    if mine in f.read().split(b"\0"):
+                        found.append(int(entry))
+            except OSError:
+                continue
+        return found
 
 
 def _main(argv: list[str]) -> int:

@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import REPO, read_metrics
+from tests.conftest import REPO, free_port, read_metrics
 
 RECIPE = "examples/cpt/tiny_cpu.yaml"
 BASIC_STEPS = 4
@@ -27,7 +27,10 @@ def _overrides(data_prefix: str, steps: int, *extra: str) -> list[str]:
 def _submit(slurm, name: str, run_dir: str, out_dir: str, overrides: list[str]) -> str:
     # The wrapper asks for 2 GPU nodes, exclusive; a CPU-only single-node cluster gets the same script
     # with command-line overrides, as a user would give them.
-    env = dict(slurm.env, S1_RUN_DIR=run_dir, S1_RDZV_HOST="127.0.0.1", OMP_NUM_THREADS="1")
+    # A free rendezvous port: the default (29500 + job id) would collide with another test session's
+    # cluster, whose job ids also start at 1.
+    env = dict(slurm.env, S1_RUN_DIR=run_dir, S1_RDZV_HOST="127.0.0.1", S1_RDZV_PORT=str(free_port()),
+               OMP_NUM_THREADS="1")
     proc = slurm.run("sbatch", "--parsable", f"--job-name={name}", "--nodes=1", "--gpus-per-node=0",
                      "--cpus-per-task=1", "--oversubscribe", "--time=00:10:00",
                      f"--output={out_dir}/%x-%j.out", "slurm/cpt.sbatch", RECIPE, *overrides,
