@@ -60,7 +60,7 @@ S1_COMMAND=${S1_COMMAND:-train}
 # job keeps its id, so it finds its own checkpoints again and resumes.
 RUN_DIR=${S1_RUN_DIR:-$S1_HOME/runs/$JOB_NAME-$JOB_ID}
 HAS_RUN_DIR=0
-for ov in "${OVERRIDES[@]}"; do
+for ov in ${OVERRIDES[@]+"${OVERRIDES[@]}"}; do  # (bash < 4.4 calls an empty array unbound)
     case $ov in run.dir=*) RUN_DIR=${ov#run.dir=}; HAS_RUN_DIR=1 ;; esac
 done
 case $RUN_DIR in /*) ;; *) RUN_DIR=$S1_HOME/$RUN_DIR ;; esac
