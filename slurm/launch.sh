@@ -65,7 +65,7 @@ for ov in ${OVERRIDES[@]+"${OVERRIDES[@]}"}; do  # (bash < 4.4 calls an empty ar
 done
 case $RUN_DIR in /*) ;; *) RUN_DIR=$S1_HOME/$RUN_DIR ;; esac
 [ $HAS_RUN_DIR = 1 ] || OVERRIDES+=("run.dir=$RUN_DIR")
-mkdir -p "$RUN_DIR/logs" || die "cannot create $RUN_DIR/logs"
+[ "${S1_DRY_RUN:-0}" = 1 ] || mkdir -p "$RUN_DIR/logs" || die "cannot create $RUN_DIR/logs"
 
 # Per-job log in the run directory (the sbatch --output file gets the same lines).
 JOB_LOG=$RUN_DIR/logs/slurm-$JOB_ID.log
@@ -91,6 +91,7 @@ fi
 PREEMPT_MARKER=$RUN_DIR/logs/.preempted-$JOB_ID
 export S1_HOME S1_COMMAND S1_RDZV_HOST S1_RDZV_PORT S1_PREEMPT_MARKER=$PREEMPT_MARKER
 
+# One task per node; without --exact a step gets all CPUs (and GPUs) the job holds on each node.
 SRUN=(srun --nodes="$NNODES" --ntasks-per-node=1 --kill-on-bad-exit=1 --export=ALL)
 if [ -n "${S1_CONTAINER_IMAGE:-}" ]; then
     MOUNTS=${S1_CONTAINER_MOUNTS:-$S1_HOME:$S1_HOME}
