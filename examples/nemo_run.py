@@ -16,7 +16,7 @@ Examples (from the repository root; needs `pip install nemo-run leptonai==0.27.3
       --nodes 16 --gpus-per-node 8 --partition batch --account my-acct --time 24:00:00
 
 Preemption on Slurm: the job asks for SIGUSR1 120 s before its time limit (--signal), torchrun passes
-SIGUSR1 on to the workers (TORCHELASTIC_SIGNALS_TO_HANDLE), which finish the step, save a checkpoint
+SIGUSR1 on to the workers (PET_SIGNALS_TO_HANDLE = --signals-to-handle), which finish the step, save a checkpoint
 and stop; NeMo-Run's sbatch script then requeues the job (up to --max-requeues times) and the next
 start resumes from run.dir/checkpoints/latest. The plain sbatch scripts in slurm/ do the same without
 NeMo-Run (see docs/cluster.md).
@@ -150,7 +150,9 @@ def slurm_executor(nodes: int = 1, gpus_per_node: int = 8, partition: str | None
         # $NEMORUN_HOME/experiments (which must be on a file system the compute nodes see).
         tunnel = run.LocalTunnel(job_dir=os.path.join(run.config.get_nemorun_home(), "experiments"))
     env_vars = {
-        "TORCHELASTIC_SIGNALS_TO_HANDLE": FORWARDED_SIGNALS,
+        # torchrun --signals-to-handle (PET_* = torchrun options from the environment): forward SIGUSR1
+        # to the workers instead of dying from it. torchrun then exits non-zero, which requeues.
+        "PET_SIGNALS_TO_HANDLE": FORWARDED_SIGNALS,
         "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "110",  # workers get 110 s of the 120 s notice to save
         "CUDA_DEVICE_MAX_CONNECTIONS": "1",
         "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",

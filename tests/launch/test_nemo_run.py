@@ -49,7 +49,7 @@ def test_slurm_dryrun_prints_sbatch_with_srun_and_torchrun(tmp_path):
     out = proc.stdout
     for line in ("#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=8",
                  "#SBATCH --partition=batch", "#SBATCH --signal=USR1@120",
-                 "export TORCHELASTIC_SIGNALS_TO_HANDLE=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1",
+                 "export PET_SIGNALS_TO_HANDLE=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1",
                  f"source {REPO}/slurm/env.sh", 'scontrol requeue "$SLURM_JOB_ID"'):
         assert line in out, line
     srun = [ln for ln in out.splitlines() if ln.startswith("srun ") and "torchrun" in ln]
