@@ -212,6 +212,32 @@ class MultimodalConfig:
 
 
 @dataclass
+class RLConfig:
+    """Reinforcement learning (`megatron-s1 rl`; see docs/rl.md and megatron_s1/rl/)."""
+    task: str = "toy_add"  # prompt source + reward (megatron_s1/rl/rewards.py, megatron_s1/rl/tasks.py)
+    algorithm: str = "icepop"  # icepop (Pro Eq. 4-6) | grpo | oreal
+    baseline: str = "loo"  # loo (leave-one-out, Pro Eq. 6) | grpo (group mean / std)
+    prompts_per_step: int = 8
+    samples_per_prompt: int = 8  # G
+    mini_batches: int = 1  # policy updates per rollout batch
+    max_new_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    icepop_alpha: float = 0.5  # keep tokens with alpha < pi_train/pi_rollout < beta
+    icepop_beta: float = 5.0
+    kl_cov_coef: float = 0.0  # KL-Cov beta (0 = off; paper 0.01)
+    kl_cov_fraction: float = 0.002  # top fraction of tokens by Cov(logp, A) (0.2% = KL-Cov code reading of k=0.2)
+    engine: str = "local"  # local (colocated Megatron-Core sampling) | openai (external server)
+    engine_url: Optional[str] = None
+    routing_replay: bool = False  # replay rollout expert choices in the training forward (MoE)
+    online_filter: bool = True  # drop all-correct / all-wrong groups and degenerate responses
+    freeze_router: bool = False
+    freeze_vision: bool = True
+    fp32_lm_head: bool = False
+
+
+@dataclass
 class ExperimentConfig:
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -224,6 +250,7 @@ class ExperimentConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
     timeseries: TimeSeriesConfig = field(default_factory=TimeSeriesConfig)
     mm: MultimodalConfig = field(default_factory=MultimodalConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
