@@ -26,6 +26,9 @@ def native_extension(name):
     )
 
 
+CURATION = ["fasttext-wheel", "pypdf", "pdfminer.six", "datasketch", "pypdfium2"]
+LAUNCH = ["nemo-run", "leptonai==0.27.3", "mpi4py", "mpich"]
+
 setup(
     name="megatron-s1",
     version="0.1.0",
@@ -52,10 +55,13 @@ setup(
         "pybind11>=2.12",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-timeout", "transformers>=4.57", "rdkit", "pyhmmer", "datamol", "hypothesis"],
+        # Everything the CPU test suite exercises (peers for parity tests, package-shipped test data).
+        "dev": ["pytest>=8", "pytest-timeout", "transformers>=4.57", "rdkit", "pyhmmer", "datamol", "hypothesis",
+                "jinja2", "reportlab", *CURATION, *LAUNCH],
         "gpu": ["transformer-engine[pytorch]==2.20.*"],
         "science": ["rdkit"],
-        "launch": ["nemo-run", "leptonai==0.27.3", "mpi4py", "mpich"],
+        "curation": CURATION,
+        "launch": LAUNCH,
         "apex": ["apex"],
     },
     entry_points={"console_scripts": ["megatron-s1=megatron_s1.cli:main"]},
