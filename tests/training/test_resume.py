@@ -6,6 +6,8 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 from tests.conftest import REPO, cli_command, cli_env, losses, read_metrics, run_cli
 
 STEPS = 10
@@ -54,12 +56,13 @@ def test_resume_after_kill9_is_exact(tmp_path, train_args):
     assert steps_logged == sorted(set(steps_logged))  # re-run steps replaced, not duplicated
 
 
-def test_sigterm_saves_and_exits_zero(tmp_path, train_args):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
+def test_exit_signal_saves_and_exits_zero(signum, tmp_path, train_args):
     run_dir = str(tmp_path)
     proc = _popen(train_args(run_dir, "train.steps=1000"))
     metrics = os.path.join(run_dir, "metrics.jsonl")
     _wait_for(lambda: os.path.exists(metrics) and len(open(metrics).readlines()) >= 2, proc)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-3000:]
     assert "(signal)" in out
