@@ -238,6 +238,21 @@ class RLConfig:
 
 
 @dataclass
+class SftConfig:
+    """Supervised fine-tuning on chat jsonl (train.task=sft; see docs/sft.md)."""
+    # Mixture: [{path: x.jsonl, ratio: 1.0, epochs: 1.0, family: general}, ...]; ratio (optional) is the
+    # dataset's share of the mixture, epochs the passes over it (default size of the mixture).
+    datasets: list = field(default_factory=list)
+    ratios: Optional[list] = None  # overrides the datasets' ratios in order (ablations: sft.ratios=[3,1])
+    mixture_samples: Optional[int] = None  # total conversations of the mixture; default from the epochs
+    template: str = "auto"  # auto (tokenizer dir's chat_template, else qwen3) | qwen3 | jinja
+    # System-prompt isolation: family -> system prefix; every conversation gets exactly its family's prefix.
+    system_prompts: dict = field(default_factory=dict)
+    default_family: Optional[str] = None  # family of datasets that name none
+    loss_on: str = "all_assistant"  # all_assistant | last_assistant
+
+
+@dataclass
 class ExperimentConfig:
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -250,6 +265,7 @@ class ExperimentConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
     timeseries: TimeSeriesConfig = field(default_factory=TimeSeriesConfig)
     mm: MultimodalConfig = field(default_factory=MultimodalConfig)
+    sft: SftConfig = field(default_factory=SftConfig)
     rl: RLConfig = field(default_factory=RLConfig)
 
     def to_dict(self) -> dict:

@@ -21,7 +21,7 @@ from megatron_s1.models.specs import resolve_spec_kind
 
 _TASKS: dict[str, type] = {}
 # Modules that register further tasks when imported (keeps heavy imports out of plain CPT runs).
-TASK_MODULES: dict[str, str] = {"mm_pretrain": "megatron_s1.models.interns1.task"}
+TASK_MODULES: dict[str, str] = {"mm_pretrain": "megatron_s1.models.interns1.task", "sft": "megatron_s1.data.chat.task"}
 
 
 def register_task(name: str) -> Callable[[type], type]:
