@@ -1,0 +1,114 @@
+"""Tokenized chat conversations packed into sequences (VLBS or naive) with assistant-only loss masks.
+
+A conversation with ids ``x[0..n]`` and mask ``m[0..n]`` becomes one sample: inputs ``x[:-1]``, labels
+``x[1:]``, loss mask ``m[1:]`` (truncated to ``seq_length``). Samples are packed like CPT documents
+(`megatron_s1.data.packed`): the schedule (`PackedSchedule`) balances packs over DP ranks, position ids
+restart per conversation and attention is block-diagonal (THD ``cu_seqlens`` on GPU).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from megatron_s1.data import packing
+from megatron_s1.data.packed import PackedData
+
+
+class ChatSamples:
+    """Tokenized samples: flat ids / mask arrays with offsets (one sample = one conversation)."""
+
+    def __init__(self, tokenized: list, seq_length: int):
+        keep = [t for t in tokenized if len(t.ids) >= 2 and any(t.mask[1: seq_length + 1])]
+        self.dropped = len(tokenized) - len(keep)  # no trainable token within seq_length
+        lengths = [min(len(t.ids), seq_length + 1) for t in keep]
+        self.offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        self.ids = np.concatenate([np.asarray(t.ids[:n], np.int64) for t, n in zip(keep, lengths)] or [np.zeros(0, np.int64)])
+        self.mask = np.concatenate([np.asarray(t.mask[:n], np.float32) for t, n in zip(keep, lengths)] or [np.zeros(0, np.float32)])
+        self.sample_lengths = np.asarray(lengths, np.int64) - 1
+
+    def __len__(self) -> int:
+        return len(self.sample_lengths)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        s, e = self.offsets[i], self.offsets[i + 1]
+        return self.ids[s:e], self.mask[s:e]
+
+    def loss_tokens(self) -> int:
+        return int(sum(self[i][1][1:].sum() for i in range(len(self))))
+
+
+class ChatPacks:
+    """Samples packed into sequences, `epochs` passes (each packed with its own seed)."""
+
+    def __init__(self, samples: ChatSamples, seq_length: int, seed: int, vlbs: bool, epochs: int = 1):
+        self.samples, self.seq_length = samples, seq_length
+        offsets, indices, base = [], [], 0
+        for epoch in range(epochs):
+            pack = packing.pack_vlbs if vlbs else packing.pack_naive
+            packs = pack(samples.sample_lengths, seq_length, seed=seed + epoch)
+            offsets.append(packs.pack_offsets[:-1] + base)
+            indices.append(packs.sample_indices)
+            base += len(packs.sample_indices)
+        self.pack_offsets = np.concatenate([*offsets, [base]]).astype(np.int64)
+        self.sample_indices = np.concatenate(indices).astype(np.int64)
+        self.packs = packing.Packs(self.pack_offsets, self.sample_indices)
+        self.sample_lengths = np.concatenate([samples.sample_lengths] * epochs)
+
+    def __len__(self) -> int:
+        return len(self.pack_offsets) - 1
+
+    def costs(self, a: float, b: float) -> np.ndarray:
+        return packing.pack_costs(self.sample_lengths, self.packs, self.seq_length, a=a, b=b)
+
+    def __getitem__(self, p: int) -> list:
+        s, e = self.pack_offsets[p], self.pack_offsets[p + 1]
+        return [self.samples[int(i) % len(self.samples)] for i in self.sample_indices[s:e]]
+
+
+def collate_chat_pack(samples: list, seq_length: int, with_mask: bool) -> dict:
+    """One pack of (ids, mask) samples -> a micro-batch of one sequence with cu_seqlens."""
+    tokens = np.zeros(seq_length, np.int64)
+    labels = np.zeros(seq_length, np.int64)
+    loss_mask = np.zeros(seq_length, np.float32)
+    position_ids = np.zeros(seq_length, np.int64)
+    cu = [0]
+    for ids, mask in samples:
+        n = len(ids) - 1
+        s = cu[-1]
+        tokens[s:s + n] = ids[:-1]
+        labels[s:s + n] = ids[1:]
+        loss_mask[s:s + n] = mask[1:]
+        position_ids[s:s + n] = np.arange(n)
+        cu.append(s + n)
+    if cu[-1] < seq_length:
+        position_ids[cu[-1]:] = np.arange(seq_length - cu[-1])
+        cu.append(seq_length)
+    batch = {
+        "tokens": torch.from_numpy(tokens)[None], "labels": torch.from_numpy(labels)[None],
+        "loss_mask": torch.from_numpy(loss_mask)[None], "position_ids": torch.from_numpy(position_ids)[None],
+        "cu_seqlens": torch.tensor(cu, dtype=torch.int32),
+    }
+    if with_mask:
+        segment = np.repeat(np.arange(len(cu) - 1), np.diff(cu))
+        same = segment[:, None] == segment[None, :]
+        causal = np.tril(np.ones((seq_length, seq_length), dtype=bool))
+        batch["attention_mask"] = torch.from_numpy(~(same & causal))[None, None]  # True = masked
+    return batch
+
+
+class ChatPackedData(PackedData):
+    """PackedData whose packs are chat samples with loss masks."""
+
+    def microbatches(self, first_pack: int, global_batch: int, dp_rank: int, dp_size: int):
+        if self.schedule is None:
+            per_rank = global_batch // dp_size
+            start = first_pack + dp_rank * per_rank
+            ids = [(start + i) % len(self.documents) for i in range(per_rank)]
+        else:
+            step = self._step_of_first_pack.get(first_pack)
+            if step is None:
+                raise RuntimeError(f"no packed step starts at pack {first_pack}; the checkpoint's data position "
+                                   "does not belong to this SFT packing schedule")
+            ids = [int(p) for p in self.schedule.packs(step, dp_rank) if p >= 0]
+        for pack in ids:
+            yield collate_chat_pack(self.documents[pack], self.seq_length, self.with_mask)
