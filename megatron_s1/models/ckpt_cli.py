@@ -43,6 +43,8 @@ def _register_expand_experts(sub) -> None:
 
 
 CKPT_COMMANDS = [_register_expand_experts]
+from megatron_s1.rl.ckpt_average import register_average  # noqa: E402  (megatron-s1 ckpt average)
+CKPT_COMMANDS.append(register_average)
 
 
 def register(subparsers) -> None:
