@@ -148,7 +148,7 @@ class InternViTAttention(MegatronModule):
             proj, config.hidden_size, config=config, init_method=config.output_layer_init_method, bias=True,
             input_is_parallel=True, skip_bias_add=False)
         first = tp_rank * self.local_heads
-        valid = (torch.arange(first, first + self.local_heads) < real_heads).to(config.params_dtype)
+        valid = (torch.arange(first, first + self.local_heads, device="cpu") < real_heads).to(config.params_dtype)
         self.register_buffer("head_mask", valid, persistent=False)
         self.padded = bool((valid == 0).any())
         if self.padded:  # start padded heads at exactly zero (they stay so: their outputs are masked)
@@ -251,13 +251,21 @@ class InternViTEmbeddings(MegatronModule):
 class _VisionDecoder(MegatronModule):
     def __init__(self, config, vcfg):
         super().__init__(config=config)
-        rates = torch.linspace(0, vcfg.drop_path_rate, vcfg.num_layers).tolist() if vcfg.num_layers else []
+        rates = torch.linspace(0, vcfg.drop_path_rate, vcfg.num_layers, device="cpu").tolist() if vcfg.num_layers else []
         self.layers = torch.nn.ModuleList(InternViTLayer(config, vcfg, r) for r in rates)
 
     def forward(self, x):
         for layer in self.layers:
             x = layer(x)
         return x
+
+    def sharded_state_dict(self, prefix="", sharded_offsets=(), metadata=None):
+        # A plain ModuleList would be checkpointed as replicated tensors (every rank's TP shard under the same
+        # global key, i.e. only one shard kept); each layer's own sharded_state_dict marks the TP axes.
+        out = {}
+        for i, layer in enumerate(self.layers):
+            out.update(layer.sharded_state_dict(f"{prefix}layers.{i}.", sharded_offsets, metadata))
+        return out
 
 
 class InternViTModel(MegatronModule):
