@@ -18,8 +18,11 @@ class ChatSamples:
     """Tokenized samples: flat ids / mask arrays with offsets (one sample = one conversation)."""
 
     def __init__(self, tokenized: list, seq_length: int):
-        keep = [t for t in tokenized if len(t.ids) >= 2 and any(t.mask[1: seq_length + 1])]
-        self.dropped = len(tokenized) - len(keep)  # no trainable token within seq_length
+        # Dropped: no trainable token within seq_length, or media that truncation would cut.
+        keep = [t for t in tokenized if len(t.ids) >= 2 and any(t.mask[1: seq_length + 1])
+                and not (t.media and len(t.ids) > seq_length + 1)]
+        self.dropped = len(tokenized) - len(keep)
+        self.media = [t.media for t in keep]  # per sample: [Media] in token order
         lengths = [min(len(t.ids), seq_length + 1) for t in keep]
         self.offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         self.ids = np.concatenate([np.asarray(t.ids[:n], np.int64) for t, n in zip(keep, lengths)] or [np.zeros(0, np.int64)])
@@ -40,12 +43,18 @@ class ChatSamples:
 class ChatPacks:
     """Samples packed into sequences, `epochs` passes (each packed with its own seed)."""
 
-    def __init__(self, samples: ChatSamples, seq_length: int, seed: int, vlbs: bool, epochs: int = 1):
+    def __init__(self, samples: ChatSamples, seq_length: int, seed: int, vlbs: bool, epochs: int = 1,
+                 one_per_pack: bool = False):
         self.samples, self.seq_length = samples, seq_length
         offsets, indices, base = [], [], 0
         for epoch in range(epochs):
             pack = packing.pack_vlbs if vlbs else packing.pack_naive
-            packs = pack(samples.sample_lengths, seq_length, seed=seed + epoch)
+            if one_per_pack:  # no packing: every conversation alone, padded (shuffled per epoch)
+                n = len(samples)
+                packs = packing.Packs(np.arange(n + 1, dtype=np.int64),
+                                      np.random.default_rng([seed, epoch]).permutation(n).astype(np.int64))
+            else:
+                packs = pack(samples.sample_lengths, seq_length, seed=seed + epoch)
             offsets.append(packs.pack_offsets[:-1] + base)
             indices.append(packs.sample_indices)
             base += len(packs.sample_indices)
@@ -59,6 +68,11 @@ class ChatPacks:
 
     def costs(self, a: float, b: float) -> np.ndarray:
         return packing.pack_costs(self.sample_lengths, self.packs, self.seq_length, a=a, b=b)
+
+    def media(self, p: int) -> list:
+        """Media of pack p, in token order."""
+        s, e = self.pack_offsets[p], self.pack_offsets[p + 1]
+        return [m for i in self.sample_indices[s:e] for m in self.samples.media[int(i) % len(self.samples)]]
 
     def __getitem__(self, p: int) -> list:
         s, e = self.pack_offsets[p], self.pack_offsets[p + 1]
@@ -97,7 +111,13 @@ def collate_chat_pack(samples: list, seq_length: int, with_mask: bool) -> dict:
 
 
 class ChatPackedData(PackedData):
-    """PackedData whose packs are chat samples with loss masks."""
+    """PackedData whose packs are chat samples with loss masks (and media, loaded by `media_loader`)."""
+
+    def __init__(self, documents, schedule, seq_length: int, with_mask: bool, media_loader=None,
+                 cu_seqlens: bool = True):
+        super().__init__(documents, schedule, seq_length, with_mask)
+        self.media_loader = media_loader  # [Media] -> dict of batch entries (pixel_values, ts_values, ts_rates)
+        self.cu_seqlens = cu_seqlens
 
     def microbatches(self, first_pack: int, global_batch: int, dp_rank: int, dp_size: int):
         if self.schedule is None:
@@ -111,4 +131,9 @@ class ChatPackedData(PackedData):
                                    "does not belong to this SFT packing schedule")
             ids = [int(p) for p in self.schedule.packs(step, dp_rank) if p >= 0]
         for pack in ids:
-            yield collate_chat_pack(self.documents[pack], self.seq_length, self.with_mask)
+            batch = collate_chat_pack(self.documents[pack], self.seq_length, self.with_mask)
+            if not self.cu_seqlens:
+                del batch["cu_seqlens"]
+            if self.media_loader is not None:
+                batch.update(self.media_loader(self.documents.media(pack)))
+            yield batch

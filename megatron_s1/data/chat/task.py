@@ -21,13 +21,81 @@ from megatron_s1.tokenizer import bundled_tokenizer_dir
 from megatron_s1.training.tasks import PretrainTask, register_task
 
 
-def build_chat_data(cfg, tokenizer):
-    """(mixture, train ChatSamples, valid ChatSamples) of a config; pure function of the recipe and seed."""
+def _with_media_paths(messages: list, base: str) -> list:
+    """Relative image / series paths of the turns resolved against `base`."""
+    out = []
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, list):
+            items = []
+            for item in content:
+                if isinstance(item, dict):
+                    for key in ("image", "timeseries"):
+                        if isinstance(item.get(key), str) and not os.path.isabs(item[key]):
+                            item = dict(item, **{key: os.path.join(base, item[key])})
+                items.append(item)
+            m = dict(m, content=items)
+        out.append(m)
+    return out
+
+
+class MediaLayout:
+    """Placeholder ids of images / series inside turns and their encoder inputs (as mm_pretrain)."""
+
+    def __init__(self, cfg, media_ids):
+        self.cfg, self.ids = cfg, media_ids
+
+    def expand(self, media) -> list:
+        from megatron_s1.data.multimodal.dataset import load_series
+        from megatron_s1.models.timeseries.encoder import num_timeseries_tokens
+        from megatron_s1.models.vision.preprocess import image_prompt_ids, num_tiles, tokens_per_tile
+
+        if media.kind == "image":
+            v = self.cfg.vision
+            if v.preset is None:
+                raise ChatFormatError("a conversation has an image but vision.preset is not set")
+            from PIL import Image
+
+            with Image.open(media.item["image"]) as im:
+                w, h = im.size
+            n = num_tiles(w, h, v.image_size, v.min_tiles, v.max_tiles, v.use_thumbnail)
+            return image_prompt_ids(n, tokens_per_tile(v.image_size, v.patch_size, v.downsample_ratio),
+                                    self.ids.img_start, self.ids.img_context, self.ids.img_end)
+        t = self.cfg.timeseries
+        if t.preset is None:
+            raise ChatFormatError("a conversation has a time series but timeseries.preset is not set")
+        sr = float(media.item.get("sampling_rate", t.default_sampling_rate))
+        length = int(media.item["length"]) if "length" in media.item else load_series(media.item["timeseries"]).shape[0]
+        return [self.ids.ts_start] + [self.ids.ts_context] * num_timeseries_tokens(length, sr) + [self.ids.ts_end]
+
+    def load(self, media: list) -> dict:
+        import torch
+
+        from megatron_s1.data.multimodal.dataset import load_series
+        from megatron_s1.models.vision.preprocess import dynamic_tiles
+
+        pixels, series, rates = [], [], []
+        for m in media:
+            if m.kind == "image":
+                from PIL import Image
+
+                v = self.cfg.vision
+                with Image.open(m.item["image"]) as im:
+                    pixels.append(dynamic_tiles(im, v.image_size, v.min_tiles, v.max_tiles, v.use_thumbnail))
+            else:
+                series.append(load_series(m.item["timeseries"]))
+                rates.append(float(m.item.get("sampling_rate", self.cfg.timeseries.default_sampling_rate)))
+        return {"pixel_values": torch.cat(pixels) if pixels else None, "ts_values": series, "ts_rates": rates}
+
+
+def build_chat_data(cfg, tokenizer, media: "MediaLayout | None" = None):
+    """(mixture, train ChatSamples, valid ChatSamples, template kind) of a config; pure function of the recipe."""
     s = cfg.sft
     specs = parse_specs(s.datasets, s.ratios, s.default_family)
     try:
         prompts = resolve_family_prompts(s.system_prompts, [sp.family for sp in specs])
-        chat = ChatTokenizer(tokenizer, s.template, cfg.data.tokenizer or bundled_tokenizer_dir())
+        chat = ChatTokenizer(tokenizer, s.template, cfg.data.tokenizer or bundled_tokenizer_dir(),
+                             media_expand=media.expand if media is not None else None)
     except ChatFormatError as err:
         raise ConfigError(str(err)) from None
     convs = [read_conversations(sp.path) for sp in specs]
@@ -43,6 +111,7 @@ def build_chat_data(cfg, tokenizer):
                 raise ConfigError(f"{specs[d].path} conversation {i}: family {family!r} has no sft.system_prompts "
                                   f"entry (known: {sorted(prompts)})")
             messages = apply_system_prefix(rec["messages"], prompts.get(family) if family is not None else None)
+            messages = _with_media_paths(messages, cfg.mm.image_root or os.path.dirname(os.path.abspath(specs[d].path)))
             try:
                 cache[key] = chat(messages, s.loss_on)
             except ChatFormatError as err:
@@ -57,7 +126,48 @@ def build_chat_data(cfg, tokenizer):
 
 @register_task("sft")
 class SftTask(PretrainTask):
-    """Language-model SFT; model and forward step are CPT's, data and masks are the chat pipeline's."""
+    """SFT of the language model (CPT's model and forward step) or, with vision.preset / timeseries.preset, of
+    InternS1Model with images and series inside turns; data and masks are the chat pipeline's."""
+
+    def __init__(self, trainer):
+        super().__init__(trainer)
+        cfg = self.cfg
+        self.multimodal = cfg.vision.preset is not None or cfg.timeseries.preset is not None
+        self.media = None
+        if self.multimodal:
+            from megatron_s1.data.multimodal.tokens import resolve_media_tokens
+
+            self.media_ids = resolve_media_tokens(trainer.tokenizer)
+            need = max(self.media_ids.all()) + 1
+            if cfg.model.vocab_size < need:
+                raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} does not cover the media tokens (ids up "
+                                  f"to {need - 1}); set model.vocab_size >= {need}")
+            self.media = MediaLayout(cfg, self.media_ids)
+
+    def build_model(self, tconfig, pre_process: bool, post_process: bool, vp_stage=None):
+        if not self.multimodal:
+            return super().build_model(tconfig, pre_process, post_process, vp_stage)
+        from megatron_s1.models.interns1.model import build_interns1_model
+
+        return build_interns1_model(self.cfg, tconfig, pre_process, post_process, vp_stage=vp_stage,
+                                    token_ids=self.media_ids)
+
+    def forward_step(self, batch: dict, model):
+        if not self.multimodal:
+            return super().forward_step(batch, model)
+        from functools import partial
+
+        from megatron_s1.training.tasks import masked_token_loss, to_device
+
+        device = self.trainer.env.device
+        batch = to_device(batch, device)
+        mask = batch.get("attention_mask")
+        if mask is not None and mask.dim() == 3:
+            mask = mask.unsqueeze(1)
+        ts = [x.to(device) for x in batch["ts_values"]]
+        output = model(batch["tokens"], batch["position_ids"], mask, labels=batch["labels"],
+                       pixel_values=batch["pixel_values"], ts_values=ts, ts_rates=batch["ts_rates"])
+        return output, partial(masked_token_loss, batch["loss_mask"])
 
     def build_datasets(self, train_samples: int, valid_samples: int):
         cfg, d, trainer = self.cfg, self.cfg.data, self.trainer
@@ -66,7 +176,7 @@ class SftTask(PretrainTask):
         if d.packing not in ("none", "naive", "vlbs"):
             raise ConfigError(f"data.packing must be naive or vlbs for sft, got {d.packing!r}")
         vlbs = d.packing != "naive"  # "none" (the CPT default) means VLBS for SFT
-        mixture, train_s, valid_s, kind = build_chat_data(cfg, trainer.tokenizer)
+        mixture, train_s, valid_s, kind = build_chat_data(cfg, trainer.tokenizer, self.media)
         info = mixture.describe()
         info.update(template=kind, seq_length=d.seq_length, packing="vlbs" if vlbs else "naive",
                     dropped_train=train_s.dropped, train_loss_tokens=train_s.loss_tokens(),
@@ -80,16 +190,20 @@ class SftTask(PretrainTask):
                   f"{shares}; sha256 {info['sha256']}", flush=True)
         if len(train_s) == 0:
             raise ConfigError("sft: no train conversation has an assistant token within data.seq_length")
-        train = ChatPacks(train_s, d.seq_length, cfg.run.seed, vlbs, d.packing_epochs)
+        with_mask = resolve_spec_kind(cfg.model.spec) == "local"
+        # InternS1Model takes no THD parameters: with TE (no explicit mask) multimodal SFT runs one conversation
+        # per micro-batch (padded, causal); with the local spec packs use the block-diagonal mask.
+        alone = self.multimodal and not with_mask
+        loader = self.media.load if self.multimodal else None
+        train = ChatPacks(train_s, d.seq_length, cfg.run.seed, vlbs, d.packing_epochs, one_per_pack=alone)
         per_step, consumed = [], 0
         for _ in range(cfg.train.steps):
             per_step.append(trainer.batch_schedule.num_microbatches(consumed))
             consumed += trainer.batch_schedule.global_batch_tokens(consumed)
         schedule = PackedSchedule(train, per_step, trainer.dp_size, cfg.run.seed, vlbs, d.vlbs_window_steps,
                                   d.vlbs_cost_a, d.vlbs_cost_b)
-        with_mask = resolve_spec_kind(cfg.model.spec) == "local"
         valid = None
         if len(valid_s):
-            valid = ChatPackedData(ChatPacks(valid_s, d.seq_length, cfg.run.seed, False, 1), None, d.seq_length,
-                                   with_mask)
-        return ChatPackedData(train, schedule, d.seq_length, with_mask), valid, None
+            valid = ChatPackedData(ChatPacks(valid_s, d.seq_length, cfg.run.seed, False, 1, one_per_pack=alone), None,
+                                   d.seq_length, with_mask, loader, cu_seqlens=not alone)
+        return ChatPackedData(train, schedule, d.seq_length, with_mask, loader, cu_seqlens=not alone), valid, None
