@@ -18,9 +18,10 @@ from typing import Optional
 import torch
 
 from megatron_s1.conversion import hf_io
-from megatron_s1.conversion.hf_config import hf_to_model_fields, model_fields_to_hf
-from megatron_s1.conversion.mappings import ConversionError, Shapes, expand, get_architecture
-from megatron_s1.conversion.mcore_io import build_layout, read_params, stored_dtypes, write_checkpoint
+from megatron_s1.conversion.hf_config import hf_to_sections, sections_to_hf
+from megatron_s1.conversion.mappings import ConversionError, Replicate, Shapes, expand, get_architecture
+from megatron_s1.conversion.mcore_io import (build_layout, is_multimodal, read_params, stored_dtypes,
+                                             vision_padded_heads, write_checkpoint)
 
 HF_SUBDIR = "hf"  # inside a converted Megatron checkpoint: the original config.json, tokenizer files, ...
 STATE_FILE = "trainer_state.json"
@@ -56,26 +57,51 @@ def atomic_output_dir(out_dir: str, force: bool):
     os.replace(tmp, out_dir)
 
 
-def _flags(model: dict) -> set:
-    flags = {"moe" if model.get("num_moe_experts") else "dense"}
-    if model["untie_embeddings_and_output_weights"]:
+def _flags(cfg) -> set:
+    model = cfg.model
+    flags = {"moe" if model.num_moe_experts else "dense"}
+    if model.untie_embeddings_and_output_weights:
         flags.add("untied")
-    if model["qk_layernorm"]:
+    if model.qk_layernorm:
         flags.add("qk_norm")
+    if model.position_embedding_type == "fope":
+        flags.add("fope")
+    if is_multimodal(cfg) and cfg.vision.preset is not None:
+        v = cfg.vision
+        if v.qk_layernorm:
+            flags.add("vit_qk_norm")
+        if v.add_qkv_bias:
+            flags.add("vit_qkv_bias")
+        if v.normalization == "LayerNorm":
+            flags.add("vit_norm_bias")
     return flags
 
 
-def _shapes(model: dict) -> Shapes:
-    return Shapes(hidden_size=model["hidden_size"], num_attention_heads=model["num_attention_heads"],
-                  num_query_groups=model["num_query_groups"], head_dim=model["kv_channels"])
+def _shapes(cfg) -> dict:
+    m = cfg.model
+    out = {"text": Shapes(hidden_size=m.hidden_size, num_attention_heads=m.num_attention_heads,
+                          num_query_groups=m.num_query_groups, head_dim=m.kv_channels)}
+    if is_multimodal(cfg) and cfg.vision.preset is not None:
+        v = cfg.vision
+        out["vision"] = Shapes(hidden_size=v.hidden_size, num_attention_heads=v.num_attention_heads,
+                               num_query_groups=v.num_attention_heads,
+                               head_dim=v.hidden_size // v.num_attention_heads,
+                               padded_heads=vision_padded_heads(v, cfg.parallel.tensor))
+    return out
 
 
-def _experiment_config(model_fields: dict, tp: int, pp: int, ep: int, etp: Optional[int]):
+def _rules(arch, cfg) -> list:
+    layers = {"text": cfg.model.num_layers, "vision": cfg.vision.num_layers}
+    return expand(arch.components, layers, cfg.model.num_moe_experts, _flags(cfg))
+
+
+def _experiment_config(sections: dict, tp: int, pp: int, ep: int, etp: Optional[int]):
     from megatron_s1.config.schema import ConfigError, ExperimentConfig, config_from_dict
     from megatron_s1.models.language import validate_model_parallel
 
     base = ExperimentConfig().to_dict()
-    base["model"].update(model_fields)
+    for section, fields in sections.items():
+        base[section].update(fields)
     base["parallel"].update(tensor=tp, pipeline=pp, expert=ep, expert_tensor=etp)
     cfg = config_from_dict(base)
     world = pp * math.lcm(tp, (etp or tp) * ep)
@@ -92,13 +118,12 @@ def hf_to_mcore(hf_dir: str, out_dir: str, tp: int = 1, pp: int = 1, ep: int = 1
     start = time.time()
     _check_output(out_dir, force)  # fail before any work
     hf_config = hf_io.read_hf_config(hf_dir)
-    arch_name, model_fields = hf_to_model_fields(hf_config)
+    arch_name, sections = hf_to_sections(hf_config)
     arch = get_architecture(arch_name)
-    cfg = _experiment_config(model_fields, tp, pp, ep, etp)
+    cfg = _experiment_config(sections, tp, pp, ep, etp)
     ckpt = hf_io.HFCheckpoint(hf_dir)
-    model = cfg.to_dict()["model"]
-    rules = expand(arch.components, model["num_layers"], model["num_moe_experts"], _flags(model))
-    shapes = _shapes(model)
+    rules = _rules(arch, cfg)
+    shapes = _shapes(cfg)
 
     # Plan everything from headers before writing a byte: names, shapes, dtypes.
     layout = build_layout(cfg)
@@ -113,7 +138,7 @@ def hf_to_mcore(hf_dir: str, out_dir: str, tp: int = 1, pp: int = 1, ep: int = 1
         if absent:
             raise ConversionError(f"HF checkpoint {hf_dir} lacks tensor {absent[0]!r} required by config.json "
                                   f"({arch_name}); config and weights disagree")
-        got = rule.transform.mcore_shape([ckpt.shapes[h] for h in rule.hf], shapes)
+        got = rule.transform.mcore_shape([ckpt.shapes[h] for h in rule.hf], shapes[rule.part])
         want = layout.params[rule.mcore].shape
         if tuple(got) != tuple(want):
             shown = ", ".join(f"{h} {ckpt.shapes[h]}" for h in rule.hf)
@@ -124,7 +149,7 @@ def hf_to_mcore(hf_dir: str, out_dir: str, tp: int = 1, pp: int = 1, ep: int = 1
             raise ConversionError(f"tensors {rule.hf} have different dtypes {kinds}")
         dtypes[rule.mcore] = kinds.pop()
         used.update(rule.hf)
-    ignorable = set() if "untied" in _flags(model) else {"lm_head.weight"}  # tied: lm_head is the embedding
+    ignorable = set() if "untied" in _flags(cfg) else {"lm_head.weight"}  # tied: lm_head is the embedding
     unused = sorted(set(ckpt.shapes) - used - ignorable)
     if unused:
         raise ConversionError(f"HF checkpoint has {len(unused)} tensors the {arch_name} table does not map, e.g. "
@@ -132,7 +157,7 @@ def hf_to_mcore(hf_dir: str, out_dir: str, tp: int = 1, pp: int = 1, ep: int = 1
 
     def make_tensor(name: str) -> torch.Tensor:
         rule = by_mcore[name]
-        return rule.transform.to_mcore([ckpt.get(h) for h in rule.hf], shapes)
+        return rule.transform.to_mcore([ckpt.get(h) for h in rule.hf], shapes[rule.part])
 
     stored_dtype = next(iter(dtypes.values()))
     with atomic_output_dir(out_dir, force) as tmp:
@@ -173,7 +198,14 @@ def _resolve_ckpt(path: str) -> str:
         raise ConversionError(str(err)) from None
 
 
-def _infer_architecture(model: dict) -> str:
+def _infer_architecture(cfg, model: dict) -> str:
+    if is_multimodal(cfg):
+        if cfg.vision.preset is None:
+            raise ConversionError("checkpoint has no vision tower; only InternS1 (vision) multimodal models "
+                                  "export to HF")
+        return "InternS1ForConditionalGeneration"
+    if model.get("moe_router_groups") or model.get("position_embedding_type") == "fope":
+        return "InternS1ProForConditionalGeneration"
     problems = []
     if not model["qk_layernorm"]:
         problems.append("model.qk_layernorm=false")
@@ -200,12 +232,17 @@ def mcore_to_hf(ckpt_dir: str, out_dir: str, force: bool = False, dtype: Optiona
     cfg = config_from_dict(state["config"])
     cfg.model.fp8 = None
     cfg.model.recompute = None
+    if is_multimodal(cfg) and cfg.timeseries.preset is not None:
+        cfg.timeseries.preset = None  # the HF InternS1 format has no time-series encoder: it is not exported
+        dropped_timeseries = True
+    else:
+        dropped_timeseries = False
     model = cfg.to_dict()["model"]
     source = state.get("converted_from") or {}
-    arch_name = source.get("architecture") or _infer_architecture(model)
+    arch_name = source.get("architecture") or _infer_architecture(cfg, model)
     arch = get_architecture(arch_name)
-    rules = expand(arch.components, model["num_layers"], model["num_moe_experts"], _flags(model))
-    shapes = _shapes(model)
+    rules = _rules(arch, cfg)
+    shapes = _shapes(cfg)
     layout = build_layout(cfg)
     if {r.mcore for r in rules} != set(layout.params):
         extra = sorted({r.mcore for r in rules} ^ set(layout.params))
@@ -228,19 +265,27 @@ def mcore_to_hf(ckpt_dir: str, out_dir: str, force: bool = False, dtype: Optiona
     if os.path.exists(os.path.join(hf_source, "config.json")):
         with open(os.path.join(hf_source, "config.json"), encoding="utf-8") as f:
             base_config = json.load(f)
-    hf_config = model_fields_to_hf(arch_name, model, base_config, hf_io.torch_dtype_name(out_dtype))
+    sections = {"model": model, "vision": cfg.to_dict()["vision"]}
+    hf_config = sections_to_hf(arch_name, sections, base_config, hf_io.torch_dtype_name(out_dtype),
+                               cast=cast is not None)
 
     # HF tensor shapes in write order (transforms applied to meta tensors), so shard headers go first.
     order = sorted(groups, key=lambda x: -1 if x is None else x)
-    plan = []
+    plan, planned = [], set()
     for layer in order:
         for rule in groups[layer]:
             dt = cast or stored[layout.params[rule.mcore].key][1]
             meta = torch.empty(layout.params[rule.mcore].shape, dtype=dt, device="meta")
-            plan.extend((name, tuple(part.shape), dt)
-                        for name, part in zip(rule.hf, rule.transform.to_hf(meta, shapes)))
+            for name, part in zip(rule.hf, rule.transform.to_hf(meta, shapes[rule.part])):
+                if name in planned:  # replicated tensors (FoPE coefficients): the first copy is exported
+                    if not isinstance(rule.transform, Replicate):
+                        raise ConversionError(f"internal: HF tensor {name} produced twice")
+                    continue
+                planned.add(name)
+                plan.append((name, tuple(part.shape), dt))
     with atomic_output_dir(out_dir, force) as tmp:
         writer = hf_io.ShardWriter(tmp, plan, hf_io.parse_size(max_shard_size))
+        written = set()
         for layer in order:
             group = groups[layer]
             params = read_params(ckpt_dir, layout, [r.mcore for r in group], stored)
@@ -248,8 +293,10 @@ def mcore_to_hf(ckpt_dir: str, out_dir: str, force: bool = False, dtype: Optiona
                 tensor = params.pop(rule.mcore)
                 if cast is not None:
                     tensor = tensor.to(cast)
-                for name, part in zip(rule.hf, rule.transform.to_hf(tensor, shapes)):
-                    writer.add(name, part)
+                for name, part in zip(rule.hf, rule.transform.to_hf(tensor, shapes[rule.part])):
+                    if name not in written:
+                        written.add(name)
+                        writer.add(name, part)
                 del tensor
             del params
             gc.collect()  # DCP objects form reference cycles; free this layer's buffers before the next
@@ -267,5 +314,8 @@ def mcore_to_hf(ckpt_dir: str, out_dir: str, force: bool = False, dtype: Optiona
             with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
                 json.dump(hf_config, f, indent=2, sort_keys=True)
                 f.write("\n")
-    return {"architecture": arch_name, "tensors": len(rules), "seconds": round(time.time() - start, 2),
-            "peak_rss_mb": round(peak_rss_mb(), 1), "out": os.path.abspath(out_dir)}
+    summary = {"architecture": arch_name, "tensors": len(rules), "seconds": round(time.time() - start, 2),
+               "peak_rss_mb": round(peak_rss_mb(), 1), "out": os.path.abspath(out_dir)}
+    if dropped_timeseries:
+        summary["not_exported"] = "timeseries_model (the HF InternS1 format has no time-series encoder)"
+    return summary

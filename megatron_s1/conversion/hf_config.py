@@ -132,3 +132,198 @@ def _default_hf_config(arch_name: str) -> dict:
     cfg = getattr(transformers, cls)().to_dict()
     cfg.pop("transformers_version", None)
     return cfg
+
+
+# ------------------------------------------------------------------------- multimodal / Pro (sections)
+_NORMS = {"rms_norm": "RMSNorm", "layer_norm": "LayerNorm"}
+_TEXT_ARCH = {"qwen3": "Qwen3ForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM"}
+
+
+def _square(value, key: str) -> int:
+    if isinstance(value, (list, tuple)):
+        if len(set(value)) != 1:
+            raise ConversionError(f"vision_config.{key}={value!r}: only square images/patches are supported")
+        value = value[0]
+    return int(value)
+
+
+def _pro_text_fields(text: dict) -> dict:
+    """Intern-S1-Pro text config (Qwen3-MoE + grouped router + FoPE) -> ModelConfig fields."""
+    text = dict(text)
+    scaling = dict(text.pop("rope_scaling", None) or {})
+    fope = {k: scaling.pop(k) for k in ("fope_init_factor", "fope_sep_head", "num_inv_freq") if k in scaling}
+    if scaling.get("rope_type", scaling.get("type", "default")) != "default":
+        raise ConversionError(f"rope_scaling={scaling!r}: only default RoPE (+ FoPE) maps to Megatron")
+    text["architectures"], text["model_type"] = ["Qwen3MoeForCausalLM"], "qwen3_moe"
+    _, fields = hf_to_model_fields(text)
+    groups = text.get("router_n_groups")
+    fields["moe_router_groups"] = int(groups) if groups and int(groups) > 1 else None
+    if fope:
+        fields.update(position_embedding_type="fope", fope_init_factor=float(fope.get("fope_init_factor", 0.5)),
+                      fope_sep_head=bool(fope.get("fope_sep_head", True)), fope_num_inv_freq=fope.get("num_inv_freq"))
+    else:
+        fields["position_embedding_type"] = "rope"
+    return fields
+
+
+def hf_to_sections(hf: dict) -> tuple:
+    """(architecture name, {config section: fields}) for any supported HF config.json.
+
+    Text-only architectures give {"model": ...}; InternS1 adds "vision" (InternViT + projector), "train"
+    (task mm_pretrain) and "timeseries" (none: the released Intern-S1 has no time-series encoder weights).
+    """
+    archs = hf.get("architectures") or []
+    if len(archs) != 1:
+        raise ConversionError(f"config.json architectures={archs!r}; expected exactly one architecture")
+    arch = get_architecture(archs[0])
+    if arch.name == "InternS1ProForConditionalGeneration":
+        if hf.get("model_type") not in (None, arch.model_type):
+            raise ConversionError(f"config.json model_type={hf.get('model_type')!r} is not {arch.model_type!r}")
+        return arch.name, {"model": _pro_text_fields(hf["text_config"])}
+    if not arch.multimodal:
+        return hf_to_model_fields(hf)[0], {"model": hf_to_model_fields(hf)[1]}
+    if hf.get("model_type") not in (None, arch.model_type):
+        raise ConversionError(f"config.json model_type={hf.get('model_type')!r} does not match architecture "
+                              f"{arch.name} (expected {arch.model_type!r})")
+    text = dict(hf.get("text_config") or {})
+    text_arch = _TEXT_ARCH.get(text.get("model_type"))
+    if text_arch is None:
+        raise ConversionError(f"text_config.model_type={text.get('model_type')!r} is not supported; "
+                              f"supported: {', '.join(sorted(_TEXT_ARCH))}")
+    if "tie_word_embeddings" in hf and "tie_word_embeddings" in text and \
+            bool(hf["tie_word_embeddings"]) != bool(text["tie_word_embeddings"]):
+        raise ConversionError("config.json tie_word_embeddings differs between the top level and text_config")
+    text.setdefault("tie_word_embeddings", hf.get("tie_word_embeddings", False))
+    text.pop("model_type")
+    text["architectures"] = [text_arch]
+    _, model = hf_to_model_fields(text)
+
+    vc = hf.get("vision_config") or {}
+    for key, expected, why in (
+            ("vision_feature_layer", -1, "features are taken from the last ViT layer"),
+            ("vision_feature_select_strategy", "default", "the CLS token is dropped"),
+            ("projector_hidden_act", "gelu", "the projector uses exact GELU")):
+        _require(hf, key, expected, why)
+    for key, expected, why in (
+            ("hidden_act", "gelu", "the ViT MLP uses exact GELU"),
+            ("use_mean_pooling", True, "no final ViT layernorm is mapped"),
+            ("use_absolute_position_embeddings", True, "absolute position embeddings are mapped"),
+            ("use_mask_token", False, "no mask token is mapped"),
+            ("num_channels", 3, "RGB input")):
+        if vc.get(key, expected) != expected:
+            raise ConversionError(f"config.json vision_config.{key}={vc.get(key)!r} is not supported ({why})")
+    norm = _NORMS.get(vc.get("norm_type", "rms_norm"))
+    if norm is None:
+        raise ConversionError(f"vision_config.norm_type={vc.get('norm_type')!r}; expected rms_norm or layer_norm")
+    eps = float(vc.get("layer_norm_eps", 1e-6))
+    if vc.get("use_qk_norm") and eps != 1e-6:
+        raise ConversionError(f"vision_config.layer_norm_eps={eps}: with use_qk_norm the HF QK-norm eps is fixed "
+                              "at 1e-6 while ours uses layer_norm_eps; only 1e-6 maps exactly")
+    try:
+        vision = dict(
+            num_layers=vc["num_hidden_layers"], hidden_size=vc["hidden_size"],
+            num_attention_heads=vc["num_attention_heads"], ffn_hidden_size=vc["intermediate_size"],
+            normalization=norm, norm_epsilon=eps, qk_layernorm=bool(vc.get("use_qk_norm", False)),
+            add_qkv_bias=bool(vc.get("attention_bias", False)),
+            image_size=_square(vc.get("image_size", 448), "image_size"),
+            patch_size=_square(vc.get("patch_size", 14), "patch_size"),
+            layer_scale_init=float(vc.get("layer_scale_init_value", 0.1)),
+            drop_path_rate=float(vc.get("drop_path_rate", 0.0)),
+            downsample_ratio=float(hf.get("downsample_ratio", 0.5)),
+        )
+    except KeyError as err:
+        raise ConversionError(f"config.json vision_config lacks {err.args[0]!r}, required for {arch.name}") from None
+    vision["preset"] = _vision_preset_name(vision)
+    return arch.name, {"model": model, "vision": vision, "timeseries": {"preset": None},
+                       "train": {"task": "mm_pretrain"}}
+
+
+def _vision_preset_name(vision: dict) -> str:
+    """A preset name turns the tower on; every field is explicit, so the name is informational only."""
+    from megatron_s1.models.presets import VISION_PRESETS
+
+    for name, values in VISION_PRESETS.items():
+        if all(vision.get(k) == v for k, v in values.items()):
+            return name
+    return "internvit-6b" if vision["normalization"] == "RMSNorm" else "internvit-300m"
+
+
+def sections_to_hf(arch_name: str, sections: dict, base: Optional[dict], dtype_name: Optional[str],
+                   cast: bool = False) -> dict:
+    """config.json for the config sections (`model`, `vision`); `base` keeps every other HF field."""
+    arch = get_architecture(arch_name)
+    model = sections["model"]
+    if not arch.multimodal and arch.name != "InternS1ProForConditionalGeneration":
+        return model_fields_to_hf(arch_name, model, base, dtype_name)
+    fresh = base is None
+    if fresh:
+        base = _default_composite_config(arch_name, moe=bool(model.get("num_moe_experts")))
+    hf = dict(base)
+    text_base = dict(base.get("text_config") or {})
+    text_arch = "Qwen3MoeForCausalLM" if model.get("num_moe_experts") else "Qwen3ForCausalLM"
+    text = model_fields_to_hf(text_arch, model, text_base, None)
+    for key in ("architectures", "model_type"):  # keep the text_config's own spelling of these
+        if key in text_base:
+            text[key] = text_base[key]
+        else:
+            text.pop(key, None)
+    if arch.name == "InternS1ProForConditionalGeneration":
+        groups = model.get("moe_router_groups") or 1
+        if text.get("router_n_groups", 1) != groups:
+            text["router_n_groups"] = groups
+        if model.get("position_embedding_type") == "fope":
+            scaling = dict(text.get("rope_scaling") or {"rope_type": "default"})
+            want = {"fope_init_factor": model["fope_init_factor"], "fope_sep_head": model["fope_sep_head"],
+                    "num_inv_freq": model["fope_num_inv_freq"]}
+            if any(scaling.get(k) != v for k, v in want.items()):
+                text["rope_scaling"] = dict(scaling, **want)
+    if text != text_base:
+        hf["text_config"] = text
+    if "tie_word_embeddings" in hf and hf["tie_word_embeddings"] != text.get("tie_word_embeddings",
+                                                                              hf["tie_word_embeddings"]):
+        hf["tie_word_embeddings"] = text["tie_word_embeddings"]
+    if arch.multimodal:
+        v = sections["vision"]
+        vc = dict(base.get("vision_config") or {})
+        old = dict(vc)
+        inv_norm = {b: a for a, b in _NORMS.items()}
+        want = dict(num_hidden_layers=v["num_layers"], hidden_size=v["hidden_size"],
+                    num_attention_heads=v["num_attention_heads"], intermediate_size=v["ffn_hidden_size"],
+                    norm_type=inv_norm[v["normalization"]], layer_norm_eps=v["norm_epsilon"],
+                    use_qk_norm=v["qk_layernorm"], attention_bias=v["add_qkv_bias"],
+                    layer_scale_init_value=v["layer_scale_init"], drop_path_rate=v["drop_path_rate"])
+        defaults = dict(norm_type="rms_norm", layer_norm_eps=1e-6, use_qk_norm=False, attention_bias=False,
+                        layer_scale_init_value=0.1, drop_path_rate=0.0)  # as read by hf_to_sections
+        for key, value in want.items():
+            if vc.get(key, defaults.get(key)) != value:
+                vc[key] = value
+        for key in ("image_size", "patch_size"):
+            if _square(vc.get(key, 0) or 0, key) != v[key]:
+                vc[key] = [v[key], v[key]]
+        if vc != old:
+            hf["vision_config"] = vc
+        if hf.get("downsample_ratio") != v["downsample_ratio"]:
+            hf["downsample_ratio"] = v["downsample_ratio"]
+    key = "dtype" if "dtype" in hf or "torch_dtype" not in hf else "torch_dtype"
+    # An original config without a dtype (null) keeps it so unless the export casts (`dtype_name` given then).
+    if dtype_name is not None and (fresh or hf.get(key) is not None or cast) and hf.get(key) != dtype_name:
+        hf[key] = dtype_name
+    return hf
+
+
+def _default_composite_config(arch_name: str, moe: bool) -> dict:
+    """config.json skeleton of a composite model trained here from scratch (no original HF config)."""
+    import transformers
+
+    text = getattr(transformers, "Qwen3MoeConfig" if moe else "Qwen3Config")().to_dict()
+    text.pop("transformers_version", None)
+    if arch_name == "InternS1ProForConditionalGeneration":
+        text["model_type"] = "interns1_pro_text"
+        return {"architectures": [arch_name], "model_type": "interns1_pro", "text_config": text,
+                "tie_word_embeddings": False}
+    vision = transformers.InternVLVisionConfig().to_dict()
+    vision.pop("transformers_version", None)
+    vision["model_type"] = "interns1_vision"
+    return {"architectures": [arch_name], "model_type": "interns1", "text_config": text, "vision_config": vision,
+            "downsample_ratio": 0.5, "projector_hidden_act": "gelu", "vision_feature_layer": -1,
+            "vision_feature_select_strategy": "default", "tie_word_embeddings": False}

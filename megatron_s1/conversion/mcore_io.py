@@ -60,8 +60,17 @@ def ensure_single_process_group() -> None:
         raise ConversionError("conversion runs in a single process; run it without torchrun")
 
 
+def is_multimodal(cfg) -> bool:
+    return cfg.train.task == "mm_pretrain" and (cfg.vision.preset is not None or cfg.timeseries.preset is not None)
+
+
 def build_layout(cfg) -> Layout:
-    """Sharded layout of the model described by `cfg` (an ExperimentConfig), via a meta-device model."""
+    """Sharded layout of the model described by `cfg` (an ExperimentConfig), via a meta-device model.
+
+    Multimodal configs (train.task=mm_pretrain) build InternS1Model. Its vision heads are zero-padded to a
+    multiple of `cfg.parallel.tensor` (a property of the stored tensors, unlike every other dimension), so
+    the head-dependent vision entries are widened to that padding here.
+    """
     from megatron.core import parallel_state
     from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensor, apply_factories
 
@@ -70,6 +79,8 @@ def build_layout(cfg) -> Layout:
     from megatron_s1.training.distributed import initialize_model_parallel
 
     ensure_single_process_group()
+    multimodal = is_multimodal(cfg)
+    tp = cfg.parallel.tensor
     values = cfg.to_dict()
     values["parallel"] = {}  # TP=PP=EP=1: the layout of the whole model in one process
     values["model"]["spec"] = "local"
@@ -80,7 +91,12 @@ def build_layout(cfg) -> Layout:
         tconfig = build_transformer_config(single)
         tconfig.perform_initialization = False
         with torch.device("meta"):
-            model = build_language_model(single, tconfig, pre_process=True, post_process=True)
+            if multimodal:
+                from megatron_s1.models.interns1.model import InternS1Model
+
+                model = InternS1Model(single, tconfig, pre_process=True, post_process=True)
+            else:
+                model = build_language_model(single, tconfig, pre_process=True, post_process=True)
         sharded = model.sharded_state_dict()
         apply_factories(sharded)
     finally:
@@ -98,7 +114,37 @@ def build_layout(cfg) -> Layout:
         if not all(isinstance(p, ShardedTensor) for p in pieces):
             raise ConversionError(f"unexpected sharded entry {name!r} ({type(value).__name__}) in the model")
         params[name] = _merge_pieces(name, pieces, tuple(params_meta[name].shape))
+    if multimodal and cfg.vision.preset is not None:
+        _pad_vision_heads(params, cfg.vision, tp)
     return Layout(params=params, objects=objects)
+
+
+def vision_padded_heads(vision, tp: int) -> int:
+    from megatron_s1.models.vision.internvit import padded_num_heads
+
+    return padded_num_heads(vision.num_attention_heads, tp)
+
+
+def _pad_vision_heads(params: dict, vision, tp: int) -> None:
+    """Widen the head axis of the vision attention entries from the real heads to the TP-padded heads."""
+    heads = vision.num_attention_heads
+    padded = vision_padded_heads(vision, tp)
+    if padded == heads:
+        return
+    dims = {"self_attention.linear_qkv.weight": 0, "self_attention.linear_qkv.bias": 0,
+            "self_attention.q_layernorm.weight": 0, "self_attention.k_layernorm.weight": 0,
+            "self_attention.linear_proj.weight": 1}
+    for name, e in list(params.items()):
+        if not name.startswith("vision_model."):
+            continue
+        dim = next((d for suffix, d in dims.items() if name.endswith(suffix)), None)
+        if dim is None:
+            continue
+        if e.prepend:
+            raise ConversionError(f"vision parameter {name!r} is stacked; unsupported layout")
+        shape = list(e.shape)
+        shape[dim] = shape[dim] // heads * padded
+        params[name] = Entry(key=e.key, global_shape=tuple(shape), offset=e.offset, prepend=0, shape=tuple(shape))
 
 
 def _merge_pieces(name: str, pieces, shape: tuple) -> Entry:

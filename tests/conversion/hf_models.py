@@ -31,3 +31,65 @@ def make_hf_model(kind: str, out_dir: str, seed: int = 0, **overrides) -> str:
                 p.copy_(1.0 + 0.1 * torch.randn_like(p))
     model.save_pretrained(out_dir, max_shard_size="200KB")
     return out_dir
+
+
+# Tiny Intern-S1: tiny-dense / tiny-moe text (vocab of examples/mm_cpt/tiny_cpu.yaml) + tiny-vit tower
+# (56 px tiles, patch 14, 3 heads: padded to 4 under TP=2) + InternVL projector.
+TINY_VIT = dict(hidden_size=48, num_attention_heads=3, intermediate_size=96, num_hidden_layers=2,
+                norm_type="rms_norm", use_qk_norm=True, attention_bias=False, image_size=[56, 56],
+                patch_size=[14, 14], layer_scale_init_value=0.1, layer_norm_eps=1e-6, initializer_range=0.1)
+MM_VOCAB = 2112
+IMAGE_TOKEN_ID = 2050  # <IMG_CONTEXT> reserved after the bundled tokenizer's vocabulary
+
+
+def make_interns1_model(out_dir: str, text: str = "dense", seed: int = 0, vision_overrides=None) -> str:
+    """A random Intern-S1 checkpoint in the released format: transformers' InternVL classes (which Intern-S1's
+    modeling subclasses without renaming anything) saved, then config.json relabelled as InternS1."""
+    import json
+    import os
+
+    import transformers
+
+    torch.manual_seed(seed)
+    text_cfg = dict(COMMON, vocab_size=MM_VOCAB, intermediate_size=128, model_type="qwen3")
+    if text == "moe":
+        text_cfg.update(model_type="qwen3_moe", moe_intermediate_size=64, num_experts=4, num_experts_per_tok=2,
+                        norm_topk_prob=True)
+    config = transformers.InternVLConfig(vision_config=dict(TINY_VIT, **(vision_overrides or {})),
+                                         text_config=text_cfg, image_token_id=IMAGE_TOKEN_ID,
+                                         downsample_ratio=0.5, tie_word_embeddings=False)
+    model = transformers.InternVLForConditionalGeneration(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith("model.language_model."):
+                if name.endswith("norm.weight"):
+                    p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            elif "norm" in name and name.endswith("weight"):
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            elif "lambda" in name:
+                p.copy_(0.5 + 0.1 * torch.randn_like(p))
+            else:  # every other vision / projector tensor (incl. biases, cls token, positions): O(0.1)
+                p.copy_(0.1 * torch.randn_like(p))
+    # transformers 5 saves InternVL under its legacy names; Intern-S1 checkpoints hold the module names
+    # (model.vision_tower.*, model.multi_modal_projector.*, model.language_model.*, lm_head.*): write those.
+    from safetensors.torch import save_file
+
+    os.makedirs(out_dir, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    names = sorted(state)
+    shards = [names[i::3] for i in range(3)]
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        file = f"model-{i + 1:05d}-of-00003.safetensors"
+        save_file({n: state[n] for n in shard}, os.path.join(out_dir, file), metadata={"format": "pt"})
+        weight_map.update({n: file for n in shard})
+    with open(os.path.join(out_dir, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {}, "weight_map": weight_map}, f, indent=2)
+    cfg = config.to_dict()
+    cfg.pop("transformers_version", None)
+    cfg["architectures"] = ["InternS1ForConditionalGeneration"]
+    cfg["model_type"] = "interns1"
+    cfg["vision_config"]["model_type"] = "interns1_vision"
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+    return out_dir
