@@ -17,6 +17,7 @@ PLUGIN_COMMANDS = [
     "megatron_s1.conversion.cli",  # megatron-s1 convert ...
     "megatron_s1.data.curation.cli",  # megatron-s1 data ... (curation; `data` itself: megatron_s1/data/cli.py)
     "megatron_s1.models.ckpt_cli",  # megatron-s1 ckpt ... (expand-experts)
+    "megatron_s1.rl.cli",  # megatron-s1 rl
     "megatron_s1.data.best_of_n",  # megatron-s1 data best-of-n, sft-ablate
 ]
 

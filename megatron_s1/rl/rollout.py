@@ -1,0 +1,263 @@
+"""Rollout engines: colocated Megatron-Core sampling on the training weights, or an OpenAI-compatible server.
+
+Both return a `Rollout`: per sample the prompt ids, the response ids (ending at EOS when produced) and the
+rollout engine's log-prob of every response token. The local engine can also record the MoE routing (top-k
+expert ids per layer and token, Megatron-Core's RouterReplay) so the training forward replays it.
+
+The local engine runs the model in ``rollout_dtype`` (bf16 autocast by default on a real run) while training
+runs in the parameter dtype: this reproduces the train/inference numerical mismatch that IcePop masks and
+routing replay removes, even with shared weights.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+
+@dataclass
+class Rollout:
+    prompt_ids: list  # [N] lists of ints
+    response_ids: list  # [N] lists of ints (EOS included when generated)
+    rollout_logprobs: list  # [N] lists of floats, one per response token
+    finished: list  # [N] bool: ended with EOS
+    routing: Optional[list] = None  # per MoE layer: [L, N, topk] expert ids of the padded batch (see pad_batch)
+    meta: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------- batching
+
+
+def pad_batch(prompt_ids: list, response_ids: list, pad_id: int, total_len: Optional[int] = None):
+    """Left-pad prompts and right-pad responses into one [N, L] layout.
+
+    Returns tokens [N, L], position_ids [N, L], attention_mask [N, 1, L, L] (True = masked: causal + padding
+    keys), response_mask [N, L] marking positions whose *next* token is a response token (the positions whose
+    logits predict the response), and the index of the first response position per row.
+    """
+    n = len(prompt_ids)
+    max_p = max(len(p) for p in prompt_ids)
+    max_r = max((len(r) for r in response_ids), default=0)
+    length = total_len or (max_p + max_r)
+    tokens = torch.full((n, length), pad_id, dtype=torch.long)
+    valid = torch.zeros(n, length, dtype=torch.bool)
+    resp_mask = torch.zeros(n, length, dtype=torch.float32)
+    for i, (p, r) in enumerate(zip(prompt_ids, response_ids)):
+        start = max_p - len(p)
+        seq = list(p) + list(r)
+        tokens[i, start:start + len(seq)] = torch.tensor(seq, dtype=torch.long)
+        valid[i, start:start + len(seq)] = True
+        # logits at position t predict token t+1; response tokens sit at max_p .. max_p+len(r)-1
+        if r:
+            resp_mask[i, max_p - 1:max_p - 1 + len(r)] = 1.0
+    positions = (valid.long().cumsum(-1) - 1).clamp_min(0)
+    causal = torch.triu(torch.ones(length, length, dtype=torch.bool), 1)
+    mask = causal[None] | ~valid[:, None, :]
+    # fully padded query rows would attend nothing (NaN); let them see themselves
+    eye = torch.eye(length, dtype=torch.bool)[None]
+    mask = mask & ~(eye & ~valid[:, :, None])
+    return tokens, positions, mask[:, None], resp_mask, max_p
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0,
+                   allowed: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """log pi(token_{t+1} | <= t) for every position t of [N, L] (last position 0), in fp32."""
+    logits = logits.float() / temperature
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed, float("-inf"))
+    logp = torch.log_softmax(logits[:, :-1], dim=-1)
+    nxt = tokens[:, 1:].clamp(0, logits.shape[-1] - 1)
+    out = logp.gather(-1, nxt[..., None]).squeeze(-1)
+    out = torch.nan_to_num(out, neginf=-1e4)
+    return torch.cat([out, torch.zeros_like(out[:, :1])], dim=1)
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Top-k then nucleus (top-p) truncation of [N, V] logits (removed entries -> -inf)."""
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        cum = probs.cumsum(-1)
+        drop = (cum - probs) >= top_p  # keep the smallest prefix whose mass reaches top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return logits
+
+
+# ---------------------------------------------------------------------------------------------- routing replay
+
+
+def moe_replay_available() -> bool:
+    from megatron.core.transformer.moe.router_replay import RouterReplay
+
+    return len(RouterReplay.global_router_replay_instances) > 0
+
+
+@contextlib.contextmanager
+def routing_record():
+    """Record the top-k expert ids of every MoE layer during the forward passes inside the block."""
+    from megatron.core.transformer.moe.router_replay import RouterReplay, RouterReplayAction
+
+    RouterReplay.clear_global_indices()
+    RouterReplay.set_global_router_replay_action(RouterReplayAction.RECORD)
+    try:
+        yield RouterReplay
+    finally:
+        RouterReplay.clear_global_router_replay_action()
+
+
+@contextlib.contextmanager
+def routing_replay(per_layer: Optional[list]):
+    """Replay recorded expert ids ([L, N, k] per layer, same padded layout) in the forward inside the block."""
+    from megatron.core.transformer.moe.router_replay import RouterReplay, RouterReplayAction
+
+    if per_layer is None:
+        yield
+        return
+    # Megatron routes hidden states of shape [s, b, h] flattened to [s*b, h].
+    RouterReplay.clear_global_indices()
+    RouterReplay.set_replay_data([t.reshape(-1, t.shape[-1]) for t in per_layer])
+    RouterReplay.set_global_router_replay_action(RouterReplayAction.REPLAY_FORWARD)
+    try:
+        yield
+    finally:
+        RouterReplay.clear_global_router_replay_action()
+
+
+def select_routing(per_layer: Optional[list], rows) -> Optional[list]:
+    if per_layer is None:
+        return None
+    return [t[:, rows] for t in per_layer]
+
+
+# ---------------------------------------------------------------------------------------------- engines
+
+
+class LocalEngine:
+    """Colocated generation with the training model itself (no KV cache: full re-forward per token; fine for the
+    short CPU demos, the production path is the external engine)."""
+
+    def __init__(self, model, eos_id: int, pad_id: int, rollout_dtype: Optional[torch.dtype] = None,
+                 record_routing: bool = False, device=None):
+        self.model = model
+        self.eos_id = eos_id
+        self.pad_id = pad_id
+        self.rollout_dtype = rollout_dtype
+        self.record_routing = record_routing
+        self.device = device or torch.device("cpu")
+
+    def _numerics(self):
+        if self.rollout_dtype is None or self.rollout_dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.rollout_dtype)
+
+    def forward_logits(self, tokens, positions, mask):
+        with torch.no_grad(), self._numerics():
+            return self.model(tokens.to(self.device), positions.to(self.device), mask.to(self.device)).float()
+
+    def generate(self, prompts: list, n: int, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
+                 top_k: int = 0, allowed_tokens: Optional[list] = None, generator=None) -> Rollout:
+        prompt_ids = [list(p) for p in prompts for _ in range(n)]
+        responses = [[] for _ in prompt_ids]
+        logps = [[] for _ in prompt_ids]
+        done = [False] * len(prompt_ids)
+        allowed = None
+        was_training = self.model.training
+        self.model.eval()
+        for _ in range(max_new_tokens):
+            tokens, positions, mask, _, _ = pad_batch(prompt_ids, responses, self.pad_id)
+            logits = self.forward_logits(tokens, positions, mask)[:, -1] / temperature
+            if allowed_tokens is not None:
+                if allowed is None:
+                    allowed = torch.zeros(logits.shape[-1], dtype=torch.bool)
+                    allowed[torch.tensor(allowed_tokens)] = True
+                    allowed = allowed.to(logits.device)
+                logits = logits.masked_fill(~allowed, float("-inf"))
+            full_logp = torch.log_softmax(logits, dim=-1)
+            probs = torch.softmax(filter_logits(logits, top_k, top_p), dim=-1)
+            nxt = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1)
+            for i in range(len(prompt_ids)):
+                if done[i]:
+                    continue
+                tok = int(nxt[i])
+                responses[i].append(tok)
+                logps[i].append(float(full_logp[i, tok]))
+                done[i] = tok == self.eos_id
+            if all(done):
+                break
+        routing = None
+        if self.record_routing and moe_replay_available():
+            tokens, positions, mask, resp_mask, _ = pad_batch(prompt_ids, responses, self.pad_id)
+            with routing_record() as rr:
+                logits = self.forward_logits(tokens, positions, mask)
+                routing = [t.detach().cpu().reshape(tokens.shape[1], tokens.shape[0], -1)
+                           for t in rr.get_recorded_data()]
+            # the rollout log-probs of the recorded forward (identical to sampling-time ones up to batch shape)
+            lp = token_logprobs(logits, tokens, temperature, allowed)
+            for i in range(len(prompt_ids)):
+                idx = resp_mask[i].nonzero().squeeze(-1)
+                logps[i] = lp[i, idx].tolist()
+        if was_training:
+            self.model.train()
+        return Rollout(prompt_ids, responses, logps, done, routing)
+
+    def update_weights(self, *_args, **_kwargs) -> None:
+        """Colocated: the engine reads the training weights directly."""
+
+
+class OpenAIEngine:
+    """Client of an OpenAI-compatible completions server (vLLM / SGLang / LMDeploy style).
+
+    Prompts are sent as token-id lists; the server must return per-token log-probs and token ids
+    (vLLM: ``return_tokens_as_token_ids``: tokens look like ``token_id:123``). ``update_weights(path)`` asks the
+    server to reload weights from a checkpoint directory (``POST {url}/update_weights {"path": ...}``).
+    """
+
+    def __init__(self, url: str, model: str = "policy", eos_id: Optional[int] = None, timeout: float = 600.0):
+        self.url = url.rstrip("/")
+        self.model = model
+        self.eos_id = eos_id
+        self.timeout = timeout
+
+    def _post(self, path: str, payload: dict) -> dict:
+        req = urllib.request.Request(self.url + path, data=json.dumps(payload).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            return json.loads(resp.read().decode())
+
+    @staticmethod
+    def _token_id(tok) -> int:
+        if isinstance(tok, int):
+            return tok
+        return int(str(tok).split(":", 1)[1]) if str(tok).startswith("token_id:") else int(tok)
+
+    def generate(self, prompts: list, n: int, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
+                 top_k: int = 0, allowed_tokens: Optional[list] = None, generator=None) -> Rollout:
+        payload = {"model": self.model, "prompt": [list(p) for p in prompts], "n": n, "max_tokens": max_new_tokens,
+                   "temperature": temperature, "top_p": top_p, "logprobs": 0, "return_tokens_as_token_ids": True}
+        if top_k:
+            payload["top_k"] = top_k
+        if allowed_tokens is not None:
+            payload["allowed_token_ids"] = list(allowed_tokens)
+        out = self._post("/v1/completions", payload)
+        choices = sorted(out["choices"], key=lambda c: c["index"])
+        if len(choices) != len(prompts) * n:
+            raise RuntimeError(f"engine returned {len(choices)} choices for {len(prompts)} prompts x n={n}")
+        prompt_ids, responses, logps, finished = [], [], [], []
+        for i, c in enumerate(choices):
+            prompt_ids.append(list(prompts[i // n]))
+            ids = [self._token_id(t) for t in c["logprobs"]["tokens"]]
+            responses.append(ids)
+            logps.append([float(x) for x in c["logprobs"]["token_logprobs"]])
+            finished.append(c.get("finish_reason") == "stop" or (self.eos_id is not None and ids[-1:] == [self.eos_id]))
+        return Rollout(prompt_ids, responses, logps, finished)
+
+    def update_weights(self, path: str) -> dict:
+        return self._post("/update_weights", {"path": path})

@@ -1,0 +1,267 @@
+"""`megatron-s1 rl`: the RL driver (rollout -> reward -> filter -> policy update), on the `Trainer` pieces.
+
+Per step:
+  1. sample ``rl.prompts_per_step`` prompts, G = ``rl.samples_per_prompt`` responses each (rollout engine);
+  2. reward every response (megatron_s1/rl/rewards.py), online filtering (all-equal groups, degenerate responses);
+  3. advantages: leave-one-out (Pro Eq. 6) or GRPO; OREAL uses the positive/negative split instead;
+  4. log-probs of the rollout under the training engine (pi_old), with routing replay when enabled, and the
+     train/rollout KL with and without replay;
+  5. ``rl.mini_batches`` policy updates over the kept samples (IcePop / GRPO / OREAL (+ KL-Cov)), each followed
+     by the optimizer step with the grad-norm filter (``train.skip_grad_norm_above``).
+
+Metrics go to ``run.dir/rl_metrics.jsonl``; checkpoints use the training checkpoint format.
+Scope: pipeline parallel = 1 and tensor parallel = 1 for the colocated engine (log-probs from full logits).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from megatron_s1.config.schema import ConfigError, ExperimentConfig
+from megatron_s1.models.language import build_language_model
+from megatron_s1.rl import filtering, losses
+from megatron_s1.rl.rewards import get_reward
+from megatron_s1.rl.rollout import LocalEngine, OpenAIEngine, pad_batch, routing_replay, select_routing, token_logprobs
+from megatron_s1.rl.tasks import build_prompt_source
+from megatron_s1.training.tasks import register_task
+
+
+@register_task("rl")
+class RLTask:
+    """Model provider of RL runs: routing replay hooks on, router / vision frozen on request."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+        self.cfg = trainer.cfg
+
+    def build_model(self, tconfig, pre_process: bool, post_process: bool, vp_stage=None):
+        if self.cfg.model.num_moe_experts is not None:
+            tconfig.moe_enable_routing_replay = True
+        model = build_language_model(self.cfg, tconfig, pre_process, post_process, vp_stage=vp_stage)
+        if self.cfg.rl.freeze_router:
+            for name, p in model.named_parameters():
+                if ".router." in name:
+                    p.requires_grad_(False)
+        return model
+
+    def build_datasets(self, *_):
+        return None, None, None
+
+
+def _rollout_dtype(name: str) -> Optional[torch.dtype]:
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+class RLTrainer:
+    def __init__(self, cfg: ExperimentConfig, rollout_dtype: str = "bf16"):
+        from megatron_s1.training.loop import Trainer
+
+        if cfg.parallel.pipeline != 1 or cfg.parallel.tensor != 1:
+            raise ConfigError("megatron-s1 rl supports parallel.pipeline=1 and parallel.tensor=1 (use data/expert "
+                              "parallelism); larger layouts need the external engine + a pipeline-aware loss")
+        if cfg.rl.algorithm not in ("icepop", "grpo", "oreal"):
+            raise ConfigError(f"rl.algorithm must be icepop, grpo or oreal, got {cfg.rl.algorithm!r}")
+        cfg.train.task = "rl"
+        self.cfg = cfg
+        self.t = Trainer(cfg)
+        self.tok = self.t.tokenizer
+        self.device = self.t.env.device
+        self.model = self.t.model[0]
+        self.source = build_prompt_source(cfg.rl.task)
+        self.allowed_list = self.source.allowed_tokens(self.tok)
+        self.allowed = None
+        if self.allowed_list is not None:
+            self.allowed = torch.zeros(cfg.model.vocab_size, dtype=torch.bool, device=self.device)
+            self.allowed[torch.tensor(self.allowed_list)] = True
+        self.eos = self.tok.eod_id
+        self.pad = self.tok.eod_id
+        r = cfg.rl
+        if r.engine == "local":
+            self.engine = LocalEngine(self.model, self.eos, self.pad, _rollout_dtype(rollout_dtype),
+                                      record_routing=r.routing_replay, device=self.device)
+        elif r.engine == "openai":
+            if not r.engine_url:
+                raise ConfigError("rl.engine=openai needs rl.engine_url (e.g. http://host:8000)")
+            self.engine = OpenAIEngine(r.engine_url, eos_id=self.eos)
+        else:
+            raise ConfigError(f"rl.engine must be local or openai, got {r.engine!r}")
+        self.rng = random.Random(cfg.run.seed + 17 * self.t.dp_rank)
+        self.gen = torch.Generator().manual_seed(cfg.run.seed + 1000 + self.t.dp_rank)
+        self.is_moe = cfg.model.num_moe_experts is not None
+        self.metrics_path = os.path.join(cfg.run.dir, "rl_metrics.jsonl")
+
+    # ------------------------------------------------------------------ pieces
+    def _train_logprobs(self, batch, routing, grad: bool):
+        tokens, positions, mask = (x.to(self.device) for x in batch[:3])
+        ctx = torch.enable_grad() if grad else torch.no_grad()
+        with ctx, routing_replay(routing):
+            logits = self.model(tokens, positions, mask)
+            if self.cfg.rl.fp32_lm_head:
+                logits = logits.float()
+            return token_logprobs(logits, tokens, self.cfg.rl.temperature, self.allowed)
+
+    def _rollout_matrix(self, rollout, rows, length):
+        """Rollout log-probs scattered into the [n, L] layout of pad_batch (response positions only)."""
+        _, _, _, resp_mask, _ = pad_batch([rollout.prompt_ids[i] for i in rows], [rollout.response_ids[i] for i in rows],
+                                          self.pad, length)
+        out = torch.zeros_like(resp_mask)
+        for j, i in enumerate(rows):
+            idx = resp_mask[j].nonzero().squeeze(-1)
+            out[j, idx] = torch.tensor(rollout.rollout_logprobs[i][:len(idx)], dtype=out.dtype)
+        return out
+
+    def _policy_loss(self, logp, old, roll, mask, adv, positive, counts):
+        r = self.cfg.rl
+        stats = {}
+        if r.algorithm == "icepop":
+            loss, stats = losses.icepop_loss(logp, old, roll, adv, mask, r.icepop_alpha, r.icepop_beta,
+                                             return_stats=True)
+        elif r.algorithm == "grpo":
+            loss = losses.grpo_loss(logp, old, adv, mask)
+        else:
+            loss = losses.oreal_loss(logp, mask, positive, counts[0], counts[1])
+        if r.kl_cov_coef > 0:
+            pen, _ = losses.kl_cov_penalty(logp, old, adv, mask, r.kl_cov_fraction, r.kl_cov_coef)
+            loss = loss + losses.per_sequence_mean(pen, mask)
+        return loss, stats
+
+    # ------------------------------------------------------------------ one step
+    def step(self) -> dict:
+        cfg, r = self.cfg, self.cfg.rl
+        t0 = time.perf_counter()
+        prompts = self.source.sample(r.prompts_per_step, self.rng)
+        prompt_ids = [self.tok.encode(p["prompt"]) for p in prompts]
+        rollout = self.engine.generate(prompt_ids, r.samples_per_prompt, r.max_new_tokens, r.temperature, r.top_p,
+                                       r.top_k, self.allowed_list, self.gen)
+        t_roll = time.perf_counter() - t0
+        G = r.samples_per_prompt
+        texts, rewards, degen = [], [], []
+        for i, resp in enumerate(rollout.response_ids):
+            rec = prompts[i // G]
+            body = resp[:-1] if resp[-1:] == [self.eos] else resp
+            text = self.tok.decode(body)
+            texts.append(text)
+            rewards.append(get_reward(rec.get("task", self.source.task))(rec["prompt"], text, rec.get("reference")))
+            degen.append(r.online_filter and filtering.degenerate(text, body))
+        R = torch.tensor(rewards, dtype=torch.float32).view(len(prompts), G)
+        if r.online_filter:
+            keep_groups, keep = filtering.online_filter(R, torch.tensor(degen).view_as(R))
+        else:
+            keep_groups, keep = torch.ones(len(prompts), dtype=torch.bool), torch.ones_like(R, dtype=torch.bool)
+        adv = losses.group_advantages(R, r.baseline).reshape(-1)
+        positive = (R.reshape(-1) > 0.5)
+        rows = keep.reshape(-1).nonzero().squeeze(-1).tolist()
+
+        record = {"step": self.t.state["step"] + 1, "reward_mean": float(R.mean()),
+                  "pass_rate": float((R > 0.5).float().mean()), "kept_groups": int(keep_groups.sum()),
+                  "kept_samples": len(rows), "response_len": sum(map(len, rollout.response_ids)) / len(texts),
+                  "rollout_s": t_roll}
+        # Train/rollout mismatch on the whole batch: with and without replaying the rollout's routing.
+        all_rows = list(range(len(texts)))
+        full = pad_batch(rollout.prompt_ids, rollout.response_ids, self.pad)
+        length = full[0].shape[1]
+        roll_all = self._rollout_matrix(rollout, all_rows, length)
+        lp_plain = self._train_logprobs(full, None, grad=False).cpu()
+        record["kl_train_rollout"] = losses.sampled_kl(lp_plain, roll_all, full[3])
+        if rollout.routing is not None:
+            lp_replay = self._train_logprobs(full, rollout.routing, grad=False).cpu()
+            record["kl_train_rollout_replay"] = losses.sampled_kl(lp_replay, roll_all, full[3])
+        old_all = lp_replay if (rollout.routing is not None and r.routing_replay) else lp_plain
+
+        loss_sum, stepped_any, grad_norms, icepop = 0.0, False, [], []
+        if rows:
+            order = rows[:]
+            self.rng.shuffle(order)
+            n_mb = max(1, min(r.mini_batches, len(order)))
+            for k in range(n_mb):
+                mb = order[k::n_mb]
+                batch = pad_batch([rollout.prompt_ids[i] for i in mb], [rollout.response_ids[i] for i in mb],
+                                  self.pad, length)
+                mask = batch[3].to(self.device)
+                old = old_all[mb].to(self.device)
+                roll = roll_all[mb].to(self.device)
+                a = adv[mb].to(self.device)
+                pos = positive[mb].to(self.device)
+                counts = torch.tensor([float((mask * pos[:, None]).sum()), float((mask * ~pos[:, None]).sum())])
+                if dist.get_world_size() > 1:
+                    dist.all_reduce(counts)
+                for chunk in self.t.model:
+                    chunk.zero_grad_buffer()
+                self.t.optimizer.zero_grad()
+                logp = self._train_logprobs(batch, select_routing(rollout.routing, mb) if r.routing_replay else None,
+                                            grad=True)
+                loss, stats = self._policy_loss(logp, old, roll, mask, a, pos, counts)
+                loss.backward()
+                from megatron.core.distributed import finalize_model_grads
+
+                finalize_model_grads(self.t.model)
+                stepped, gn = self.t._optimizer_step()
+                stepped_any |= stepped
+                grad_norms.append(gn)
+                loss_sum += float(loss) / n_mb
+                if stats:
+                    icepop.append(stats["icepop_masked_frac"])
+                if not stepped:
+                    self.t.state["skipped_steps"] += 1
+        # The LR schedule is defined on tokens (train.global_batch_tokens per step), as in pretraining.
+        batch_tokens = self.t.batch_schedule.global_batch_size(self.t.state["consumed_tokens"]) * cfg.data.seq_length
+        self.t.scheduler.step(increment=batch_tokens)
+        self.t.state["consumed_tokens"] += batch_tokens
+        self.t.state["step"] += 1
+        self.t.state["consumed_samples"] += len(texts)
+        record.update({"loss": loss_sum, "grad_norm": max(grad_norms) if grad_norms else 0.0, "stepped": stepped_any,
+                       "lr": self.t.optimizer.param_groups[0]["lr"], "step_s": time.perf_counter() - t0})
+        if icepop:
+            record["icepop_masked_frac"] = sum(icepop) / len(icepop)
+        return record
+
+    # ------------------------------------------------------------------ main
+    def run(self, steps: Optional[int] = None) -> dict:
+        cfg = self.cfg
+        self.t._maybe_resume()
+        steps = cfg.train.steps if steps is None else steps
+        history = []
+        if self.t.env.is_main:
+            os.makedirs(cfg.run.dir, exist_ok=True)
+        f = open(self.metrics_path, "a", encoding="utf-8") if self.t.env.is_main else None
+        try:
+            while self.t.state["step"] < steps:
+                rec = self.step()
+                history.append(rec)
+                if f is not None:
+                    f.write(json.dumps(rec) + "\n")
+                    f.flush()
+                    if rec["step"] % cfg.train.log_interval == 0:
+                        keys = ("step", "reward_mean", "kept_groups", "loss", "grad_norm", "kl_train_rollout",
+                                "kl_train_rollout_replay", "step_s")
+                        print("[rl] " + " | ".join(f"{k} {rec[k]:.4g}" if isinstance(rec[k], float) else f"{k} {rec[k]}"
+                                                   for k in keys if k in rec), flush=True)
+                step = self.t.state["step"]
+                saved = None
+                if cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0:
+                    saved = self.t.save()
+                if isinstance(self.engine, OpenAIEngine):
+                    self.engine.update_weights(saved or self.t.save())
+            if cfg.checkpoint.save_final and (not cfg.checkpoint.interval or self.t.state["step"] % cfg.checkpoint.interval):
+                self.t.save()
+        finally:
+            if f is not None:
+                f.close()
+            self.t.checkpointer.close()
+        rewards = [h["reward_mean"] for h in history]
+        k = max(1, len(rewards) // 5)
+        summary = {"steps": self.t.state["step"], "skipped_steps": self.t.state["skipped_steps"],
+                   "reward_first": sum(rewards[:k]) / k if rewards else None,
+                   "reward_last": sum(rewards[-k:]) / k if rewards else None}
+        for key in ("kl_train_rollout", "kl_train_rollout_replay"):
+            vals = [h[key] for h in history if key in h and math.isfinite(h[key])]
+            if vals:
+                summary[key + "_mean"] = sum(vals) / len(vals)
+        return summary
