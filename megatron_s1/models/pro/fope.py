@@ -56,7 +56,7 @@ class FoPEOptions:
 def fope_inv_freq(head_dim: int, base: float, max_position_embeddings: int,
                   num_inv_freq: Optional[int] = None) -> torch.Tensor:
     """Kept RoPE frequencies (decreasing): those with period < max_position_embeddings, or the first N."""
-    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device="cpu") / head_dim))
     if num_inv_freq is not None:
         if not 0 < num_inv_freq <= head_dim // 2:
             raise ValueError(f"fope_num_inv_freq must be in [1, {head_dim // 2}], got {num_inv_freq}")
@@ -69,10 +69,10 @@ def fope_init_coefficients(num_kv_heads: int, num_freq: int, init_factor: float,
     """(cos_coef, sin_coef): identity + xavier-normal noise with gain `init_factor`."""
     shape = (num_kv_heads, num_freq, num_freq) if sep_head else (num_freq, num_freq)
     gen = torch.Generator().manual_seed(seed)
-    sin_coef, cos_coef = torch.empty(shape), torch.empty(shape)
+    sin_coef, cos_coef = torch.empty(shape, device="cpu"), torch.empty(shape, device="cpu")  # (also under meta)
     torch.nn.init.xavier_normal_(sin_coef, gain=init_factor, generator=gen)  # same draw order as the release
     torch.nn.init.xavier_normal_(cos_coef, gain=init_factor, generator=gen)
-    eye = torch.eye(num_freq)
+    eye = torch.eye(num_freq, device="cpu")
     return cos_coef + eye, sin_coef + eye
 
 
