@@ -137,6 +137,9 @@ def _default_hf_config(arch_name: str) -> dict:
 # ------------------------------------------------------------------------- multimodal / Pro (sections)
 _NORMS = {"rms_norm": "RMSNorm", "layer_norm": "LayerNorm"}
 _TEXT_ARCH = {"qwen3": "Qwen3ForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM"}
+# Defaults hf_to_model_fields assumes for absent text_config keys.
+_TEXT_READ_DEFAULTS = dict(router_aux_loss_coef=0.001, norm_topk_prob=False, rms_norm_eps=1e-6,
+                           initializer_range=0.02, tie_word_embeddings=False)
 
 
 def _square(value, key: str) -> int:
@@ -262,6 +265,9 @@ def sections_to_hf(arch_name: str, sections: dict, base: Optional[dict], dtype_n
     text_base = dict(base.get("text_config") or {})
     text_arch = "Qwen3MoeForCausalLM" if model.get("num_moe_experts") else "Qwen3ForCausalLM"
     text = model_fields_to_hf(text_arch, model, text_base, None)
+    for key, default in _TEXT_READ_DEFAULTS.items():  # absent = the default it was read as: keep absent
+        if key not in text_base and text.get(key) == default:
+            text.pop(key, None)
     for key in ("architectures", "model_type"):  # keep the text_config's own spelling of these
         if key in text_base:
             text[key] = text_base[key]

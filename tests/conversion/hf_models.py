@@ -93,3 +93,56 @@ def make_interns1_model(out_dir: str, text: str = "dense", seed: int = 0, vision
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(cfg, f, indent=2)
     return out_dir
+
+
+def make_pro_model(out_dir: str, seed: int = 0, groups: int = 2) -> str:
+    """A random Intern-S1-Pro text backbone in the released layout: Qwen3-MoE weights under
+    `model.language_model.`, one global pair of FoPE coefficients `model.language_model.rotary_emb.{cos,sin}_coef`
+    [H_kv, M, M], `text_config` with `router_n_groups` and `rope_scaling.fope_*` (vision tower left out)."""
+    import json
+    import os
+
+    import transformers
+    from safetensors.torch import save_file
+
+    from megatron_s1.models.pro.fope import fope_inv_freq
+
+    torch.manual_seed(seed)
+    text = dict(COMMON, intermediate_size=128, moe_intermediate_size=64, num_experts=4, num_experts_per_tok=2,
+                norm_topk_prob=True)
+    import tempfile
+
+    from safetensors.torch import load_file
+
+    model = transformers.Qwen3MoeForCausalLM(transformers.Qwen3MoeConfig(**text))
+    state = {}
+    with tempfile.TemporaryDirectory() as tmp:  # save_pretrained writes the hub's per-expert names
+        model.save_pretrained(tmp)
+        for file in sorted(f for f in os.listdir(tmp) if f.endswith(".safetensors")):
+            for name, p in load_file(os.path.join(tmp, file)).items():
+                p = 1.0 + 0.1 * torch.randn_like(p) if name.endswith("norm.weight") else p
+                state[name.replace("model.", "model.language_model.", 1)] = p.contiguous()
+    freqs = fope_inv_freq(text["head_dim"], text["rope_theta"], text["max_position_embeddings"]).numel()
+    shape = (text["num_key_value_heads"], freqs, freqs)
+    state["model.language_model.rotary_emb.cos_coef"] = torch.eye(freqs) + 0.3 * torch.randn(shape)
+    state["model.language_model.rotary_emb.sin_coef"] = torch.eye(freqs) + 0.3 * torch.randn(shape)
+    os.makedirs(out_dir, exist_ok=True)
+    names = sorted(state)
+    weight_map = {}
+    for i in range(2):
+        file = f"model-{i + 1:05d}-of-00002.safetensors"
+        save_file({n: state[n] for n in names[i::2]}, os.path.join(out_dir, file), metadata={"format": "pt"})
+        weight_map.update({n: file for n in names[i::2]})
+    with open(os.path.join(out_dir, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {}, "weight_map": weight_map}, f, indent=2)
+    text_config = {k: v for k, v in text.items() if k != "initializer_range"}
+    text_config.update(model_type="interns1_pro_text", hidden_act="silu", attention_bias=False,
+                       decoder_sparse_step=1, mlp_only_layers=[], router_n_groups=groups,
+                       initializer_range=0.1, dtype="float32",
+                       rope_scaling={"rope_type": "default", "fope_init_factor": 0.5, "fope_sep_head": True,
+                                     "num_inv_freq": None})
+    config = {"architectures": ["InternS1ProForConditionalGeneration"], "model_type": "interns1_pro",
+              "text_config": text_config, "tie_word_embeddings": False, "image_token_id": 151655}
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    return out_dir
