@@ -43,6 +43,10 @@ class RLTask:
 
     def build_model(self, tconfig, pre_process: bool, post_process: bool, vp_stage=None):
         if self.cfg.model.num_moe_experts is not None:
+            from megatron.core.transformer.moe.router_replay import RouterReplay
+
+            if vp_stage in (None, 0):  # replay instances are process-global: one model per process
+                RouterReplay.clear_global_router_replay_instances()
             tconfig.moe_enable_routing_replay = True
         model = build_language_model(self.cfg, tconfig, pre_process, post_process, vp_stage=vp_stage)
         if self.cfg.rl.freeze_router:
