@@ -104,9 +104,109 @@ def internvl_reference(hf_dir: str):
     return model.eval()
 
 
+def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    x32 = x.float()
+    return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def pro_reference_logits(hf_dir: str, tokens: torch.Tensor) -> torch.Tensor:
+    """Intern-S1-Pro text backbone forward written from the released modeling code's definitions (transformers
+    has no such class): Qwen3-MoE decoder, FoPE (per-KV-head mixing of the kept RoPE frequencies, padded with
+    ones to head_dim/2, duplicated halves, rotate-half), grouped router (softmax over all experts, top-(K/G)
+    in each of G consecutive groups, renormalised), eager causal attention. fp32, straight from the
+    safetensors (no Megatron code involved)."""
+    import math
+    import os
+
+    from safetensors.torch import load_file
+
+    from megatron_s1.conversion.hf_io import HFCheckpoint, read_hf_config
+
+    cfg = read_hf_config(hf_dir)["text_config"]
+    w = {}
+    for name in sorted(set(HFCheckpoint(hf_dir).weight_map.values())):
+        w.update({k: v.float() for k, v in load_file(os.path.join(hf_dir, name)).items()})
+    p = "model.language_model."
+    heads, kv, d = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]
+    eps, experts, topk = cfg["rms_norm_eps"], cfg["num_experts"], cfg["num_experts_per_tok"]
+    groups = cfg.get("router_n_groups") or 1
+    scaling = cfg.get("rope_scaling") or {}
+    theta = cfg.get("rope_theta", (cfg.get("rope_parameters") or {}).get("rope_theta"))
+    inv_freq = 1.0 / (float(theta) ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+    if scaling.get("num_inv_freq") is not None:
+        inv_freq = inv_freq[:scaling["num_inv_freq"]]
+    else:
+        inv_freq = inv_freq[inv_freq > 2 * math.pi / cfg["max_position_embeddings"]]
+    b, t = tokens.shape
+    pos = torch.arange(t, dtype=torch.float32)
+    freqs = pos[:, None] * inv_freq.float()[None, :]  # [t, M]
+    cos_coef, sin_coef = w[p + "rotary_emb.cos_coef"], w[p + "rotary_emb.sin_coef"]
+    if cos_coef.dim() == 3:  # per KV head
+        cos = torch.einsum("tm,hmn->htn", freqs.cos(), cos_coef)
+        sin = torch.einsum("tm,hmn->htn", freqs.sin(), sin_coef)
+    else:
+        cos = (freqs.cos() @ cos_coef)[None].expand(kv, -1, -1)
+        sin = (freqs.sin() @ sin_coef)[None].expand(kv, -1, -1)
+    pad = d // 2 - cos.shape[-1]
+    cos = torch.cat([torch.nn.functional.pad(cos, (0, pad), value=1.0)] * 2, dim=-1)  # [kv, t, d]
+    sin = torch.cat([torch.nn.functional.pad(sin, (0, pad), value=1.0)] * 2, dim=-1)
+    rep = heads // kv
+    cos_q, sin_q = cos.repeat_interleave(rep, dim=0), sin.repeat_interleave(rep, dim=0)
+    mask = torch.full((t, t), float("-inf")).triu(1)
+
+    x = w[p + "embed_tokens.weight"][tokens]  # [b, t, h]
+    for i in range(cfg["num_hidden_layers"]):
+        L = f"{p}layers.{i}."
+        h = _rms(x, w[L + "input_layernorm.weight"], eps)
+        q = (h @ w[L + "self_attn.q_proj.weight"].T).view(b, t, heads, d)
+        k = (h @ w[L + "self_attn.k_proj.weight"].T).view(b, t, kv, d)
+        v = (h @ w[L + "self_attn.v_proj.weight"].T).view(b, t, kv, d)
+        q = _rms(q, w[L + "self_attn.q_norm.weight"], eps).transpose(1, 2)  # [b, H, t, d]
+        k = _rms(k, w[L + "self_attn.k_norm.weight"], eps).transpose(1, 2)
+        v = v.transpose(1, 2)
+        q = q * cos_q + _rotate_half(q) * sin_q
+        k = k * cos + _rotate_half(k) * sin
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        att = torch.softmax(q @ k.transpose(-1, -2) * d ** -0.5 + mask, dim=-1)
+        o = (att @ v).transpose(1, 2).reshape(b, t, heads * d)
+        x = x + o @ w[L + "self_attn.o_proj.weight"].T
+        h = _rms(x, w[L + "post_attention_layernorm.weight"], eps).reshape(b * t, -1)
+        probs = torch.softmax(h @ w[L + "mlp.gate.weight"].T, dim=-1)  # [T, E]
+        size = experts // groups
+        local = probs.view(-1, groups, size).topk(topk // groups, dim=-1).indices
+        index = (local + torch.arange(groups)[None, :, None] * size).reshape(-1, topk)
+        weight = probs.gather(1, index)
+        if cfg.get("norm_topk_prob", False):
+            weight = weight / (weight.sum(-1, keepdim=True) + 1e-20)
+        out = torch.zeros_like(h)
+        for e in range(experts):
+            rows, slot = torch.where(index == e)
+            if rows.numel() == 0:
+                continue
+            E = f"{L}mlp.experts.{e}."
+            y = h[rows]
+            y = (torch.nn.functional.silu(y @ w[E + "gate_proj.weight"].T) * (y @ w[E + "up_proj.weight"].T)) \
+                @ w[E + "down_proj.weight"].T
+            out.index_add_(0, rows, y * weight[rows, slot, None])
+        x = x + out.view(b, t, -1)
+    x = _rms(x, w[p + "norm.weight"], eps)
+    head = w.get("lm_head.weight", w[p + "embed_tokens.weight"])
+    return x @ head.T
+
+
 def hf_logits(hf_dir: str, tokens: torch.Tensor, pixel_values=None) -> torch.Tensor:
     import transformers
 
+    from megatron_s1.conversion.hf_io import read_hf_config
+
+    if (read_hf_config(hf_dir).get("architectures") or [None])[0] == "InternS1ProForConditionalGeneration":
+        with torch.no_grad():
+            return pro_reference_logits(hf_dir, tokens)
     if pixel_values is not None:
         model = internvl_reference(hf_dir)
         with torch.no_grad():
