@@ -54,3 +54,23 @@ def test_sft_multimodal_turns(tmp_path):
     assert np.isfinite(result["valid_loss"]) and result["step"] == 2
     mix = json.loads((tmp_path / "run" / "sft_mixture.json").read_text())
     assert mix["dropped_train"] == 0 and mix["train_samples"] == 9
+
+
+def test_sft_ablate_over_ratios(tmp_path):
+    """Two datasets (one per family), two ratio settings: each run logs the mixture it was asked for."""
+    corpus = os.path.join(REPO, "megatron_s1", "data", "corpus", "tiny_chat.jsonl")
+    by_family: dict = {}
+    with open(corpus) as f:
+        for line in f:
+            by_family.setdefault(json.loads(line)["family"], []).append(line)
+    for fam, lines in by_family.items():
+        (tmp_path / f"{fam}.jsonl").write_text("".join(lines[:120]))
+    datasets = (f"sft.datasets=[{{path: {tmp_path / 'scientific.jsonl'}, name: sci, ratio: 1}}, "
+                f"{{path: {tmp_path / 'general.jsonl'}, name: gen, ratio: 1}}]")
+    proc = run_cli(["data", "sft-ablate", "--config", RECIPE, "--ratios", "3,1", "--ratios", "1,1",
+                    "--out", str(tmp_path / "abl"), datasets, "sft.mixture_samples=200", "train.steps=1",
+                    "train.eval_interval=0", "train.eval_iters=1", "checkpoint.save_final=false"])
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [r["mixture"] for r in rows] == [{"sci": 0.75, "gen": 0.25}, {"sci": 0.5, "gen": 0.5}]
+    assert all(np.isfinite(r["valid_loss"]) for r in rows)
+    assert json.loads((tmp_path / "abl" / "summary.json").read_text())[0]["ratios"] == [3.0, 1.0]

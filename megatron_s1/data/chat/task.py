@@ -119,6 +119,11 @@ def build_chat_data(cfg, tokenizer, media: "MediaLayout | None" = None):
         return cache[key]
 
     seq = cfg.data.seq_length
+    families: dict = {}
+    for d, i in mixture.train:
+        fam = str(convs[int(d)][int(i)].get("family", specs[int(d)].family))
+        families[fam] = families.get(fam, 0) + 1
+    mixture.families = families  # drawn train conversations per data family (system-prompt isolation)
     train = ChatSamples([tokenized(int(d), int(i)) for d, i in mixture.train], seq)
     valid = ChatSamples([tokenized(int(d), int(i)) for d, i in mixture.valid], seq)
     return mixture, train, valid, chat.kind
@@ -178,7 +183,7 @@ class SftTask(PretrainTask):
         vlbs = d.packing != "naive"  # "none" (the CPT default) means VLBS for SFT
         mixture, train_s, valid_s, kind = build_chat_data(cfg, trainer.tokenizer, self.media)
         info = mixture.describe()
-        info.update(template=kind, seq_length=d.seq_length, packing="vlbs" if vlbs else "naive",
+        info.update(families=mixture.families, template=kind, seq_length=d.seq_length, packing="vlbs" if vlbs else "naive",
                     dropped_train=train_s.dropped, train_loss_tokens=train_s.loss_tokens(),
                     valid_loss_tokens=valid_s.loss_tokens())
         if trainer.env.is_main:
