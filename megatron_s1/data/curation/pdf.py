@@ -21,6 +21,7 @@ import glob
 import io
 import os
 import re
+import threading
 import time
 import unicodedata
 from collections.abc import Sequence
@@ -160,20 +161,26 @@ def page_pdf_bytes(path: str, index: int) -> bytes:
     return buf.getvalue()
 
 
+# PDFium is not thread-safe (concurrent use aborts the process); VLM requests stay concurrent, the
+# rendering before each request is serialised.
+_PDFIUM_LOCK = threading.Lock()
+
+
 def render_page_png(path: str, index: int, dpi: int = 144) -> bytes | None:
     """PNG of one page via pypdfium2, or None when pypdfium2 is not installed."""
     try:
         import pypdfium2 as pdfium
     except ImportError:
         return None
-    doc = pdfium.PdfDocument(path)
-    try:
-        image = doc[index].render(scale=dpi / 72).to_pil()
-        buf = io.BytesIO()
-        image.save(buf, format="PNG")
-        return buf.getvalue()
-    finally:
-        doc.close()
+    with _PDFIUM_LOCK:
+        doc = pdfium.PdfDocument(path)
+        try:
+            image = doc[index].render(scale=dpi / 72).to_pil()
+        finally:
+            doc.close()
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
 
 
 class VLMPageParser:
