@@ -63,6 +63,16 @@ def _rollout_dtype(name: str) -> Optional[torch.dtype]:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
+def routing_mismatch(a: list, b: list) -> float:
+    """Fraction of (layer, token) routing decisions whose top-k expert *sets* differ between two recordings."""
+    diff, total = 0, 0
+    for x, y in zip(a, b):
+        xs, ys = x.sort(-1).values, y.sort(-1).values
+        diff += int((xs != ys).any(-1).sum())
+        total += xs.shape[0] * xs.shape[1]
+    return diff / max(total, 1)
+
+
 class RLTrainer:
     def __init__(self, cfg: ExperimentConfig, rollout_dtype: str = "bf16"):
         from megatron_s1.training.loop import Trainer
@@ -172,7 +182,15 @@ class RLTrainer:
         full = pad_batch(rollout.prompt_ids, rollout.response_ids, self.pad)
         length = full[0].shape[1]
         roll_all = self._rollout_matrix(rollout, all_rows, length)
-        lp_plain = self._train_logprobs(full, None, grad=False).cpu()
+        if rollout.routing is not None:
+            from megatron_s1.rl.rollout import routing_record
+
+            with routing_record() as rr:
+                lp_plain = self._train_logprobs(full, None, grad=False).cpu()
+                own = [t.detach().cpu().reshape(length, len(texts), -1) for t in rr.get_recorded_data()]
+            record["routing_mismatch"] = routing_mismatch(own, rollout.routing)
+        else:
+            lp_plain = self._train_logprobs(full, None, grad=False).cpu()
         record["kl_train_rollout"] = losses.sampled_kl(lp_plain, roll_all, full[3])
         if rollout.routing is not None:
             lp_replay = self._train_logprobs(full, rollout.routing, grad=False).cpu()
@@ -244,7 +262,7 @@ class RLTrainer:
                     f.flush()
                     if rec["step"] % cfg.train.log_interval == 0:
                         keys = ("step", "reward_mean", "kept_groups", "loss", "grad_norm", "kl_train_rollout",
-                                "kl_train_rollout_replay", "step_s")
+                                "kl_train_rollout_replay", "routing_mismatch", "step_s")
                         print("[rl] " + " | ".join(f"{k} {rec[k]:.4g}" if isinstance(rec[k], float) else f"{k} {rec[k]}"
                                                    for k in keys if k in rec), flush=True)
                 step = self.t.state["step"]
@@ -264,7 +282,7 @@ class RLTrainer:
         summary = {"steps": self.t.state["step"], "skipped_steps": self.t.state["skipped_steps"],
                    "reward_first": sum(rewards[:k]) / k if rewards else None,
                    "reward_last": sum(rewards[-k:]) / k if rewards else None}
-        for key in ("kl_train_rollout", "kl_train_rollout_replay"):
+        for key in ("kl_train_rollout", "kl_train_rollout_replay", "routing_mismatch"):
             vals = [h[key] for h in history if key in h and math.isfinite(h[key])]
             if vals:
                 summary[key + "_mean"] = sum(vals) / len(vals)
