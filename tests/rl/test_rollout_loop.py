@@ -79,3 +79,16 @@ def test_rl_cli_reward_rises(tmp_path):
     records = [json.loads(line) for line in open(tmp_path / "rl_metrics.jsonl")]
     assert len(records) == 30 and all("kl_train_rollout_replay" in r for r in records)
     assert os.path.exists(tmp_path / "checkpoints" / "latest")
+
+
+def test_paper_recipes_load():
+    from megatron_s1.config import load_config
+
+    cfg = load_config(os.path.join(REPO, "examples/rl/intern_s1.yaml"))
+    r = cfg.rl
+    assert r.prompts_per_step * r.samples_per_prompt == 4096 and r.mini_batches == 8 and r.samples_per_prompt == 8
+    assert cfg.optimizer.lr == 5e-7 and cfg.train.steps == 600 and cfg.train.skip_grad_norm_above == 0.3
+    assert r.freeze_router and r.freeze_vision and r.fp32_lm_head and r.algorithm == "oreal"
+    assert r.kl_cov_coef == 0.01 and r.kl_cov_fraction == 0.002
+    pro = load_config(os.path.join(REPO, "examples/rl/intern_s1_pro.yaml"))
+    assert pro.rl.algorithm == "icepop" and pro.rl.baseline == "loo"
