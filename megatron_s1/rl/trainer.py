@@ -244,6 +244,37 @@ class RLTrainer:
             record["icepop_masked_frac"] = sum(icepop) / len(icepop)
         return record
 
+    # ------------------------------------------------------------------ offline filtering
+    def offline_filter(self, in_path: str, out_path: str, n: int = 8, low: float = 0.25, high: float = 1.0,
+                       prompts_per_batch: int = 16) -> dict:
+        """Pass rate of every prompt of a jsonl file over ``n`` rollouts of the current policy (load it with
+        checkpoint.pretrained); writes the prompts with low < rate < high (plus their ``pass_rate``) to out_path."""
+        from megatron_s1.rl.tasks import JsonlPrompts
+
+        self.t._maybe_resume()
+        r = self.cfg.rl
+        records = JsonlPrompts(in_path, default_task=self.source.task if r.task.startswith("toy") else "math").records
+        rates = []
+        for start in range(0, len(records), prompts_per_batch):
+            chunk = records[start:start + prompts_per_batch]
+            roll = self.engine.generate([self.tok.encode(rec["prompt"]) for rec in chunk], n, r.max_new_tokens,
+                                        r.temperature, r.top_p, r.top_k, self.allowed_list, self.gen)
+            for j, rec in enumerate(chunk):
+                fn = get_reward(rec["task"])
+                wins = 0
+                for resp in roll.response_ids[j * n:(j + 1) * n]:
+                    body = resp[:-1] if resp[-1:] == [self.eos] else resp
+                    wins += fn(rec["prompt"], self.tok.decode(body), rec.get("reference")) > 0.5
+                rates.append(wins / n)
+        kept = filtering.offline_filter(records, rates, low, high)
+        if self.t.env.is_main:
+            with open(out_path, "w", encoding="utf-8") as f:
+                for rec in kept:
+                    f.write(json.dumps(rec) + "\n")
+        hist = {f"{k / n:.3f}": sum(1 for x in rates if abs(x - k / n) < 1e-9) for k in range(n + 1)}
+        return {"prompts": len(records), "kept": len(kept), "rollouts": n, "pass_rate_histogram": hist,
+                "output": out_path}
+
     # ------------------------------------------------------------------ main
     def run(self, steps: Optional[int] = None) -> dict:
         cfg = self.cfg

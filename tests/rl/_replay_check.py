@@ -45,7 +45,17 @@ def main():
     out["replay_same"] = float((same - ref).abs().max())
     out["replay_flipped"] = float((other - ref).abs().max())
     out["replay_subset"] = float((sub - ref[rows]).abs().max())
-    # (3) one RL step end to end with the local engine, then two with the external engine + weight updates
+    # (3) offline filtering over a jsonl of prompts (pass rates over 8 rollouts of the current policy)
+    import os
+    src = os.path.join(run_dir, "prompts.jsonl")
+    with open(src, "w") as f:
+        for d in range(4):
+            f.write(json.dumps({"prompt": f"copy {d}=", "reference": str(d), "task": "toy_copy"}) + "\n")
+    rep = rl.offline_filter(src, os.path.join(run_dir, "kept.jsonl"), n=8)
+    kept = [json.loads(line) for line in open(os.path.join(run_dir, "kept.jsonl"))]
+    out["offline"] = [rep["prompts"], rep["kept"], sum(rep["pass_rate_histogram"].values()), len(kept),
+                      all(0.25 < k["pass_rate"] < 1.0 for k in kept)]
+    # (4) one RL step end to end with the local engine, then two with the external engine + weight updates
     rec1 = rl.step()
     out["local_step_keys"] = sorted(k for k in ("kl_train_rollout", "kl_train_rollout_replay") if k in rec1)
     cfg2 = load_config(None, [f"run.dir={run_dir}/ext", "model.preset=tiny-moe", "model.params_dtype=fp32",
