@@ -1,4 +1,5 @@
-"""HF <-> Megatron checkpoint conversion (Qwen3, Qwen3-MoE): declarative tables, streaming, atomic output.
+"""HF <-> Megatron checkpoint conversion (Qwen3, Qwen3-MoE, InternS1, Intern-S1-Pro text): declarative tables,
+streaming, atomic output.
 
 Public API:
     hf_to_mcore(hf_dir, out_dir, tp=1, pp=1, ep=1, etp=None, force=False) -> summary dict

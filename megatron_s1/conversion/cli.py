@@ -34,12 +34,14 @@ def register(subparsers) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="direction", required=True, metavar="<direction>")
 
-    h = sub.add_parser("hf-to-mcore", help="HF Qwen3 / Qwen3-MoE directory -> Megatron dist checkpoint",
+    h = sub.add_parser("hf-to-mcore", help="HF Qwen3 / Qwen3-MoE / InternS1 / Intern-S1-Pro (text) directory -> "
+                       "Megatron dist checkpoint",
                        description="Stream an HF safetensors checkpoint into a dist_checkpointing directory that "
                        "loads under any TP/PP/EP (tensor at a time; memory bounded by the largest tensor).")
     h.add_argument("--hf", required=True, help="HF model directory (config.json + safetensors)")
     h.add_argument("--out", required=True, help="output checkpoint directory (must not exist unless --force)")
-    h.add_argument("--tp", type=int, default=1, help="parallel.tensor recorded in the checkpoint config")
+    h.add_argument("--tp", type=int, default=1, help="parallel.tensor recorded in the checkpoint config (InternS1: "
+                   "also the TP whose vision-head padding is written; train with a TP of the same padding)")
     h.add_argument("--pp", type=int, default=1, help="parallel.pipeline recorded in the checkpoint config")
     h.add_argument("--ep", type=int, default=1, help="parallel.expert recorded in the checkpoint config")
     h.add_argument("--etp", type=int, default=None, help="parallel.expert_tensor (default: --tp)")
