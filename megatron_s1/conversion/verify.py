@@ -78,6 +78,27 @@ def internvl_config(hf: dict):
     return transformers.InternVLConfig(**values)
 
 
+def fuse_hub_experts(state: dict) -> dict:
+    """Per-expert hub names (`...mlp.experts.{e}.{gate,up,down}_proj.weight`, as released) -> transformers 5's
+    fused `...mlp.experts.gate_up_proj` [E, 2I, H] (cat[gate, up]) and `...mlp.experts.down_proj` [E, H, I]."""
+    import re
+
+    pattern = re.compile(r"^(.*\.mlp\.experts)\.(\d+)\.(gate|up|down)_proj\.weight$")
+    out, experts = {}, {}
+    for name, tensor in state.items():
+        m = pattern.match(name)
+        if m is None:
+            out[name] = tensor
+        else:
+            experts.setdefault(m.group(1), {}).setdefault(int(m.group(2)), {})[m.group(3)] = tensor
+    for prefix, by_expert in experts.items():
+        order = sorted(by_expert)
+        out[prefix + ".gate_up_proj"] = torch.stack([torch.cat([by_expert[e]["gate"], by_expert[e]["up"]])
+                                                     for e in order])
+        out[prefix + ".down_proj"] = torch.stack([by_expert[e]["down"] for e in order])
+    return out
+
+
 def internvl_reference(hf_dir: str):
     """An InternS1 HF directory loaded into transformers' InternVLForConditionalGeneration (fp32, eager)."""
     import os
@@ -95,6 +116,7 @@ def internvl_reference(hf_dir: str):
     state = {}
     for name in sorted(set(HFCheckpoint(hf_dir).weight_map.values())):
         state.update(load_file(os.path.join(hf_dir, name)))
+    state = fuse_hub_experts(state)
     missing, unexpected = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
     missing = [m for m in missing if not (m == "lm_head.weight" and config.text_config.tie_word_embeddings)]
     if missing or unexpected:

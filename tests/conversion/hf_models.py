@@ -75,7 +75,20 @@ def make_interns1_model(out_dir: str, text: str = "dense", seed: int = 0, vision
     from safetensors.torch import save_file
 
     os.makedirs(out_dir, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    state = {}
+    for name, tensor in model.state_dict().items():  # fused experts -> the released per-expert names
+        if name.endswith("mlp.experts.gate_up_proj"):
+            base = name[: -len("gate_up_proj")]
+            for e, fused in enumerate(tensor):
+                gate, up = fused.chunk(2)
+                state[f"{base}{e}.gate_proj.weight"] = gate.contiguous()
+                state[f"{base}{e}.up_proj.weight"] = up.contiguous()
+        elif name.endswith("mlp.experts.down_proj"):
+            base = name[: -len("down_proj")]
+            for e, down in enumerate(tensor):
+                state[f"{base}{e}.down_proj.weight"] = down.contiguous()
+        else:
+            state[name] = tensor.detach().contiguous()
     names = sorted(state)
     shards = [names[i::3] for i in range(3)]
     weight_map = {}
