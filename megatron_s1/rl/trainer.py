@@ -131,20 +131,31 @@ class RLTrainer:
             out[j, idx] = torch.tensor(rollout.rollout_logprobs[i][:len(idx)], dtype=out.dtype)
         return out
 
-    def _policy_loss(self, logp, old, roll, mask, adv, positive, counts):
+    def _policy_loss(self, logp, old, roll, mask, adv, positive, counts, seq_scale: float = 1.0,
+                     weight: float = 1.0):
+        """Loss of this rank's share of a mini-batch, already divided by the global normalisers, so that the
+        gradient sum over data-parallel ranks is the gradient of the global objective."""
         r = self.cfg.rl
         stats = {}
         if r.algorithm == "icepop":
             loss, stats = losses.icepop_loss(logp, old, roll, adv, mask, r.icepop_alpha, r.icepop_beta,
                                              return_stats=True)
+            loss = loss * seq_scale
         elif r.algorithm == "grpo":
-            loss = losses.grpo_loss(logp, old, adv, mask)
+            loss = losses.grpo_loss(logp, old, adv, mask) * seq_scale
         else:
-            loss = losses.oreal_loss(logp, mask, positive, counts[0], counts[1])
+            loss = weight * losses.oreal_loss(logp, mask, positive, counts[0], counts[1])
         if r.kl_cov_coef > 0:
             pen, _ = losses.kl_cov_penalty(logp, old, adv, mask, r.kl_cov_fraction, r.kl_cov_coef)
-            loss = loss + losses.per_sequence_mean(pen, mask)
+            loss = loss + losses.per_sequence_mean(pen, mask) * seq_scale
         return loss, stats
+
+    def _all_sum(self, values: list) -> list:
+        t = torch.tensor(values, dtype=torch.float64)
+        if dist.get_world_size() > 1:
+            t = t.to(self.device)
+            dist.all_reduce(t)
+        return t.cpu().tolist()
 
     # ------------------------------------------------------------------ one step
     def step(self) -> dict:
@@ -173,8 +184,9 @@ class RLTrainer:
         positive = (R.reshape(-1) > 0.5)
         rows = keep.reshape(-1).nonzero().squeeze(-1).tolist()
 
-        record = {"step": self.t.state["step"] + 1, "reward_mean": float(R.mean()),
-                  "pass_rate": float((R > 0.5).float().mean()), "kept_groups": int(keep_groups.sum()),
+        tot = self._all_sum([float(R.sum()), float((R > 0.5).sum()), float(R.numel()), float(keep_groups.sum())])
+        record = {"step": self.t.state["step"] + 1, "reward_mean": tot[0] / tot[2],
+                  "pass_rate": tot[1] / tot[2], "kept_groups": int(tot[3]),
                   "kept_samples": len(rows), "response_len": sum(map(len, rollout.response_ids)) / len(texts),
                   "rollout_s": t_roll}
         # Train/rollout mismatch on the whole batch: with and without replaying the rollout's routing.
@@ -198,40 +210,46 @@ class RLTrainer:
         old_all = lp_replay if (rollout.routing is not None and r.routing_replay) else lp_plain
 
         loss_sum, stepped_any, grad_norms, icepop = 0.0, False, [], []
-        if rows:
-            order = rows[:]
-            self.rng.shuffle(order)
-            n_mb = max(1, min(r.mini_batches, len(order)))
-            for k in range(n_mb):
-                mb = order[k::n_mb]
-                batch = pad_batch([rollout.prompt_ids[i] for i in mb], [rollout.response_ids[i] for i in mb],
-                                  self.pad, length)
-                mask = batch[3].to(self.device)
-                old = old_all[mb].to(self.device)
-                roll = roll_all[mb].to(self.device)
-                a = adv[mb].to(self.device)
-                pos = positive[mb].to(self.device)
-                counts = torch.tensor([float((mask * pos[:, None]).sum()), float((mask * ~pos[:, None]).sum())])
-                if dist.get_world_size() > 1:
-                    dist.all_reduce(counts)
-                for chunk in self.t.model:
-                    chunk.zero_grad_buffer()
-                self.t.optimizer.zero_grad()
-                logp = self._train_logprobs(batch, select_routing(rollout.routing, mb) if r.routing_replay else None,
-                                            grad=True)
-                loss, stats = self._policy_loss(logp, old, roll, mask, a, pos, counts)
-                loss.backward()
-                from megatron.core.distributed import finalize_model_grads
+        order = rows[:]
+        self.rng.shuffle(order)
+        # Every data-parallel rank runs the same number of mini-batches (the gradient all-reduce is collective);
+        # a rank whose share of a mini-batch is empty contributes a zero-weighted forward.
+        n_kept = self._all_sum([float(len(order))])[0]
+        n_mb = int(max(1, min(r.mini_batches, n_kept))) if n_kept > 0 else 0
+        for k in range(n_mb):
+            mb = order[k::n_mb]
+            weight = 1.0
+            if not mb:
+                mb, weight = [0], 0.0
+            batch = pad_batch([rollout.prompt_ids[i] for i in mb], [rollout.response_ids[i] for i in mb],
+                              self.pad, length)
+            mask = batch[3].to(self.device)
+            old = old_all[mb].to(self.device)
+            roll = roll_all[mb].to(self.device)
+            a = adv[mb].to(self.device)
+            pos = positive[mb].to(self.device)
+            # Global normalisers: responses (IcePop / GRPO / KL-Cov: 1/G sum_i) and OREAL's N+ / N- tokens.
+            n_pos, n_neg = float((mask * pos[:, None]).sum()) * weight, float((mask * ~pos[:, None]).sum()) * weight
+            n_seq_global, n_pos, n_neg = self._all_sum([len(mb) * weight, n_pos, n_neg])
+            seq_scale = weight * len(mb) / max(n_seq_global, 1.0)
+            for chunk in self.t.model:
+                chunk.zero_grad_buffer()
+            self.t.optimizer.zero_grad()
+            logp = self._train_logprobs(batch, select_routing(rollout.routing, mb) if r.routing_replay else None,
+                                        grad=True)
+            loss, stats = self._policy_loss(logp, old, roll, mask, a, pos, (n_pos, n_neg), seq_scale, weight)
+            loss.backward()
+            from megatron.core.distributed import finalize_model_grads
 
-                finalize_model_grads(self.t.model)
-                stepped, gn = self.t._optimizer_step()
-                stepped_any |= stepped
-                grad_norms.append(gn)
-                loss_sum += float(loss) / n_mb
-                if stats:
-                    icepop.append(stats["icepop_masked_frac"])
-                if not stepped:
-                    self.t.state["skipped_steps"] += 1
+            finalize_model_grads(self.t.model)  # sums gradients over data-parallel ranks
+            stepped, gn = self.t._optimizer_step()
+            stepped_any |= stepped
+            grad_norms.append(gn)
+            loss_sum += self._all_sum([float(loss)])[0] / n_mb
+            if stats:
+                icepop.append(stats["icepop_masked_frac"])
+            if not stepped:
+                self.t.state["skipped_steps"] += 1
         # The LR schedule is defined on tokens (train.global_batch_tokens per step), as in pretraining.
         batch_tokens = self.t.batch_schedule.global_batch_size(self.t.state["consumed_tokens"]) * cfg.data.seq_length
         self.t.scheduler.step(increment=batch_tokens)
