@@ -123,7 +123,8 @@ class RLTrainer:
 
     def _rollout_matrix(self, rollout, rows, length):
         """Rollout log-probs scattered into the [n, L] layout of pad_batch (response positions only)."""
-        _, _, _, resp_mask, _ = pad_batch([rollout.prompt_ids[i] for i in rows], [rollout.response_ids[i] for i in rows],
+        _, _, _, resp_mask, _ = pad_batch([rollout.prompt_ids[i] for i in rows],
+                                          [rollout.response_ids[i] for i in rows],
                                           self.pad, length)
         out = torch.zeros_like(resp_mask)
         for j, i in enumerate(rows):
@@ -320,7 +321,8 @@ class RLTrainer:
                     saved = self.t.save()
                 if isinstance(self.engine, OpenAIEngine):
                     self.engine.update_weights(saved or self.t.save())
-            if cfg.checkpoint.save_final and (not cfg.checkpoint.interval or self.t.state["step"] % cfg.checkpoint.interval):
+            saved_last = cfg.checkpoint.interval and self.t.state["step"] % cfg.checkpoint.interval == 0
+            if cfg.checkpoint.save_final and not saved_last:
                 self.t.save()
         finally:
             if f is not None:
