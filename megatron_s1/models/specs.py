@@ -41,11 +41,17 @@ def _local_layer_spec(num_experts, qk_layernorm: bool) -> ModuleSpec:
     attn_sub = attn.submodules
     if qk_layernorm:
         attn_sub = dataclasses.replace(attn_sub, q_layernorm=RMSNorm, k_layernorm=RMSNorm)
+    # Checkpoint keys follow the TE spec, so one checkpoint loads with either spec. TE fuses the pre-MLP
+    # norm into linear_fc1 for dense MLPs only; an MoE layer keeps its own pre_mlp_layernorm.
+    keys_map = {"input_layernorm.": "self_attention.linear_qkv.layer_norm_"}
+    if num_experts is None:
+        keys_map["pre_mlp_layernorm."] = "mlp.linear_fc1.layer_norm_"
     sub = dataclasses.replace(
         sub,
         input_layernorm=RMSNorm,
         pre_mlp_layernorm=RMSNorm,
         self_attention=ModuleSpec(module=attn.module, params=attn.params, submodules=attn_sub),
+        sharded_state_dict_keys_map=keys_map,
     )
     return ModuleSpec(module=spec.module, params=spec.params, submodules=sub)
 

@@ -21,6 +21,7 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing
 
 from megatron_s1.config.schema import ConfigError, ExperimentConfig
+from megatron_s1.models.specs import resolve_spec_kind
 from megatron_s1.training.distributed import rng_state, set_rng_state
 
 LATEST = "latest"
@@ -92,7 +93,8 @@ def _layout(cfg: ExperimentConfig) -> dict:
     p = cfg.parallel
     return {"tensor": p.tensor, "pipeline": p.pipeline, "virtual_pipeline": p.virtual_pipeline,
             "expert": p.expert, "expert_tensor": p.expert_tensor or p.tensor, "context": p.context,
-            "world_size": dist.get_world_size(), "distributed_optimizer": bool(_uses_distributed_optimizer(cfg))}
+            "world_size": dist.get_world_size(), "distributed_optimizer": bool(_uses_distributed_optimizer(cfg)),
+            "spec": resolve_spec_kind(cfg.model.spec)}
 
 
 def _uses_distributed_optimizer(cfg: ExperimentConfig) -> bool:
@@ -201,6 +203,12 @@ class Checkpointer:
         state = read_trainer_state(ckpt_dir)
         check_model_shape(self.cfg, state, ckpt_dir)
         sharded = _model_sharded_state_dict(self.model_chunks)
+        # TE modules carry `_extra_state` (FP8 metadata) that a local-spec checkpoint (CPU training,
+        # conversion) does not have; across specs it is left at its fresh value.
+        cross_spec = state["layout"].get("spec", "local") != resolve_spec_kind(self.cfg.model.spec)
+        if cross_spec:
+            sharded = {key: {k: v for k, v in sd.items() if not k.endswith("_extra_state")}
+                       for key, sd in sharded.items()}
         if not model_only:
             same_optimizer_kind = state["layout"]["distributed_optimizer"] == _uses_distributed_optimizer(self.cfg)
             if not same_optimizer_kind:
@@ -212,7 +220,11 @@ class Checkpointer:
         loaded = dist_checkpointing.load(sharded, ckpt_dir)
         for i, chunk in enumerate(self.model_chunks):
             key = "model" if len(self.model_chunks) == 1 else f"model{i}"
-            chunk.module.load_state_dict(loaded[key], strict=True)
+            result = chunk.module.load_state_dict(loaded[key], strict=not cross_spec)
+            missing = [k for k in getattr(result, "missing_keys", []) if not k.endswith("_extra_state")]
+            if missing or getattr(result, "unexpected_keys", []):
+                raise RuntimeError(f"checkpoint {ckpt_dir} does not fit the model: missing {missing[:5]}, "
+                                   f"unexpected {result.unexpected_keys[:5]}")
         if model_only:
             return None
         self.optimizer.load_state_dict(loaded["optimizer"])
