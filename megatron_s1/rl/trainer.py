@@ -49,6 +49,8 @@ class RLTask:
                 RouterReplay.clear_global_router_replay_instances()
             tconfig.moe_enable_routing_replay = True
         model = build_language_model(self.cfg, tconfig, pre_process, post_process, vp_stage=vp_stage)
+        if self.cfg.rl.fp32_lm_head:
+            install_fp32_lm_head(model)
         if self.cfg.rl.freeze_router:
             for name, p in model.named_parameters():
                 if ".router." in name:
@@ -57,6 +59,23 @@ class RLTask:
 
     def build_datasets(self, *_):
         return None, None, None
+
+
+def install_fp32_lm_head(model) -> None:
+    """Compute the output projection in fp32 (fp32 copies of the activations and the bf16 weight), so logits and
+    log-probs of bf16 models carry no bf16 rounding; gradients flow back to the weight through the cast.
+    TP=1 only (the RL driver's layout): a plain matmul replaces the column-parallel linear."""
+    layer = getattr(model, "output_layer", None)
+    if layer is None:  # not the last pipeline stage
+        return
+
+    def forward(input_, weight=None, runtime_gather_output=None):
+        w = layer.weight if weight is None else weight
+        bias = getattr(layer, "bias", None)
+        out = torch.nn.functional.linear(input_.float(), w.float(), None if bias is None else bias.float())
+        return out, None
+
+    layer.forward = forward
 
 
 def _rollout_dtype(name: str) -> Optional[torch.dtype]:
@@ -117,8 +136,6 @@ class RLTrainer:
         ctx = torch.enable_grad() if grad else torch.no_grad()
         with ctx, routing_replay(routing):
             logits = self.model(tokens, positions, mask)
-            if self.cfg.rl.fp32_lm_head:
-                logits = logits.float()
             return token_logprobs(logits, tokens, self.cfg.rl.temperature, self.allowed)
 
     def _rollout_matrix(self, rollout, rows, length):

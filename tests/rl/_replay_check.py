@@ -42,6 +42,15 @@ def main():
         with routing_replay(select_routing(rec, rows)):
             sub = model(*pad_batch([roll.prompt_ids[i] for i in rows], [roll.response_ids[i] for i in rows], rl.pad,
                                    batch[0].shape[1])[:3])
+    from megatron_s1.rl.trainer import install_fp32_lm_head
+
+    head = rl.model.module.output_layer
+    orig_forward = head.forward
+    install_fp32_lm_head(rl.model.module)
+    with torch.no_grad(), routing_replay(rec):
+        fp32_head = model(*batch[:3])
+    head.forward = orig_forward
+    out["fp32_head_diff"] = float((fp32_head - ref).abs().max())
     out["replay_same"] = float((same - ref).abs().max())
     out["replay_flipped"] = float((other - ref).abs().max())
     out["replay_subset"] = float((sub - ref[rows]).abs().max())

@@ -62,6 +62,7 @@ def test_routing_replay_generation_and_external_engine(tmp_path, fake_server):
     out = json.loads(res.stdout.split("RESULT ")[-1])
     assert out["n"] == 6 and out["lens_ok"] and out["digits_only"]
     assert out["routing_shape"][0][1:] == [6, 2] and len(out["routing_shape"]) == 2
+    assert out["fp32_head_diff"] < 1e-4  # fp32 model: the fp32 head computes the same logits
     assert out["replay_same"] == 0.0 and out["replay_flipped"] > 1e-3 and out["replay_subset"] < 1e-5
     assert out["offline"][:3] == [4, out["offline"][1], 4] and out["offline"][3] == out["offline"][1]
     assert out["offline"][4]
