@@ -15,26 +15,39 @@ from megatron_s1.data.packed import PackedData
 
 
 class ChatSamples:
-    """Tokenized samples: flat ids / mask arrays with offsets (one sample = one conversation)."""
+    """Tokenized samples (one sample = one conversation), truncated to seq_length + 1 tokens.
 
-    def __init__(self, tokenized: list, seq_length: int):
-        # Dropped: no trainable token within seq_length, or media that truncation would cut.
-        keep = [t for t in tokenized if len(t.ids) >= 2 and any(t.mask[1: seq_length + 1])
-                and not (t.media and len(t.ids) > seq_length + 1)]
-        self.dropped = len(tokenized) - len(keep)
-        self.media = [t.media for t in keep]  # per sample: [Media] in token order
-        lengths = [min(len(t.ids), seq_length + 1) for t in keep]
-        self.offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        self.ids = np.concatenate([np.asarray(t.ids[:n], np.int64) for t, n in zip(keep, lengths)] or [np.zeros(0, np.int64)])
-        self.mask = np.concatenate([np.asarray(t.mask[:n], np.float32) for t, n in zip(keep, lengths)] or [np.zeros(0, np.float32)])
+    `items` is any sequence of `Tokenized` (a list, or a lazy view over cached token tables: samples are
+    sliced on access, so a mixture that repeats conversations holds no copies).
+    """
+
+    def __init__(self, items, seq_length: int):
+        self.items, self.seq_length = items, seq_length
+        keep, lengths = [], []
+        for k in range(len(items)):
+            t = items[k]
+            n = len(t.ids)
+            # Dropped: no trainable token within seq_length, or media that truncation would cut.
+            if n >= 2 and np.any(np.asarray(t.mask[1: seq_length + 1])) and not (t.media and n > seq_length + 1):
+                keep.append(k)
+                lengths.append(min(n, seq_length + 1))
+        self.keep = np.asarray(keep, np.int64)
+        self.dropped = len(items) - len(keep)
         self.sample_lengths = np.asarray(lengths, np.int64) - 1
 
     def __len__(self) -> int:
         return len(self.sample_lengths)
 
+    def _item(self, i: int):
+        return self.items[int(self.keep[i])]
+
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        s, e = self.offsets[i], self.offsets[i + 1]
-        return self.ids[s:e], self.mask[s:e]
+        t = self._item(i)
+        n = int(self.sample_lengths[i]) + 1
+        return np.asarray(t.ids[:n], np.int64), np.asarray(t.mask[:n], np.float32)
+
+    def media(self, i: int) -> list:
+        return self._item(i).media
 
     def loss_tokens(self) -> int:
         return int(sum(self[i][1][1:].sum() for i in range(len(self))))
@@ -72,7 +85,7 @@ class ChatPacks:
     def media(self, p: int) -> list:
         """Media of pack p, in token order."""
         s, e = self.pack_offsets[p], self.pack_offsets[p + 1]
-        return [m for i in self.sample_indices[s:e] for m in self.samples.media[int(i) % len(self.samples)]]
+        return [m for i in self.sample_indices[s:e] for m in self.samples.media(int(i) % len(self.samples))]
 
     def __getitem__(self, p: int) -> list:
         s, e = self.pack_offsets[p], self.pack_offsets[p + 1]

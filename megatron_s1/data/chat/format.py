@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 ROLES = ("system", "user", "assistant")
@@ -289,23 +289,43 @@ class ChatTokenizer:
         self.kind = "jinja" if tmpl else "qwen3"
         self.media_expand = media_expand  # Media -> list[int] (placeholder ids); None = no media allowed
 
-    def __call__(self, messages: list, loss_on: str = "all_assistant") -> Tokenized:
+        self.template_text = tmpl  # for cache keys
+
+    def segments(self, messages: list, loss_on: str = "all_assistant") -> list:
         if loss_on == "last_assistant":
             last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=-1)
             messages = [dict(m, train=(i == last)) if m["role"] == "assistant" else m for i, m in enumerate(messages)]
         elif loss_on != "all_assistant":
             raise ChatFormatError(f"sft.loss_on must be all_assistant or last_assistant, got {loss_on!r}")
-        ids, mask, media = [], [], []
-        for piece, train in self.formatter(messages).segments:
-            if isinstance(piece, Media):
-                if self.media_expand is None:
+        segs = self.formatter(messages).segments
+        if self.media_expand is None:
+            for piece, _ in segs:
+                if isinstance(piece, Media):
                     raise ChatFormatError(f"a conversation has an {piece.kind} but the model has no encoder for it")
+        return segs
+
+    def _assemble(self, segs: list, encoded: Iterator) -> Tokenized:
+        ids, mask, media = [], [], []
+        for piece, train in segs:
+            if isinstance(piece, Media):
                 seg = self.media_expand(piece)
                 media.append(piece)
                 ids += seg
                 mask += [0] * len(seg)  # placeholders are never predicted
             else:
-                seg = self.tok.encode(piece)
+                seg = next(encoded)
                 ids += seg
                 mask += [int(train)] * len(seg)
         return Tokenized(ids, mask, media)
+
+    def __call__(self, messages: list, loss_on: str = "all_assistant") -> Tokenized:
+        segs = self.segments(messages, loss_on)
+        return self._assemble(segs, (self.tok.encode(p) for p, _ in segs if isinstance(p, str)))
+
+    def many(self, conversations: list, loss_on: str = "all_assistant", num_threads: int = 8) -> list:
+        """Tokenize many conversations with one batched (multi-threaded) encode; same result as __call__."""
+        all_segs = [self.segments(m, loss_on) for m in conversations]
+        texts = [p for segs in all_segs for p, _ in segs if isinstance(p, str)]
+        encode_batch = getattr(self.tok, "encode_batch", None)
+        encoded = iter(encode_batch(texts, num_threads=num_threads) if encode_batch else [self.tok.encode(t) for t in texts])
+        return [self._assemble(segs, encoded) for segs in all_segs]

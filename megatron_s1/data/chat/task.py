@@ -8,12 +8,17 @@ held-out conversations. The sampled mixture is logged to run.dir/sft_mixture.jso
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 
+import numpy as np
+
 from megatron_s1.config.schema import ConfigError
 from megatron_s1.data.chat.dataset import ChatPackedData, ChatPacks, ChatSamples
-from megatron_s1.data.chat.format import ChatFormatError, ChatTokenizer, apply_system_prefix, resolve_family_prompts
+from megatron_s1.data.chat.format import (ChatFormatError, ChatTokenizer, Media, Tokenized, apply_system_prefix,
+                                          resolve_family_prompts)
 from megatron_s1.data.chat.mixture import Mixture, parse_specs, read_conversations
 from megatron_s1.data.packed import PackedSchedule
 from megatron_s1.models.specs import resolve_spec_kind
@@ -37,6 +42,9 @@ def _with_media_paths(messages: list, base: str) -> list:
             m = dict(m, content=items)
         out.append(m)
     return out
+
+
+CACHE_VERSION = 1  # bump when formatting or tokenization changes
 
 
 class MediaLayout:
@@ -88,6 +96,112 @@ class MediaLayout:
         return {"pixel_values": torch.cat(pixels) if pixels else None, "ts_values": series, "ts_rates": rates}
 
 
+class TokenTable:
+    """All conversations of one dataset tokenized: flat ids / mask with offsets, media per conversation."""
+
+    def __init__(self, offsets, ids, mask, media):
+        self.offsets, self.ids, self.mask, self.media = offsets, ids, mask, media
+
+    @classmethod
+    def from_tokenized(cls, items: list) -> "TokenTable":
+        lengths = [len(t.ids) for t in items]
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        ids = np.fromiter((x for t in items for x in t.ids), dtype=np.int32, count=int(offsets[-1]))
+        mask = np.fromiter((x for t in items for x in t.mask), dtype=np.uint8, count=int(offsets[-1]))
+        media = [[[m.kind, m.item] for m in t.media] for t in items]
+        return cls(offsets, ids, mask, media)
+
+    def save(self, path: str) -> None:
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "wb") as f:
+            np.savez(f, offsets=self.offsets, ids=self.ids, mask=self.mask,
+                     media=np.frombuffer(json.dumps(self.media).encode(), dtype=np.uint8))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str) -> "TokenTable":
+        z = np.load(path)
+        return cls(z["offsets"], z["ids"], z["mask"], json.loads(z["media"].tobytes().decode()))
+
+    def get(self, i: int) -> Tokenized:
+        a, b = self.offsets[i], self.offsets[i + 1]
+        return Tokenized(self.ids[a:b], self.mask[a:b], [Media(k, item) for k, item in self.media[i]])
+
+
+class DrawnConversations:
+    """Lazy view: item k is conversation pairs[k] = (dataset, index) of the token tables."""
+
+    def __init__(self, tables: list, pairs: np.ndarray):
+        self.tables, self.pairs = tables, pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, k: int) -> Tokenized:
+        d, i = self.pairs[k]
+        return self.tables[int(d)].get(int(i))
+
+
+def _file_digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _cache_key(cfg, spec, chat, prompts, media) -> str:
+    tok_dir = cfg.data.tokenizer or bundled_tokenizer_dir()
+    tok_files = {n: _file_digest(os.path.join(tok_dir, n)) for n in sorted(os.listdir(tok_dir))
+                 if os.path.isfile(os.path.join(tok_dir, n)) and os.path.getsize(os.path.join(tok_dir, n)) < (64 << 20)}
+    key = {"version": CACHE_VERSION, "data": _file_digest(spec.path), "family": spec.family, "template": chat.kind,
+           "template_text": chat.template_text, "tokenizer": tok_files, "prompts": prompts, "loss_on": cfg.sft.loss_on,
+           "root": cfg.mm.image_root or os.path.dirname(os.path.abspath(spec.path)),
+           "media": [dataclasses.asdict(cfg.vision), dataclasses.asdict(cfg.timeseries)] if media is not None else None}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def tokenize_dataset(cfg, spec, convs: list, chat, prompts: dict) -> list:
+    base = cfg.mm.image_root or os.path.dirname(os.path.abspath(spec.path))
+    conversations = []
+    for i, rec in enumerate(convs):
+        family = rec.get("family", spec.family)
+        if prompts and family is not None and family not in prompts:
+            raise ConfigError(f"{spec.path} conversation {i}: family {family!r} has no sft.system_prompts "
+                              f"entry (known: {sorted(prompts)})")
+        messages = apply_system_prefix(rec["messages"], prompts.get(family) if family is not None else None)
+        conversations.append(_with_media_paths(messages, base))
+    try:
+        return chat.many(conversations, cfg.sft.loss_on)
+    except ChatFormatError:
+        for i, messages in enumerate(conversations):  # name the offending conversation
+            try:
+                chat(messages, cfg.sft.loss_on)
+            except ChatFormatError as err:
+                raise ConfigError(f"{spec.path} conversation {i}: {err}") from None
+        raise
+
+
+def load_or_tokenize(cfg, d: int, spec, convs: list, chat, prompts: dict, media, cache_dir: str) -> TokenTable:
+    """Tokenized dataset from the cache (keyed by data, tokenizer, template, prompts, ...), else built;
+    global rank 0 builds and writes it while the others wait, then read it (or build it if the cache dir is
+    not shared)."""
+    import torch.distributed as dist
+
+    path = os.path.join(cache_dir, f"{spec.name}-{_cache_key(cfg, spec, chat, prompts, media)}.npz")
+    distributed = dist.is_available() and dist.is_initialized()
+    rank = dist.get_rank() if distributed else 0
+    if rank == 0 and not os.path.exists(path):
+        table = TokenTable.from_tokenized(tokenize_dataset(cfg, spec, convs, chat, prompts))
+        os.makedirs(cache_dir, exist_ok=True)
+        table.save(path)
+    if distributed:
+        dist.barrier()
+    if os.path.exists(path):
+        return TokenTable.load(path)
+    return TokenTable.from_tokenized(tokenize_dataset(cfg, spec, convs, chat, prompts))
+
+
 def build_chat_data(cfg, tokenizer, media: "MediaLayout | None" = None):
     """(mixture, train ChatSamples, valid ChatSamples, template kind) of a config; pure function of the recipe."""
     s = cfg.sft
@@ -100,23 +214,8 @@ def build_chat_data(cfg, tokenizer, media: "MediaLayout | None" = None):
         raise ConfigError(str(err)) from None
     convs = [read_conversations(sp.path) for sp in specs]
     mixture = Mixture(specs, [len(c) for c in convs], cfg.data.split, cfg.run.seed, s.mixture_samples)
-    cache: dict = {}
-
-    def tokenized(d: int, i: int):
-        key = (d, i)
-        if key not in cache:
-            rec = convs[d][i]
-            family = rec.get("family", specs[d].family)
-            if prompts and family is not None and family not in prompts:
-                raise ConfigError(f"{specs[d].path} conversation {i}: family {family!r} has no sft.system_prompts "
-                                  f"entry (known: {sorted(prompts)})")
-            messages = apply_system_prefix(rec["messages"], prompts.get(family) if family is not None else None)
-            messages = _with_media_paths(messages, cfg.mm.image_root or os.path.dirname(os.path.abspath(specs[d].path)))
-            try:
-                cache[key] = chat(messages, s.loss_on)
-            except ChatFormatError as err:
-                raise ConfigError(f"{specs[d].path} conversation {i}: {err}") from None
-        return cache[key]
+    cache_dir = os.path.join(cfg.data.cache_dir or os.path.join(cfg.run.dir, "data_cache"), "sft")
+    tables = [load_or_tokenize(cfg, d, spec, convs[d], chat, prompts, media, cache_dir) for d, spec in enumerate(specs)]
 
     seq = cfg.data.seq_length
     families: dict = {}
@@ -124,8 +223,8 @@ def build_chat_data(cfg, tokenizer, media: "MediaLayout | None" = None):
         fam = str(convs[int(d)][int(i)].get("family", specs[int(d)].family))
         families[fam] = families.get(fam, 0) + 1
     mixture.families = families  # drawn train conversations per data family (system-prompt isolation)
-    train = ChatSamples([tokenized(int(d), int(i)) for d, i in mixture.train], seq)
-    valid = ChatSamples([tokenized(int(d), int(i)) for d, i in mixture.valid], seq)
+    train = ChatSamples(DrawnConversations(tables, mixture.train), seq)
+    valid = ChatSamples(DrawnConversations(tables, mixture.valid), seq)
     return mixture, train, valid, chat.kind
 
 

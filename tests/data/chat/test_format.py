@@ -140,3 +140,11 @@ def test_system_prefix_isolation():
         resolve_family_prompts({"a": "You are", "b": "You are a chemist"}, ["a", "b"])
     with pytest.raises(ChatFormatError, match="no sft.system_prompts"):
         resolve_family_prompts({"a": "x"}, ["b"])
+
+
+def test_batched_equals_single(tok):
+    chat = ChatTokenizer(tok, "qwen3")
+    batched = chat.many(CONVERSATIONS, "all_assistant", num_threads=2)
+    for messages, b in zip(CONVERSATIONS, batched):
+        a = chat(messages)
+        assert (a.ids, a.mask) == (b.ids, b.mask)
