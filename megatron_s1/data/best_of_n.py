@@ -21,7 +21,6 @@ float`` (e.g. ``megatron_s1.rl.rewards:math_reward``), or the name of a task in 
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import os
