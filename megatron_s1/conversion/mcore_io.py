@@ -60,6 +60,34 @@ def ensure_single_process_group() -> None:
         raise ConversionError("conversion runs in a single process; run it without torchrun")
 
 
+def _honour_meta_device() -> None:
+    """Make `with torch.device("meta")` apply to the torch factories again.
+
+    The CPU bridge (`megatron_s1.compat.cpu`) replaces `torch.empty`, `torch.zeros`, ... by Python wrappers;
+    torch's device context recognises factories through a cached set (`torch.utils._device._device_constructors`)
+    that, when first built after the bridge, lists the wrappers instead of the real functions, so the context
+    is silently ignored and the "meta" model gets real CPU storage (whose initialisation touches every page:
+    the whole vision tower in fp32). Rebuild the set from the real factories the wrappers call.
+    """
+    import torch.utils._device as device_mod
+
+    swapped = {}
+    for name in dir(torch):
+        fn = getattr(torch, name, None)
+        original = (getattr(fn, "__kwdefaults__", None) or {}).get("__original") if callable(fn) else None
+        if original is not None:
+            swapped[name] = fn
+            setattr(torch, name, original)
+    if not swapped:
+        return
+    try:
+        device_mod._device_constructors.cache_clear()
+        device_mod._device_constructors()
+    finally:
+        for name, fn in swapped.items():
+            setattr(torch, name, fn)
+
+
 def is_multimodal(cfg) -> bool:
     return cfg.train.task == "mm_pretrain" and (cfg.vision.preset is not None or cfg.timeseries.preset is not None)
 
@@ -90,6 +118,7 @@ def build_layout(cfg) -> Layout:
     try:
         tconfig = build_transformer_config(single)
         tconfig.perform_initialization = False
+        _honour_meta_device()
         with torch.device("meta"):
             if multimodal:
                 from megatron_s1.models.interns1.model import InternS1Model
