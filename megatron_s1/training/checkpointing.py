@@ -202,6 +202,8 @@ class Checkpointer:
         """Restore state from `ckpt_dir`; returns the saved trainer state (None for model_only)."""
         state = read_trainer_state(ckpt_dir)
         check_model_shape(self.cfg, state, ckpt_dir)
+        if state["step"] == 0:
+            model_only = True  # a step-0 checkpoint holds initial weights; Adam has no state yet
         sharded = _model_sharded_state_dict(self.model_chunks)
         # TE modules carry `_extra_state` (FP8 metadata) that a local-spec checkpoint (CPU training,
         # conversion) does not have; across specs it is left at its fresh value.
@@ -226,7 +228,7 @@ class Checkpointer:
                 raise RuntimeError(f"checkpoint {ckpt_dir} does not fit the model: missing {missing[:5]}, "
                                    f"unexpected {result.unexpected_keys[:5]}")
         if model_only:
-            return None
+            return state if state["step"] == 0 else None
         self.optimizer.load_state_dict(loaded["optimizer"])
         self.scheduler.load_state_dict(loaded["scheduler"])
         if state["layout"] == _layout(self.cfg):

@@ -104,3 +104,10 @@ def test_grad_norm_threshold_skips_steps(tmp_path, train_args):
     # Every update was skipped: the weights are still the initial ones (same seed, untrained run).
     untrained = _result(run_cli(train_args(str(tmp_path / "untrained"), "train.steps=0")))
     assert skipped["valid_loss"] == untrained["valid_loss"]
+
+
+def test_resume_from_step0_checkpoint(tmp_path, train_args):
+    """A train.steps=0 run writes initial weights; a longer run in the same run.dir continues from them."""
+    run_cli(train_args(str(tmp_path), "train.steps=0"))
+    proc = run_cli(train_args(str(tmp_path), "train.steps=2"))
+    assert "resumed from" in proc.stdout and sorted(losses(str(tmp_path))) == [1, 2]
