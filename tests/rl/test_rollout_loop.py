@@ -73,7 +73,8 @@ def test_routing_replay_generation_and_external_engine(tmp_path, fake_server):
 def test_rl_cli_reward_rises(tmp_path):
     """Tiny MoE, copy task, IcePop + leave-one-out: mean reward rises within 30 fast CPU steps."""
     cmd = [sys.executable, "-m", "megatron_s1.cli", "rl", "--config", os.path.join(REPO, "examples/rl/tiny_cpu.yaml"),
-           f"run.dir={tmp_path}", "rl.task=toy_copy", "train.steps=30", "train.log_interval=10"]
+           f"run.dir={tmp_path}", "rl.task=toy_copy", "rl.prompts_per_step=8", "train.steps=30",
+           "train.log_interval=10"]
     res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300, cwd=REPO)
     assert res.returncode == 0, res.stderr[-3000:]
     result = json.loads(res.stdout.strip().splitlines()[-1])["result"]
