@@ -137,6 +137,28 @@ def select_routing(per_layer: Optional[list], rows) -> Optional[list]:
     return [t[:, rows] for t in per_layer]
 
 
+def routing_from_engine(per_sample: list, prompt_ids: list, response_ids: list) -> Optional[list]:
+    """Expert ids reported by an inference engine -> the [L, N, k]-per-layer layout of `pad_batch`.
+
+    ``per_sample[i]`` lists, for the tokens of prompt + response i in order, ``[num_layers][topk]`` expert ids (an
+    engine with a KV cache never forwards the last sampled token: missing trailing tokens, like padding, get
+    experts 0..k-1, which only feed positions outside the loss). None if any sample lacks routing.
+    """
+    if not per_sample or any(r is None for r in per_sample):
+        return None
+    first = next(r for r in per_sample if len(r))
+    layers, k = len(first[0]), len(first[0][0])
+    max_p = max(len(p) for p in prompt_ids)
+    length = max_p + max((len(r) for r in response_ids), default=0)
+    out = torch.arange(k).expand(layers, length, len(per_sample), k).clone()
+    for i, (rt, p) in enumerate(zip(per_sample, prompt_ids)):
+        start = max_p - len(p)
+        ids = torch.tensor(rt, dtype=torch.long)  # [tokens, layers, k]
+        n = min(len(rt), length - start)
+        out[:, start:start + n, i] = ids[:n].permute(1, 0, 2)
+    return list(out)
+
+
 # ---------------------------------------------------------------------------------------------- engines
 
 
@@ -220,11 +242,14 @@ class OpenAIEngine:
     server to reload weights from a checkpoint directory (``POST {url}/update_weights {"path": ...}``).
     """
 
-    def __init__(self, url: str, model: str = "policy", eos_id: Optional[int] = None, timeout: float = 600.0):
+    def __init__(self, url: str, model: str = "policy", eos_id: Optional[int] = None, timeout: float = 600.0,
+                 return_routing: bool = False, pad_id: int = 0):
         self.url = url.rstrip("/")
         self.model = model
         self.eos_id = eos_id
         self.timeout = timeout
+        self.return_routing = return_routing
+        self.pad_id = pad_id
 
     def _post(self, path: str, payload: dict) -> dict:
         req = urllib.request.Request(self.url + path, data=json.dumps(payload).encode(), method="POST",
@@ -246,6 +271,8 @@ class OpenAIEngine:
             payload["top_k"] = top_k
         if allowed_tokens is not None:
             payload["allowed_token_ids"] = list(allowed_tokens)
+        if self.return_routing:
+            payload["return_routed_experts"] = True
         out = self._post("/v1/completions", payload)
         choices = sorted(out["choices"], key=lambda c: c["index"])
         if len(choices) != len(prompts) * n:
@@ -257,7 +284,10 @@ class OpenAIEngine:
             responses.append(ids)
             logps.append([float(x) for x in c["logprobs"]["token_logprobs"]])
             finished.append(c.get("finish_reason") == "stop" or (self.eos_id is not None and ids[-1:] == [self.eos_id]))
-        return Rollout(prompt_ids, responses, logps, finished)
+        routing = None
+        if self.return_routing:
+            routing = routing_from_engine([c.get("routed_experts") for c in choices], prompt_ids, responses)
+        return Rollout(prompt_ids, responses, logps, finished, routing)
 
     def update_weights(self, path: str) -> dict:
         return self._post("/update_weights", {"path": path})

@@ -122,7 +122,8 @@ class RLTrainer:
         elif r.engine == "openai":
             if not r.engine_url:
                 raise ConfigError("rl.engine=openai needs rl.engine_url (e.g. http://host:8000)")
-            self.engine = OpenAIEngine(r.engine_url, eos_id=self.eos)
+            self.engine = OpenAIEngine(r.engine_url, eos_id=self.eos, pad_id=self.pad,
+                                       return_routing=r.routing_replay and cfg.model.num_moe_experts is not None)
         else:
             raise ConfigError(f"rl.engine must be local or openai, got {r.engine!r}")
         self.rng = random.Random(cfg.run.seed + 17 * self.t.dp_rank)

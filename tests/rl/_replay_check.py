@@ -70,6 +70,7 @@ def main():
     cfg2 = load_config(None, [f"run.dir={run_dir}/ext", "model.preset=tiny-moe", "model.params_dtype=fp32",
                               "model.spec=local", "logging.tensorboard=false", "rl.task=toy_copy",
                               "rl.engine=openai", f"rl.engine_url={url}", "rl.max_new_tokens=2",
+                              "rl.routing_replay=true",
                               "rl.prompts_per_step=2", "rl.samples_per_prompt=2", "rl.online_filter=false",
                               "train.steps=2", "checkpoint.keep_last=1", "checkpoint.save_final=false"])
     rl.t.checkpointer.close()
@@ -77,6 +78,7 @@ def main():
     RLTrainer.__init__(rl2, cfg2)
     summary = rl2.run()
     out["ext_steps"] = summary["steps"]
+    out["ext_replay_kl"] = "kl_train_rollout_replay_mean" in summary
     out["ext_version"] = json.load(__import__("urllib.request").request.urlopen(url + "/v1/models"))["version"]
     print("RESULT " + json.dumps(out), flush=True)
 

@@ -4,7 +4,8 @@
                              "C" if the candidate is empty, else "B".
   POST /v1/reward            POLAR-style: {"items": [{prompt, reference, output}]} -> {"rewards": [difflib ratio]}
   POST /v1/completions       OpenAI completions over token ids (vLLM style: return_tokens_as_token_ids): the
-                             response repeats the last prompt token + version, each with logprob -0.5.
+                             response repeats the last prompt token + version, each with logprob -0.5; with
+                             return_routed_experts, per-token expert ids [layers][top-2] (t % 4, (t+l+1) % 4).
   POST /update_weights       {"path": ...} -> bumps the weight version.
 
 Usage: python tests/rl/fake_server.py PORT
@@ -62,10 +63,13 @@ class Handler(BaseHTTPRequestHandler):
                 for _ in range(req.get("n", 1)):
                     tok = (p[-1] + STATE["version"]) % 100
                     toks = [tok] * req.get("max_tokens", 4)
-                    choices.append({"index": len(choices), "text": "",
-                                    "finish_reason": "length",
-                                    "logprobs": {"tokens": [f"token_id:{t}" for t in toks],
-                                                 "token_logprobs": [-0.5] * len(toks)}})
+                    choice = {"index": len(choices), "text": "", "finish_reason": "length",
+                              "logprobs": {"tokens": [f"token_id:{t}" for t in toks],
+                                           "token_logprobs": [-0.5] * len(toks)}}
+                    if req.get("return_routed_experts"):  # 2 layers, top-2 of 4 experts; last token not forwarded
+                        seq = list(p) + toks[:-1]
+                        choice["routed_experts"] = [[[t % 4, (t + layer + 1) % 4] for layer in range(2)] for t in seq]
+                    choices.append(choice)
             return self._reply({"choices": choices})
         self.send_response(404)
         self.end_headers()

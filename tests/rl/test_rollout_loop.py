@@ -55,6 +55,17 @@ def test_openai_engine_client(fake_server):
     assert eng.generate([[7]], n=1, max_new_tokens=1).response_ids[0] == [(7 + v0 + 1) % 100]
 
 
+def test_openai_engine_routing(fake_server):
+    eng = OpenAIEngine(fake_server, return_routing=True)
+    roll = eng.generate([[5, 6], [7]], n=1, max_new_tokens=2)
+    r0 = roll.response_ids[0][0]
+    assert len(roll.routing) == 2 and list(roll.routing[0].shape) == [4, 2, 2]  # layers x [L, N, k]
+    # row 0: tokens 5, 6, r0, (last token not forwarded -> default 0, 1)
+    assert roll.routing[1][:, 0].tolist() == [[1, 3], [2, 0], [r0 % 4, (r0 + 2) % 4], [0, 1]]
+    # row 1 is left-padded by one position (default ids), then 7, its first response token, default
+    assert roll.routing[0][:, 1].tolist()[1] == [3, 0]
+
+
 def test_routing_replay_generation_and_external_engine(tmp_path, fake_server):
     res = subprocess.run([sys.executable, os.path.join(HERE, "_replay_check.py"), str(tmp_path), fake_server],
                          env=_env(), capture_output=True, text=True, timeout=300, cwd=REPO)
@@ -67,6 +78,7 @@ def test_routing_replay_generation_and_external_engine(tmp_path, fake_server):
     assert out["offline"][:3] == [4, out["offline"][1], 4] and out["offline"][3] == out["offline"][1]
     assert out["offline"][4]
     assert out["local_step_keys"] == ["kl_train_rollout", "kl_train_rollout_replay"]
+    assert out["ext_replay_kl"]  # engine-reported expert ids replayed in the training forward
     assert out["ext_steps"] == 2 and out["ext_version"] >= 2  # one weight update per step
 
 
