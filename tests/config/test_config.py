@@ -1,3 +1,6 @@
+import glob
+import os
+
 import pytest
 
 from megatron_s1.config import ConfigError, load_config
@@ -76,3 +79,20 @@ def test_yaml_booleans_in_string_fields():
     assert cfg.parallel.distributed_optimizer == "on" and cfg.logging.progress_bar == "off"
     assert _uses_distributed_optimizer(cfg)
     assert not _uses_distributed_optimizer(load_config(None, ["parallel.distributed_optimizer=false"]))
+
+
+@pytest.mark.parametrize("recipe", sorted(glob.glob(os.path.join(os.path.dirname(RECIPE), "..", "*", "*.yaml"))))
+def test_every_recipe_resolves(recipe):
+    """Recipes are data: every shipped one must load against the current schema (no stale keys)."""
+    assert load_config(recipe).train.steps > 0
+
+
+@pytest.mark.parametrize("recipe,world_size", [("intern_s1.yaml", 512), ("intern_s1_mini.yaml", 64)])
+def test_real_scale_cpt_layouts_are_valid(recipe, world_size):
+    from megatron_s1.training.schedules import BatchSizeSchedule
+
+    cfg = load_config(os.path.join(os.path.dirname(RECIPE), recipe))
+    validate_model_parallel(cfg.model, cfg.parallel, world_size)
+    dp = world_size // (cfg.parallel.tensor * cfg.parallel.pipeline)
+    schedule = BatchSizeSchedule(cfg.train.global_batch_tokens, cfg.data.seq_length, cfg.data.micro_batch_size, dp)
+    assert schedule.global_batch_tokens(0) < schedule.global_batch_tokens(10**13)  # batch warmup present
