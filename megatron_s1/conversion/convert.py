@@ -285,7 +285,7 @@ def mcore_to_hf(ckpt_dir: str, out_dir: str, force: bool = False, dtype: Optiona
                 plan.append((name, tuple(part.shape), dt))
     with atomic_output_dir(out_dir, force) as tmp:
         writer = hf_io.ShardWriter(tmp, plan, hf_io.parse_size(max_shard_size))
-        written = set()
+        written, first_copy, diverged = set(), {}, set()
         for layer in order:
             group = groups[layer]
             params = read_params(ckpt_dir, layout, [r.mcore for r in group], stored)
@@ -297,6 +297,10 @@ def mcore_to_hf(ckpt_dir: str, out_dir: str, force: bool = False, dtype: Optiona
                     if name not in written:
                         written.add(name)
                         writer.add(name, part)
+                        if isinstance(rule.transform, Replicate):
+                            first_copy[name] = part.clone()
+                    elif not torch.equal(first_copy[name], part):
+                        diverged.add(name)  # per-layer copies trained apart (fope_learnable): HF holds one
                 del tensor
             del params
             gc.collect()  # DCP objects form reference cycles; free this layer's buffers before the next
@@ -318,4 +322,7 @@ def mcore_to_hf(ckpt_dir: str, out_dir: str, force: bool = False, dtype: Optiona
                "peak_rss_mb": round(peak_rss_mb(), 1), "out": os.path.abspath(out_dir)}
     if dropped_timeseries:
         summary["not_exported"] = "timeseries_model (the HF InternS1 format has no time-series encoder)"
+    if diverged:
+        summary["warning"] = (f"{', '.join(sorted(diverged))} differ across layers; the HF format has one copy, "
+                              "layer 0's was written")
     return summary

@@ -184,7 +184,8 @@ def hf_to_sections(hf: dict) -> tuple:
             raise ConversionError(f"config.json model_type={hf.get('model_type')!r} is not {arch.model_type!r}")
         return arch.name, {"model": _pro_text_fields(hf["text_config"])}
     if not arch.multimodal:
-        return hf_to_model_fields(hf)[0], {"model": hf_to_model_fields(hf)[1]}
+        name, model = hf_to_model_fields(hf)
+        return name, {"model": model}
     if hf.get("model_type") not in (None, arch.model_type):
         raise ConversionError(f"config.json model_type={hf.get('model_type')!r} does not match architecture "
                               f"{arch.name} (expected {arch.model_type!r})")
