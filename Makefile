@@ -11,10 +11,11 @@ RECIPE := examples/cpt/tiny_cpu.yaml
 .PHONY: venv demo test test-gpu clean-demo
 
 $(STAMP): setup.py pyproject.toml
-	@set -e; py=$$(tools/find_python.sh); echo "using $$py"; \
+	@set -eo pipefail; py=$$(tools/find_python.sh); echo "using $$py"; \
 	  [ -x $(PY) ] || $$py -m venv $(VENV); \
-	  $(PY) -m pip install -q --upgrade pip; \
-	  $(PY) -m pip install -q -e '.[dev]'
+	  $(PY) -m pip install -q --upgrade pip 2>&1 | { grep -v '^WARNING: Location' || true; }; \
+	  echo "installing megatron-s1 and its dependencies into $(VENV) (torch is large: a few minutes the first time)"; \
+	  $(PY) -m pip install -q -e '.[dev]' 2>&1 | { grep -v '^WARNING: Location' || true; }
 	@touch $(STAMP)
 
 venv: $(STAMP)
