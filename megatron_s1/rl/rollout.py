@@ -68,9 +68,9 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: floa
     """log pi(token_{t+1} | <= t) for every position t of [N, L] (last position 0), in fp32."""
     logits = logits.float() / temperature
     if allowed is not None:
-        logits = logits.masked_fill(~allowed, float("-inf"))
+        logits = logits.masked_fill(~allowed.to(logits.device), float("-inf"))
     logp = torch.log_softmax(logits[:, :-1], dim=-1)
-    nxt = tokens[:, 1:].clamp(0, logits.shape[-1] - 1)
+    nxt = tokens[:, 1:].clamp(0, logits.shape[-1] - 1).to(logp.device)
     out = logp.gather(-1, nxt[..., None]).squeeze(-1)
     out = torch.nan_to_num(out, neginf=-1e4)
     return torch.cat([out, torch.zeros_like(out[:, :1])], dim=1)
