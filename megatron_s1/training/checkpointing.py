@@ -209,7 +209,7 @@ class Checkpointer:
         # conversion) does not have; across specs it is left at its fresh value.
         cross_spec = state["layout"].get("spec", "local") != resolve_spec_kind(self.cfg.model.spec)
         if cross_spec:
-            sharded = {key: {k: v for k, v in sd.items() if not k.endswith("_extra_state")}
+            sharded = {key: {k: v for k, v in sd.items() if "_extra_state" not in k}
                        for key, sd in sharded.items()}
         if not model_only:
             same_optimizer_kind = state["layout"]["distributed_optimizer"] == _uses_distributed_optimizer(self.cfg)
@@ -223,7 +223,7 @@ class Checkpointer:
         for i, chunk in enumerate(self.model_chunks):
             key = "model" if len(self.model_chunks) == 1 else f"model{i}"
             result = chunk.module.load_state_dict(loaded[key], strict=not cross_spec)
-            missing = [k for k in getattr(result, "missing_keys", []) if not k.endswith("_extra_state")]
+            missing = [k for k in getattr(result, "missing_keys", []) if "_extra_state" not in k]
             if missing or getattr(result, "unexpected_keys", []):
                 raise RuntimeError(f"checkpoint {ckpt_dir} does not fit the model: missing {missing[:5]}, "
                                    f"unexpected {result.unexpected_keys[:5]}")
