@@ -49,18 +49,21 @@ def init_distributed() -> DistEnv:
         device = torch.device("cpu")
         backend = "gloo"
     if not dist.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        if world_size == 1:
-            # A free port so parallel single-process runs (tests, notebooks) never collide.
+        timeout = datetime.timedelta(minutes=30)
+        if world_size == 1 and "MASTER_PORT" not in os.environ:
+            # A free port, passed directly: parallel single-process runs never collide, and the port is not
+            # exported to child processes (which would then try to bind it again).
             import socket
 
             with socket.socket() as s:
                 s.bind(("127.0.0.1", 0))
-                os.environ.setdefault("MASTER_PORT", str(s.getsockname()[1]))
+                port = s.getsockname()[1]
+            dist.init_process_group(backend=backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1,
+                                    timeout=timeout)
         else:
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
             os.environ.setdefault("MASTER_PORT", "29500")
-        dist.init_process_group(backend=backend, rank=rank, world_size=world_size,
-                                timeout=datetime.timedelta(minutes=30))
+            dist.init_process_group(backend=backend, rank=rank, world_size=world_size, timeout=timeout)
     return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 
