@@ -159,19 +159,24 @@ class PackedData:
             starts = np.cumsum([0] + [t.size for t in schedule.table])
             self._step_of_first_pack = {int(s): i for i, s in enumerate(starts[:-1])}
 
-    def microbatches(self, first_pack: int, global_batch: int, dp_rank: int, dp_size: int):
+    def pack_ids(self, first_pack: int, global_batch: int, dp_rank: int, dp_size: int) -> list[int]:
+        """The packs one DP rank trains on in the step that starts at `first_pack`."""
         if self.schedule is None:
             per_rank = global_batch // dp_size
             start = first_pack + dp_rank * per_rank
-            ids = [(start + i) % len(self.documents) for i in range(per_rank)]
-        else:
-            step = self._step_of_first_pack.get(first_pack)
-            if step is None:
-                raise RuntimeError(f"no packed step starts at pack {first_pack}; the checkpoint's data position "
-                                   "does not belong to this data.packing schedule")
-            ids = [int(p) for p in self.schedule.packs(step, dp_rank) if p >= 0]
-        for pack in ids:
-            yield collate_pack(self.documents[pack], self.seq_length, self.with_mask)
+            return [(start + i) % len(self.documents) for i in range(per_rank)]
+        step = self._step_of_first_pack.get(first_pack)
+        if step is None:
+            raise RuntimeError(f"no packed step starts at pack {first_pack}; the checkpoint's data position "
+                               "does not belong to this packing schedule")
+        return [int(p) for p in self.schedule.packs(step, dp_rank) if p >= 0]
+
+    def collate(self, pack: int) -> dict:
+        return collate_pack(self.documents[pack], self.seq_length, self.with_mask)
+
+    def microbatches(self, first_pack: int, global_batch: int, dp_rank: int, dp_size: int):
+        for pack in self.pack_ids(first_pack, global_batch, dp_rank, dp_size):
+            yield self.collate(pack)
 
 
 def prefixes_for_packing(blend: list) -> list[str]:

@@ -65,6 +65,14 @@ class BatchSizeSchedule:
     def num_microbatches(self, consumed_tokens: int) -> int:
         return self.global_batch_size(consumed_tokens) // (self.micro_batch_size * self.data_parallel_size)
 
+    def microbatches_per_step(self, steps: int) -> list[int]:
+        """Micro-batches per DP rank of each of the first `steps` steps of a run."""
+        counts, consumed = [], 0
+        for _ in range(steps):
+            counts.append(self.num_microbatches(consumed))
+            consumed += self.global_batch_tokens(consumed)
+        return counts
+
     def tokens_after_steps(self, steps: int, consumed_tokens: int = 0) -> int:
         for _ in range(steps):
             consumed_tokens += self.global_batch_tokens(consumed_tokens)

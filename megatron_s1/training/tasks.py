@@ -92,11 +92,7 @@ class PretrainTask:
         train_docs, valid_docs, _ = split_documents(num_docs, d.split, cfg.run.seed)
         vlbs = d.packing == "vlbs"
         train = PackedDocuments(prefixes, train_docs, d.seq_length, cfg.run.seed, vlbs, d.packing_epochs)
-        # Packs per rank of every step, from the (token-based) batch-size schedule.
-        per_step, consumed = [], 0
-        for _ in range(cfg.train.steps):
-            per_step.append(trainer.batch_schedule.num_microbatches(consumed))
-            consumed += trainer.batch_schedule.global_batch_tokens(consumed)
+        per_step = trainer.batch_schedule.microbatches_per_step(cfg.train.steps)  # packs per rank
         schedule = PackedSchedule(train, per_step, trainer.dp_size, cfg.run.seed, vlbs, d.vlbs_window_steps,
                                   d.vlbs_cost_a, d.vlbs_cost_b)
         with_mask = resolve_spec_kind(cfg.model.spec) == "local"

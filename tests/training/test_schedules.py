@@ -17,6 +17,8 @@ def test_batch_warmup_switches_at_stage_boundary():
     assert s.global_batch_size(0) == 8 and s.num_microbatches(0) == 2
     assert s.num_microbatches(5120) == 4
     assert s.tokens_after_steps(10) == consumed == 5 * 1024 + 4 * 2048 + 4096
+    # 128-token sequences, micro batch 2, DP 2: 1024 tokens = 2 micro-batches per rank, 2048 = 4, 4096 = 8.
+    assert s.microbatches_per_step(10) == [2] * 5 + [4] * 4 + [8]
 
 
 def test_batch_warmup_overshoot_switches_at_next_step():

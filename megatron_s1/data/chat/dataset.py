@@ -132,21 +132,10 @@ class ChatPackedData(PackedData):
         self.media_loader = media_loader  # [Media] -> dict of batch entries (pixel_values, ts_values, ts_rates)
         self.cu_seqlens = cu_seqlens
 
-    def microbatches(self, first_pack: int, global_batch: int, dp_rank: int, dp_size: int):
-        if self.schedule is None:
-            per_rank = global_batch // dp_size
-            start = first_pack + dp_rank * per_rank
-            ids = [(start + i) % len(self.documents) for i in range(per_rank)]
-        else:
-            step = self._step_of_first_pack.get(first_pack)
-            if step is None:
-                raise RuntimeError(f"no packed step starts at pack {first_pack}; the checkpoint's data position "
-                                   "does not belong to this SFT packing schedule")
-            ids = [int(p) for p in self.schedule.packs(step, dp_rank) if p >= 0]
-        for pack in ids:
-            batch = collate_chat_pack(self.documents[pack], self.seq_length, self.with_mask)
-            if not self.cu_seqlens:
-                del batch["cu_seqlens"]
-            if self.media_loader is not None:
-                batch.update(self.media_loader(self.documents.media(pack)))
-            yield batch
+    def collate(self, pack: int) -> dict:
+        batch = collate_chat_pack(self.documents[pack], self.seq_length, self.with_mask)
+        if not self.cu_seqlens:
+            del batch["cu_seqlens"]
+        if self.media_loader is not None:
+            batch.update(self.media_loader(self.documents.media(pack)))
+        return batch

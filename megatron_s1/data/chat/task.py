@@ -300,10 +300,7 @@ class SftTask(PretrainTask):
         alone = self.multimodal and not with_mask
         loader = self.media.load if self.multimodal else None
         train = ChatPacks(train_s, d.seq_length, cfg.run.seed, vlbs, d.packing_epochs, one_per_pack=alone)
-        per_step, consumed = [], 0
-        for _ in range(cfg.train.steps):
-            per_step.append(trainer.batch_schedule.num_microbatches(consumed))
-            consumed += trainer.batch_schedule.global_batch_tokens(consumed)
+        per_step = trainer.batch_schedule.microbatches_per_step(cfg.train.steps)  # packs per rank
         schedule = PackedSchedule(train, per_step, trainer.dp_size, cfg.run.seed, vlbs, d.vlbs_window_steps,
                                   d.vlbs_cost_a, d.vlbs_cost_b)
         valid = None
