@@ -75,19 +75,23 @@ class PackedDocuments:
         return docs
 
 
-def collate_pack(docs: list[np.ndarray], seq_length: int, with_mask: bool) -> dict:
-    """One pack -> a micro-batch of one padded sequence with cu_seqlens (and a block-diagonal mask)."""
+def collate_pack(docs: list, seq_length: int, with_mask: bool, loss_masks: list | None = None) -> dict:
+    """One pack -> a micro-batch of one padded sequence with cu_seqlens (and a block-diagonal mask).
+
+    `loss_masks[i]` (one value per token of `docs[i]`) limits the loss to some tokens, e.g. assistant turns
+    in SFT; without it every real token counts.
+    """
     tokens = np.zeros(seq_length, dtype=np.int64)
     labels = np.zeros(seq_length, dtype=np.int64)
     loss_mask = np.zeros(seq_length, dtype=np.float32)
     position_ids = np.zeros(seq_length, dtype=np.int64)
     cu = [0]
-    for doc in docs:
+    for i, doc in enumerate(docs):
         n = len(doc) - 1
         s = cu[-1]
         tokens[s:s + n] = doc[:-1]
         labels[s:s + n] = doc[1:]
-        loss_mask[s:s + n] = 1.0
+        loss_mask[s:s + n] = 1.0 if loss_masks is None else loss_masks[i][1:]
         position_ids[s:s + n] = np.arange(n)
         cu.append(s + n)
     if cu[-1] < seq_length:

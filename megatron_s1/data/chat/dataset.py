@@ -8,10 +8,9 @@ restart per conversation and attention is block-diagonal (THD ``cu_seqlens`` on 
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from megatron_s1.data import packing
-from megatron_s1.data.packed import PackedData
+from megatron_s1.data.packed import PackedData, collate_pack
 
 
 class ChatSamples:
@@ -94,33 +93,7 @@ class ChatPacks:
 
 def collate_chat_pack(samples: list, seq_length: int, with_mask: bool) -> dict:
     """One pack of (ids, mask) samples -> a micro-batch of one sequence with cu_seqlens."""
-    tokens = np.zeros(seq_length, np.int64)
-    labels = np.zeros(seq_length, np.int64)
-    loss_mask = np.zeros(seq_length, np.float32)
-    position_ids = np.zeros(seq_length, np.int64)
-    cu = [0]
-    for ids, mask in samples:
-        n = len(ids) - 1
-        s = cu[-1]
-        tokens[s:s + n] = ids[:-1]
-        labels[s:s + n] = ids[1:]
-        loss_mask[s:s + n] = mask[1:]
-        position_ids[s:s + n] = np.arange(n)
-        cu.append(s + n)
-    if cu[-1] < seq_length:
-        position_ids[cu[-1]:] = np.arange(seq_length - cu[-1])
-        cu.append(seq_length)
-    batch = {
-        "tokens": torch.from_numpy(tokens)[None], "labels": torch.from_numpy(labels)[None],
-        "loss_mask": torch.from_numpy(loss_mask)[None], "position_ids": torch.from_numpy(position_ids)[None],
-        "cu_seqlens": torch.tensor(cu, dtype=torch.int32),
-    }
-    if with_mask:
-        segment = np.repeat(np.arange(len(cu) - 1), np.diff(cu))
-        same = segment[:, None] == segment[None, :]
-        causal = np.tril(np.ones((seq_length, seq_length), dtype=bool))
-        batch["attention_mask"] = torch.from_numpy(~(same & causal))[None, None]  # True = masked
-    return batch
+    return collate_pack([ids for ids, _ in samples], seq_length, with_mask, [mask for _, mask in samples])
 
 
 class ChatPackedData(PackedData):
