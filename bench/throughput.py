@@ -10,6 +10,10 @@ trainer's own metrics.jsonl (median over the timed steps), the HF numbers from C
 
     python bench/throughput.py --shape probe-moe --runs hf,ours-untuned,ours-bf16,ours-fp8-blockwise
     python bench/throughput.py --shape probe-moe --nproc 2 --parallel parallel.expert=2 --runs ours-bf16
+    python bench/throughput.py --runs hf,ours-bf16,graphs --variant graphs:model.cuda_graph=attn --profile-dir /tmp/p
+
+A variant NAME:KEY=VALUE,... is ours-bf16 plus those overrides. --profile-dir saves, per run, the kernel table of
+two steps after the warm-up (torch.profiler; our runs use train.profile_steps).
 """
 from __future__ import annotations
 
@@ -54,7 +58,7 @@ def hf_model(shape: dict):
     return Qwen3ForCausalLM(Qwen3Config(**common))
 
 
-def run_hf(shape: dict, steps: int, warmup: int) -> dict:
+def run_hf(shape: dict, steps: int, warmup: int, profile_dir: str | None = None) -> dict:
     """Child-process body: time HF training steps."""
     import torch
 
@@ -65,20 +69,34 @@ def run_hf(shape: dict, steps: int, warmup: int) -> dict:
     b, s = shape["micro_batch_size"], shape["seq_length"]
     tokens = torch.randint(0, shape["vocab_size"], (b, s), device="cuda")
     times = []
-    for step in range(warmup + steps):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
+
+    def step_once():
         loss = model(input_ids=tokens, labels=tokens).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+
+    for step in range(warmup + steps):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        step_once()
         torch.cuda.synchronize()
         if step >= warmup:
             times.append(time.perf_counter() - start)
+    if profile_dir:
+        acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        with torch.profiler.profile(activities=acts) as prof:
+            for _ in range(2):
+                step_once()
+            torch.cuda.synchronize()
+        with open(os.path.join(profile_dir, "hf.txt"), "w") as f:
+            f.write(prof.key_averages().table(sort_by="self_device_time_total", row_limit=60,
+                                              max_name_column_width=90))
     return {"tokens_per_s": b * s / statistics.median(times), "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30}
 
 
-def ours_overrides(shape: dict, run: str, nproc: int, parallel: list[str], steps: int, run_dir: str) -> list[str]:
+def ours_overrides(shape: dict, run: str, nproc: int, parallel: list[str], steps: int, run_dir: str,
+                   variants: dict) -> list[str]:
     keys = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "kv_channels", "ffn_hidden_size",
             "num_moe_experts", "moe_router_topk", "moe_ffn_hidden_size", "vocab_size")
     out = [f"model.{k}={'null' if shape.get(k) is None else shape[k]}" for k in keys if k in shape]
@@ -98,12 +116,17 @@ def ours_overrides(shape: dict, run: str, nproc: int, parallel: list[str], steps
         out.append("model.fusions=false")
     if run in FP8:
         out.append(f"model.fp8={FP8[run]}")
+    out += variants.get(run, [])
     return out
 
 
-def run_ours(shape, run, nproc, parallel, steps, warmup) -> dict:
+def run_ours(shape, run, nproc, parallel, steps, warmup, variants, profile_dir=None) -> dict:
     with tempfile.TemporaryDirectory() as run_dir:
-        args = ["-m", "megatron_s1.cli", "train", *ours_overrides(shape, run, nproc, parallel, warmup + steps, run_dir)]
+        overrides = ours_overrides(shape, run, nproc, parallel, warmup + steps, run_dir, variants)
+        if profile_dir:  # two steps after the timed ones, so the timing is not disturbed
+            overrides += [f"train.steps={warmup + steps + 2}",
+                          f"train.profile_steps=[{warmup + steps + 1},{warmup + steps + 2}]"]
+        args = ["-m", "megatron_s1.cli", "train", *overrides]
         if nproc > 1:
             cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", *args]
         else:
@@ -112,7 +135,12 @@ def run_ours(shape, run, nproc, parallel, steps, warmup) -> dict:
         if proc.returncode != 0:
             return {"error": (proc.stdout + proc.stderr)[-2500:]}
         with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-            records = [json.loads(line) for line in f][warmup:]
+            records = [json.loads(line) for line in f][warmup:warmup + steps]
+        if profile_dir:
+            table = os.path.join(run_dir, "profile", "kernels_rank0.txt")
+            if os.path.exists(table):
+                with open(table) as src, open(os.path.join(profile_dir, f"{run}.txt"), "w") as dst:
+                    dst.write(src.read())
     return {"tokens_per_s": statistics.median(r["tokens_per_s"] for r in records) / nproc,
             "peak_mem_gb": max(r["peak_mem_gb"] for r in records), "loss_last": records[-1]["loss"]}
 
@@ -126,13 +154,22 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     parser.add_argument("--nproc", type=int, default=1, help="GPUs for our runs (the HF peer uses one)")
     parser.add_argument("--parallel", nargs="*", default=[], help="extra overrides, e.g. parallel.expert=2")
+    parser.add_argument("--variant", action="append", default=[],
+                        help="NAME:KEY=VALUE,KEY=VALUE: an extra run, ours-bf16 plus these overrides (repeatable)")
+    parser.add_argument("--profile-dir", help="save per-run kernel tables (torch.profiler) in this folder")
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument("--child-hf", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     shape = SHAPES[args.shape]
     if args.child_hf:
-        print(json.dumps(run_hf(shape, args.steps, args.warmup)))
+        print(json.dumps(run_hf(shape, args.steps, args.warmup, args.profile_dir)))
         return
+    variants = {}
+    for spec in args.variant:
+        name, _, overrides = spec.partition(":")
+        variants[name] = [o for o in overrides.split(",") if o]
+    if args.profile_dir:
+        os.makedirs(args.profile_dir, exist_ok=True)
 
     import torch
 
@@ -146,15 +183,20 @@ def main() -> None:
     results = {}
     for run in args.runs.split(","):
         if run == "hf":
-            proc = subprocess.run([sys.executable, __file__, "--shape", args.shape, "--steps", str(args.steps),
-                                   "--warmup", str(args.warmup), "--child-hf"], capture_output=True, text=True)
+            cmd = [sys.executable, __file__, "--shape", args.shape, "--steps", str(args.steps),
+                   "--warmup", str(args.warmup), "--child-hf"]
+            if args.profile_dir:
+                cmd += ["--profile-dir", args.profile_dir]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
             res = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else \
                 {"error": proc.stderr[-2500:]}
         else:
-            res = run_ours(shape, run, args.nproc, args.parallel, args.steps, args.warmup)
+            res = run_ours(shape, run, args.nproc, args.parallel, args.steps, args.warmup, variants,
+                           args.profile_dir)
         if "tokens_per_s" in res:
             tflops = flops_per_token * res["tokens_per_s"] / 1e12
-            peak = peak_tflops(device, "fp8" if run in FP8 else "bf16")
+            fp8 = run in FP8 or any(o.startswith("model.fp8=") for o in variants.get(run, []))
+            peak = peak_tflops(device, "fp8" if fp8 else "bf16")
             bf16_peak = peak_tflops(device, "bf16")
             res.update(tflops_per_gpu=tflops, mfu_bf16_peak=tflops / bf16_peak if bf16_peak else None,
                        mfu=tflops / peak if peak else None)

@@ -59,6 +59,12 @@ class ModelConfig:
     spec: str = "auto"  # auto | te | local: TE when TransformerEngine + CUDA are present
     params_dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
     fp8: Optional[str] = None  # None | delayed | tensorwise | blockwise
+    # Which GEMMs run in FP8 when model.fp8 is set: all (every decoder-block linear) | experts (routed-expert
+    # linears only, BF16 elsewhere: the Intern-S1-Pro selection).
+    fp8_modules: str = "all"
+    fp32_lm_head: bool = False  # output projection + logits in fp32 (Intern-S1-Pro keeps the LM head in FP32)
+    # Per-layer CUDA graphs (TE spec, Megatron-Core "local" graphs): null | attn | "attn,moe_router,moe_preprocess"
+    cuda_graph: Optional[str] = None
     recompute: Optional[str] = None  # None | selective | full
     # TE-spec kernel fusions (RoPE, MoE permute and router, TE cross-entropy):
     # measured faster on H100 and numerically equivalent, so on by default (docs/performance.md).
@@ -123,6 +129,8 @@ class TrainConfig:
     skip_grad_norm_above: Optional[float] = None  # skip (and count) steps with a larger grad norm
     exit_signal_handling: bool = True  # SIGTERM/SIGUSR1 -> finish step, save, exit 0
     exit_at_step: Optional[int] = None  # save and exit after this step (the schedule still spans train.steps)
+    # [first, last] steps to record with torch.profiler (CPU + CUDA): run.dir/profile/{trace,kernels}_rank*.{json,txt}
+    profile_steps: Optional[list] = None
 
 
 @dataclass

@@ -12,6 +12,7 @@ from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.transformer_block import get_num_layers_to_build
 
 from megatron_s1.config.schema import ConfigError, ExperimentConfig, ModelConfig, ParallelConfig
+from megatron_s1.models.precision import restrict_fp8_to_experts, use_fp32_output_layer, validate_precision_options
 from megatron_s1.models.specs import build_block_spec, resolve_spec_kind
 from megatron_s1.models.pro.spec import apply_pro_spec, validate_pro_options
 
@@ -63,6 +64,7 @@ def validate_model_parallel(model: ModelConfig, parallel: ParallelConfig, world_
 def build_transformer_config(cfg: ExperimentConfig) -> TransformerConfig:
     m, p = cfg.model, cfg.parallel
     validate_pro_options(cfg)
+    validate_precision_options(m)
     dtype = resolve_params_dtype(m)
     on_gpu = torch.cuda.is_available()
     is_moe = m.num_moe_experts is not None
@@ -137,7 +139,30 @@ def build_transformer_config(cfg: ExperimentConfig) -> TransformerConfig:
         if resolve_spec_kind(m.spec) != "te":
             raise ConfigError("model.fp8 needs the TransformerEngine spec (a CUDA GPU with TE installed)")
         kwargs.update(fp8="e4m3" if m.fp8 == "blockwise" else "hybrid", fp8_recipe=_FP8_RECIPES[m.fp8])
+    if m.cuda_graph is not None:
+        kwargs.update(cuda_graph_options(m))
     return TransformerConfig(**kwargs)
+
+
+_GRAPH_MODULES = ("attn", "mlp", "moe_router", "moe_preprocess")
+
+
+def cuda_graph_options(m: ModelConfig) -> dict:
+    """model.cuda_graph -> Megatron-Core's per-layer ("local") CUDA graph settings.
+
+    Dropless MoE has data-dependent shapes after routing, so only the parts before the token dispatch
+    (attention, router, preprocessing) can be captured; "mlp" is for dense layers.
+    """
+    if resolve_spec_kind(m.spec) != "te" or not torch.cuda.is_available():
+        raise ConfigError("model.cuda_graph needs the TransformerEngine spec on a CUDA GPU; set model.cuda_graph=null")
+    modules = [x.strip() for x in str(m.cuda_graph).split(",") if x.strip()]
+    bad = [x for x in modules if x not in _GRAPH_MODULES]
+    if bad or not modules:
+        raise ConfigError(f"model.cuda_graph={m.cuda_graph!r}: give a comma list of {', '.join(_GRAPH_MODULES)} "
+                          "(e.g. attn or attn,moe_router,moe_preprocess) or null")
+    if "mlp" in modules and m.num_moe_experts is not None:
+        raise ConfigError("model.cuda_graph: 'mlp' captures dense MLPs; for MoE use moe_router,moe_preprocess")
+    return dict(cuda_graph_impl="local", cuda_graph_modules=modules, use_te_rng_tracker=True)
 
 
 class PositionIdRotary(torch.nn.Module):
@@ -195,4 +220,8 @@ def build_language_model(cfg: ExperimentConfig, config: TransformerConfig, pre_p
     )
     if kind == "local":
         model.rotary_pos_emb = PositionIdRotary(model.rotary_pos_emb)
+    if cfg.model.fp8 is not None and cfg.model.fp8_modules == "experts":
+        restrict_fp8_to_experts(model)
+    if cfg.model.fp32_lm_head:
+        use_fp32_output_layer(model)
     return model

@@ -21,6 +21,8 @@ from megatron.core.transformer.moe.router import TopKRouter
 
 from megatron_s1.config.schema import ConfigError, ExperimentConfig
 from megatron_s1.models.language import build_transformer_config, validate_model_parallel
+from megatron_s1.models.precision import enable_fused_wgrad_accumulation
+from megatron_s1.models.specs import resolve_spec_kind
 from megatron_s1.tokenizer import load_tokenizer
 from megatron_s1.training import flops
 from megatron_s1.training.checkpointing import (Checkpointer, _uses_distributed_optimizer, find_latest,
@@ -28,6 +30,7 @@ from megatron_s1.training.checkpointing import (Checkpointer, _uses_distributed_
 from megatron_s1.training.distributed import (all_reduce_max_flag, init_distributed, initialize_model_parallel,
                                               seed_everything)
 from megatron_s1.training.metrics import MetricsLogger, expert_imbalance, memory_peak_gb
+from megatron_s1.training.profiling import StepProfiler
 from megatron_s1.training.schedules import BatchSizeSchedule, build_lr_scheduler
 from megatron_s1.training.tasks import get_task
 
@@ -38,7 +41,7 @@ class Trainer:
         self.env = init_distributed()
         validate_model_parallel(cfg.model, cfg.parallel, self.env.world_size)
         initialize_model_parallel(cfg)
-        seed_everything(cfg.run.seed)
+        seed_everything(cfg.run.seed, te_rng_tracker=cfg.model.cuda_graph is not None and torch.cuda.is_available())
         self.dp_size = parallel_state.get_data_parallel_world_size()
         self.dp_rank = parallel_state.get_data_parallel_rank()
         self.tokenizer = load_tokenizer(cfg.data.tokenizer)
@@ -97,8 +100,12 @@ class Trainer:
             use_distributed_optimizer=_uses_distributed_optimizer(cfg),
             check_for_nan_in_grad=False,
         )
-        return [DistributedDataParallel(config=self.tconfig, ddp_config=ddp_config, module=chunk,
-                                        disable_bucketing=i > 0) for i, chunk in enumerate(chunks)]
+        wrapped = [DistributedDataParallel(config=self.tconfig, ddp_config=ddp_config, module=chunk,
+                                           disable_bucketing=i > 0) for i, chunk in enumerate(chunks)]
+        if cfg.model.fusions and resolve_spec_kind(cfg.model.spec) == "te":
+            for chunk in wrapped:  # DDP gave every weight its fp32 main_grad
+                enable_fused_wgrad_accumulation(chunk)
+        return wrapped
 
     def _optimizer_config(self) -> MegatronOptimizerConfig:
         o = self.cfg.optimizer
@@ -274,6 +281,7 @@ class Trainer:
         interval_start = time.perf_counter()
         interval_tokens = 0
         stage = self.batch_schedule.stage_index(self.state["consumed_tokens"])
+        profiler = StepProfiler(cfg.train.profile_steps, cfg.run.dir, self.env.rank)
         try:
             while self.state["step"] < cfg.train.steps:
                 new_stage = self.batch_schedule.stage_index(self.state["consumed_tokens"])
@@ -283,7 +291,9 @@ class Trainer:
                               f"{self.batch_schedule.stages[stage].global_batch_tokens} -> "
                               f"{self.batch_schedule.stages[new_stage].global_batch_tokens} tokens per step")
                     stage = new_stage
+                profiler.before_step(self.state["step"] + 1)
                 result = self.train_step()
+                profiler.after_step(self.state["step"])
                 interval_tokens += result["global_batch_tokens"]
                 step = self.state["step"]
                 moe = self._moe_metrics(result["num_microbatches"])
