@@ -10,9 +10,9 @@ trainer's own metrics.jsonl (median over the timed steps), the HF numbers from C
 
     python bench/throughput.py --shape probe-moe --runs hf,ours-untuned,ours-bf16,ours-fp8-blockwise
     python bench/throughput.py --shape probe-moe --nproc 2 --parallel parallel.expert=2 --runs ours-bf16
-    python bench/throughput.py --runs hf,ours-bf16,graphs --variant graphs:model.cuda_graph=attn --profile-dir /tmp/p
+    python bench/throughput.py --runs hf,ours-bf16,graphs --variant 'graphs:model.cuda_graph=attn' --profile-dir /tmp/p
 
-A variant NAME:KEY=VALUE,... is ours-bf16 plus those overrides. --profile-dir saves, per run, the kernel table of
+A variant NAME:KEY=VALUE;... is ours-bf16 plus those overrides. --profile-dir saves, per run, the kernel table of
 two steps after the warm-up (torch.profiler; our runs use train.profile_steps).
 """
 from __future__ import annotations
@@ -58,7 +58,7 @@ def hf_model(shape: dict):
     return Qwen3ForCausalLM(Qwen3Config(**common))
 
 
-def run_hf(shape: dict, steps: int, warmup: int, profile_dir: str | None = None) -> dict:
+def run_hf(shape: dict, steps: int, warmup: int, profile_dir: str | None = None, accum: int = 1) -> dict:
     """Child-process body: time HF training steps."""
     import torch
 
@@ -71,8 +71,9 @@ def run_hf(shape: dict, steps: int, warmup: int, profile_dir: str | None = None)
     times = []
 
     def step_once():
-        loss = model(input_ids=tokens, labels=tokens).loss
-        loss.backward()
+        for _ in range(accum):
+            loss = model(input_ids=tokens, labels=tokens).loss / accum
+            loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -92,11 +93,11 @@ def run_hf(shape: dict, steps: int, warmup: int, profile_dir: str | None = None)
         with open(os.path.join(profile_dir, "hf.txt"), "w") as f:
             f.write(prof.key_averages().table(sort_by="self_device_time_total", row_limit=60,
                                               max_name_column_width=90))
-    return {"tokens_per_s": b * s / statistics.median(times), "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30}
+    return {"tokens_per_s": accum * b * s / statistics.median(times), "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30}
 
 
 def ours_overrides(shape: dict, run: str, nproc: int, parallel: list[str], steps: int, run_dir: str,
-                   variants: dict) -> list[str]:
+                   variants: dict, accum: int = 1) -> list[str]:
     keys = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "kv_channels", "ffn_hidden_size",
             "num_moe_experts", "moe_router_topk", "moe_ffn_hidden_size", "vocab_size")
     out = [f"model.{k}={'null' if shape.get(k) is None else shape[k]}" for k in keys if k in shape]
@@ -105,7 +106,7 @@ def ours_overrides(shape: dict, run: str, nproc: int, parallel: list[str], steps
         key, value = p.split("=")
         if key in ("parallel.tensor", "parallel.pipeline", "parallel.context"):
             dp //= int(value)
-    batch_tokens = shape["seq_length"] * shape["micro_batch_size"] * dp
+    batch_tokens = shape["seq_length"] * shape["micro_batch_size"] * dp * accum
     out += [f"model.max_position_embeddings={shape['seq_length']}", "model.spec=te", "model.params_dtype=bf16",
             f"data.seq_length={shape['seq_length']}", f"data.micro_batch_size={shape['micro_batch_size']}",
             "data.mock=true", f"train.global_batch_tokens=[[0, {batch_tokens}]]", f"train.steps={steps}",
@@ -120,9 +121,9 @@ def ours_overrides(shape: dict, run: str, nproc: int, parallel: list[str], steps
     return out
 
 
-def run_ours(shape, run, nproc, parallel, steps, warmup, variants, profile_dir=None) -> dict:
+def run_ours(shape, run, nproc, parallel, steps, warmup, variants, profile_dir=None, accum=1) -> dict:
     with tempfile.TemporaryDirectory() as run_dir:
-        overrides = ours_overrides(shape, run, nproc, parallel, warmup + steps, run_dir, variants)
+        overrides = ours_overrides(shape, run, nproc, parallel, warmup + steps, run_dir, variants, accum)
         if profile_dir:  # two steps after the timed ones, so the timing is not disturbed
             overrides += [f"train.steps={warmup + steps + 2}",
                           f"train.profile_steps=[{warmup + steps + 1},{warmup + steps + 2}]"]
@@ -155,19 +156,22 @@ def main() -> None:
     parser.add_argument("--nproc", type=int, default=1, help="GPUs for our runs (the HF peer uses one)")
     parser.add_argument("--parallel", nargs="*", default=[], help="extra overrides, e.g. parallel.expert=2")
     parser.add_argument("--variant", action="append", default=[],
-                        help="NAME:KEY=VALUE,KEY=VALUE: an extra run, ours-bf16 plus these overrides (repeatable)")
+                        help="NAME:KEY=VALUE;KEY=VALUE: an extra run, ours-bf16 plus these overrides (repeatable)")
+    parser.add_argument("--accum", type=int, default=1,
+                        help="micro-batches per optimizer step (global batch = accum x the shape's micro batch); "
+                             "a variant may raise data.micro_batch_size within that global batch")
     parser.add_argument("--profile-dir", help="save per-run kernel tables (torch.profiler) in this folder")
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument("--child-hf", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     shape = SHAPES[args.shape]
     if args.child_hf:
-        print(json.dumps(run_hf(shape, args.steps, args.warmup, args.profile_dir)))
+        print(json.dumps(run_hf(shape, args.steps, args.warmup, args.profile_dir, args.accum)))
         return
     variants = {}
     for spec in args.variant:
         name, _, overrides = spec.partition(":")
-        variants[name] = [o for o in overrides.split(",") if o]
+        variants[name] = [o for o in overrides.split(";") if o]
     if args.profile_dir:
         os.makedirs(args.profile_dir, exist_ok=True)
 
@@ -184,7 +188,7 @@ def main() -> None:
     for run in args.runs.split(","):
         if run == "hf":
             cmd = [sys.executable, __file__, "--shape", args.shape, "--steps", str(args.steps),
-                   "--warmup", str(args.warmup), "--child-hf"]
+                   "--warmup", str(args.warmup), "--accum", str(args.accum), "--child-hf"]
             if args.profile_dir:
                 cmd += ["--profile-dir", args.profile_dir]
             proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -192,7 +196,7 @@ def main() -> None:
                 {"error": proc.stderr[-2500:]}
         else:
             res = run_ours(shape, run, args.nproc, args.parallel, args.steps, args.warmup, variants,
-                           args.profile_dir)
+                           args.profile_dir, args.accum)
         if "tokens_per_s" in res:
             tflops = flops_per_token * res["tokens_per_s"] / 1e12
             fp8 = run in FP8 or any(o.startswith("model.fp8=") for o in variants.get(run, []))

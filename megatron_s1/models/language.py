@@ -110,7 +110,9 @@ def build_transformer_config(cfg: ExperimentConfig) -> TransformerConfig:
         variable_seq_lengths=is_moe and p.pipeline > 1,
     )
     if m.fusions and resolve_spec_kind(m.spec) == "te":
-        kwargs.update(apply_rope_fusion=True, cross_entropy_loss_fusion=True, cross_entropy_fusion_impl="te")
+        # Megatron's own cross-entropy fusion: TE's is ~4% faster on the probe but Megatron-Core warns of known
+        # stability issues with it.
+        kwargs.update(apply_rope_fusion=True, cross_entropy_loss_fusion=True, cross_entropy_fusion_impl="native")
         if is_moe:
             kwargs.update(moe_permute_fusion=True, moe_router_fusion=True)
     if m.recompute == "full":
