@@ -110,15 +110,25 @@ class PretrainTask:
 
     def forward_step(self, batch: dict, model):
         batch = to_device(batch, self.trainer.env.device)
-        mask = batch.get("attention_mask")
-        if mask is not None and mask.dim() == 3:
-            mask = mask.unsqueeze(1)
-        packed_seq_params = None
-        if "cu_seqlens" in batch and mask is None:
-            packed_seq_params = thd_params(batch["cu_seqlens"])
+        mask, packed_seq_params = attention_inputs(batch)
         output = model(batch["tokens"], batch["position_ids"], mask, labels=batch["labels"],
                        packed_seq_params=packed_seq_params)
         return output, partial(masked_token_loss, batch["loss_mask"])
+
+
+def attention_inputs(batch: dict):
+    """(attention mask, THD packed-sequence params) of a batch on the device.
+
+    Packs carry a block-diagonal causal mask on the local spec (CPU) and run as THD sequences (cu_seqlens,
+    no mask) on the TE spec; unpacked rows carry a causal mask (local) or nothing (TE builds it).
+    """
+    mask = batch.get("attention_mask")
+    if mask is not None and mask.dim() == 3:
+        mask = mask.unsqueeze(1)
+    packed_seq_params = None
+    if "cu_seqlens" in batch and mask is None:
+        packed_seq_params = thd_params(batch["cu_seqlens"])
+    return mask, packed_seq_params
 
 
 def thd_params(cu_seqlens: torch.Tensor):

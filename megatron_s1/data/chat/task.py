@@ -261,16 +261,15 @@ class SftTask(PretrainTask):
             return super().forward_step(batch, model)
         from functools import partial
 
-        from megatron_s1.training.tasks import masked_token_loss, to_device
+        from megatron_s1.training.tasks import attention_inputs, masked_token_loss, to_device
 
         device = self.trainer.env.device
         batch = to_device(batch, device)
-        mask = batch.get("attention_mask")
-        if mask is not None and mask.dim() == 3:
-            mask = mask.unsqueeze(1)
+        mask, packed_seq_params = attention_inputs(batch)
         ts = [x.to(device) for x in batch["ts_values"]]
         output = model(batch["tokens"], batch["position_ids"], mask, labels=batch["labels"],
-                       pixel_values=batch["pixel_values"], ts_values=ts, ts_rates=batch["ts_rates"])
+                       pixel_values=batch["pixel_values"], ts_values=ts, ts_rates=batch["ts_rates"],
+                       packed_seq_params=packed_seq_params)
         return output, partial(masked_token_loss, batch["loss_mask"])
 
     def build_datasets(self, train_samples: int, valid_samples: int):
