@@ -78,29 +78,23 @@ class PretrainTask:
                                   [train_samples, valid_samples, 0], cache, needs_mask)
 
     def _packed_datasets(self):
-        from megatron_s1.data.packed import (PackedData, PackedDocuments, PackedSchedule, prefixes_for_packing,
-                                             split_documents)
+        from megatron_s1.data.packed import (Documents, PackedData, SamplePacks, check_packing, prefixes_for_packing,
+                                             split_documents, train_schedule)
         from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-        cfg, d, trainer = self.cfg, self.cfg.data, self.trainer
-        if d.packing not in ("naive", "vlbs"):
-            raise ConfigError(f"data.packing must be none, naive or vlbs, got {d.packing!r}")
-        if d.micro_batch_size != 1:
-            raise ConfigError("data.packing needs data.micro_batch_size=1 (a micro-batch is one packed sequence)")
+        cfg, d = self.cfg, self.cfg.data
+        vlbs = check_packing(d) == "vlbs"
         prefixes = prefixes_for_packing(d.blend)
         num_docs = sum(len(IndexedDataset(p)) for p in prefixes)
         train_docs, valid_docs, _ = split_documents(num_docs, d.split, cfg.run.seed)
-        vlbs = d.packing == "vlbs"
-        train = PackedDocuments(prefixes, train_docs, d.seq_length, cfg.run.seed, vlbs, d.packing_epochs)
-        per_step = trainer.batch_schedule.microbatches_per_step(cfg.train.steps)  # packs per rank
-        schedule = PackedSchedule(train, per_step, trainer.dp_size, cfg.run.seed, vlbs, d.vlbs_window_steps,
-                                  d.vlbs_cost_a, d.vlbs_cost_b)
+        train = SamplePacks(Documents(prefixes, train_docs, d.seq_length), d.seq_length, cfg.run.seed, vlbs,
+                            d.packing_epochs)
         with_mask = resolve_spec_kind(cfg.model.spec) == "local"
         valid = None
         if len(valid_docs):
-            valid = PackedData(PackedDocuments(prefixes, valid_docs, d.seq_length, cfg.run.seed, False, 1),
-                               None, d.seq_length, with_mask)
-        return PackedData(train, schedule, d.seq_length, with_mask), valid, None
+            valid = PackedData(SamplePacks(Documents(prefixes, valid_docs, d.seq_length), d.seq_length, cfg.run.seed,
+                                           False), None, d.seq_length, with_mask)
+        return PackedData(train, train_schedule(train, cfg, self.trainer, vlbs), d.seq_length, with_mask), valid, None
 
     def microbatches(self, dataset, first_sample: int, global_batch: int, dp_rank: int,
                      dp_size: int) -> Iterator[dict]:

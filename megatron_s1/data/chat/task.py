@@ -16,11 +16,11 @@ import os
 import numpy as np
 
 from megatron_s1.config.schema import ConfigError
-from megatron_s1.data.chat.dataset import ChatPackedData, ChatPacks, ChatSamples
+from megatron_s1.data.chat.dataset import ChatSamples
 from megatron_s1.data.chat.format import (ChatFormatError, ChatTokenizer, Media, Tokenized, apply_system_prefix,
                                           resolve_family_prompts)
 from megatron_s1.data.chat.mixture import Mixture, parse_specs, read_conversations
-from megatron_s1.data.packed import PackedSchedule
+from megatron_s1.data.packed import MaskedPackedData, SamplePacks, train_schedule
 from megatron_s1.models.specs import resolve_spec_kind
 from megatron_s1.tokenizer import bundled_tokenizer_dir
 from megatron_s1.training.tasks import PretrainTask, register_task
@@ -298,12 +298,10 @@ class SftTask(PretrainTask):
         # per micro-batch (padded, causal); with the local spec packs use the block-diagonal mask.
         alone = self.multimodal and not with_mask
         loader = self.media.load if self.multimodal else None
-        train = ChatPacks(train_s, d.seq_length, cfg.run.seed, vlbs, d.packing_epochs, one_per_pack=alone)
-        per_step = trainer.batch_schedule.microbatches_per_step(cfg.train.steps)  # packs per rank
-        schedule = PackedSchedule(train, per_step, trainer.dp_size, cfg.run.seed, vlbs, d.vlbs_window_steps,
-                                  d.vlbs_cost_a, d.vlbs_cost_b)
+        train = SamplePacks(train_s, d.seq_length, cfg.run.seed, vlbs, d.packing_epochs, one_per_pack=alone)
+        schedule = train_schedule(train, cfg, trainer, vlbs)
         valid = None
         if len(valid_s):
-            valid = ChatPackedData(ChatPacks(valid_s, d.seq_length, cfg.run.seed, False, 1, one_per_pack=alone), None,
-                                   d.seq_length, with_mask, loader, cu_seqlens=not alone)
-        return ChatPackedData(train, schedule, d.seq_length, with_mask, loader, cu_seqlens=not alone), valid, None
+            valid = MaskedPackedData(SamplePacks(valid_s, d.seq_length, cfg.run.seed, False, 1, one_per_pack=alone),
+                                     None, d.seq_length, with_mask, loader, cu_seqlens=not alone)
+        return MaskedPackedData(train, schedule, d.seq_length, with_mask, loader, cu_seqlens=not alone), valid, None
