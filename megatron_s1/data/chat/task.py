@@ -77,23 +77,13 @@ class MediaLayout:
         return [self.ids.ts_start] + [self.ids.ts_context] * num_timeseries_tokens(length, sr) + [self.ids.ts_end]
 
     def load(self, media: list) -> dict:
-        import torch
+        from megatron_s1.data.multimodal.dataset import load_media
 
-        from megatron_s1.data.multimodal.dataset import load_series
-        from megatron_s1.models.vision.preprocess import dynamic_tiles
-
-        pixels, series, rates = [], [], []
-        for m in media:
-            if m.kind == "image":
-                from PIL import Image
-
-                v = self.cfg.vision
-                with Image.open(m.item["image"]) as im:
-                    pixels.append(dynamic_tiles(im, v.image_size, v.min_tiles, v.max_tiles, v.use_thumbnail))
-            else:
-                series.append(load_series(m.item["timeseries"]))
-                rates.append(float(m.item.get("sampling_rate", self.cfg.timeseries.default_sampling_rate)))
-        return {"pixel_values": torch.cat(pixels) if pixels else None, "ts_values": series, "ts_rates": rates}
+        items = [("image", m.item["image"]) if m.kind == "image" else
+                 ("timeseries", m.item["timeseries"],
+                  float(m.item.get("sampling_rate", self.cfg.timeseries.default_sampling_rate)))
+                 for m in media]
+        return load_media(items, self.cfg.vision)
 
 
 class TokenTable:
