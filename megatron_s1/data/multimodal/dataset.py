@@ -6,7 +6,8 @@ One line = one sample:
 Relative paths resolve against `mm.image_root` or the jsonl's folder. Series are .npy or .csv arrays of
 shape [L] or [L, C] (time first; a .csv may have one header line), z-normalised per channel.
 
-Each sample becomes one row of `seq_length` tokens (next-token inputs/labels, padded with EOD, no packing).
+Each sample becomes one row of `seq_length` tokens (next-token inputs/labels, padded with EOD), or, with
+data.packing, one sample of `MultimodalSamples` that packs with others into a row (`data.packed`).
 Images expand to `<img>` + tiles * tokens_per_tile x `<IMG_CONTEXT>` + `</img>`, series to
 `<|ts|>` + N x `<TS_CONTEXT>` + `<|/ts|>`. Loss is on text tokens only (labels that are text or EOD).
 A sample longer than the row is cut at the first media item that does not fit whole (text is cut
@@ -176,6 +177,33 @@ class MultimodalJsonlDataset:
             "loss_mask": torch.from_numpy(loss_mask), "position_ids": torch.arange(s, dtype=torch.long),
             **load_media(self.media_items(index), self.vision),
         }
+
+
+class MultimodalSamples:
+    """A MultimodalJsonlDataset as packing samples (`data.packed.SamplePacks`): sample i = (ids, loss flags) of
+    one jsonl sample's layout (at most seq_length + 1 ids, media never cut), its media, its loss tokens."""
+
+    def __init__(self, dataset: MultimodalJsonlDataset):
+        self.dataset = dataset
+        # A sample without a loss token weighs 0 under square averaging; leaving it out only saves compute.
+        self.keep = [i for i in range(len(dataset)) if dataset.loss_tokens(i) > 0]
+        self.sample_lengths = np.array([len(dataset.ids(i)) - 1 for i in self.keep], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.keep)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        ids = self.dataset.ids(self.keep[i])
+        return np.asarray(ids, dtype=np.int64), self.dataset.loss_flags(ids)
+
+    def media(self, i: int) -> list:
+        return self.dataset.media_items(self.keep[i])
+
+    def loss_tokens(self, i: int) -> int:
+        return self.dataset.loss_tokens(self.keep[i])
+
+    def load_media(self, items: list) -> dict:
+        return load_media(items, self.dataset.vision)
 
 
 def collate(samples: list[dict], create_attention_mask: bool) -> dict:
