@@ -103,11 +103,25 @@ class PretrainTask:
         return microbatches(dataset, first_sample, global_batch, dp_rank, dp_size, self.cfg.data.micro_batch_size)
 
     def forward_step(self, batch: dict, model):
-        batch = to_device(batch, self.trainer.env.device)
-        mask, packed_seq_params = attention_inputs(batch)
-        output = model(batch["tokens"], batch["position_ids"], mask, labels=batch["labels"],
-                       packed_seq_params=packed_seq_params)
+        batch, output = run_model(model, batch, self.trainer.env.device)
         return output, partial(masked_token_loss, batch["loss_mask"])
+
+
+def run_model(model, batch: dict, device: torch.device):
+    """Move a micro-batch to the device and run the model on it: (batch on the device, per-token loss).
+
+    A batch with media (multimodal CPT rows or packs, SFT turns with images / series) also passes
+    pixel_values / ts_values / ts_rates to InternS1Model.
+    """
+    batch = to_device(batch, device)
+    mask, packed_seq_params = attention_inputs(batch)
+    media = {}
+    if "ts_values" in batch:
+        media = {"pixel_values": batch["pixel_values"], "ts_values": [x.to(device) for x in batch["ts_values"]],
+                 "ts_rates": batch["ts_rates"]}
+    output = model(batch["tokens"], batch["position_ids"], mask, labels=batch["labels"],
+                   packed_seq_params=packed_seq_params, **media)
+    return batch, output
 
 
 def attention_inputs(batch: dict):

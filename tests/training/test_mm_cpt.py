@@ -86,13 +86,11 @@ def mm_model(mm_data):
 
 
 def _forward(model, batch):
-    from megatron_s1.training.tasks import attention_inputs
+    """Per-token losses [b, s] through the tasks' forward (mask or THD params, media)."""
+    from megatron_s1.training.tasks import run_model
 
-    mask, packed_seq_params = attention_inputs(batch)
     with torch.no_grad():
-        return model(batch["tokens"], batch["position_ids"], mask, labels=batch["labels"],
-                     pixel_values=batch["pixel_values"], ts_values=batch["ts_values"], ts_rates=batch["ts_rates"],
-                     packed_seq_params=packed_seq_params)
+        return run_model(model, batch, torch.device("cpu"))[1]
 
 
 def test_packed_per_sample_losses_equal_unpacked(mm_model):

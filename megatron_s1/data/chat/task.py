@@ -246,22 +246,6 @@ class SftTask(PretrainTask):
         return build_interns1_model(self.cfg, tconfig, pre_process, post_process, vp_stage=vp_stage,
                                     token_ids=self.media_ids)
 
-    def forward_step(self, batch: dict, model):
-        if not self.multimodal:
-            return super().forward_step(batch, model)
-        from functools import partial
-
-        from megatron_s1.training.tasks import attention_inputs, masked_token_loss, to_device
-
-        device = self.trainer.env.device
-        batch = to_device(batch, device)
-        mask, packed_seq_params = attention_inputs(batch)
-        ts = [x.to(device) for x in batch["ts_values"]]
-        output = model(batch["tokens"], batch["position_ids"], mask, labels=batch["labels"],
-                       pixel_values=batch["pixel_values"], ts_values=ts, ts_rates=batch["ts_rates"],
-                       packed_seq_params=packed_seq_params)
-        return output, partial(masked_token_loss, batch["loss_mask"])
-
     def build_datasets(self, train_samples: int, valid_samples: int):
         cfg, d, trainer = self.cfg, self.cfg.data, self.trainer
         if d.micro_batch_size != 1:

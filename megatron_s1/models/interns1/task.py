@@ -19,7 +19,7 @@ from megatron_s1.data.packed import MaskedPackedData, PackedData, SamplePacks, c
 from megatron_s1.models.interns1.model import build_interns1_model
 from megatron_s1.models.specs import resolve_spec_kind
 from megatron_s1.training.losses import global_normaliser, sample_weights, token_weights, weighted_token_loss
-from megatron_s1.training.tasks import attention_inputs, register_task, to_device
+from megatron_s1.training.tasks import register_task, run_model
 
 
 def _split_sizes(split: str, n: int) -> tuple[int, int]:
@@ -94,13 +94,7 @@ class MultimodalPretrainTask:
                                 self.cfg.data.micro_batch_size, local_mask)
 
     def forward_step(self, batch: dict, model):
-        device = self.trainer.env.device
-        batch = to_device(batch, device)
-        mask, packed_seq_params = attention_inputs(batch)
-        ts = [x.to(device) for x in batch["ts_values"]]
-        output = model(batch["tokens"], batch["position_ids"], mask, labels=batch["labels"],
-                       pixel_values=batch["pixel_values"], ts_values=ts, ts_rates=batch["ts_rates"],
-                       packed_seq_params=packed_seq_params)
+        batch, output = run_model(model, batch, self.trainer.env.device)
         return output, partial(weighted_token_loss, batch["loss_mask"], batch["sample_weight"],
                                batch["global_weight_sum"], batch["global_tokens"])
 
