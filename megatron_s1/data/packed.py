@@ -1,11 +1,12 @@
-"""Packed training data: whole documents packed into sequences and balanced over DP ranks (VLBS).
+"""Packed training data: whole samples packed into sequences and balanced over DP ranks (VLBS).
 
-Each document becomes one sample (inputs `doc[:-1]`, labels `doc[1:]`, truncated to `seq_length`).
+A sample is a CPT document (`Documents`), an SFT conversation or a multimodal CPT sample, each with inputs
+`ids[:-1]` and labels `ids[1:]` (truncated to `seq_length`; the last two also carry loss masks and media).
 Samples are packed into sequences of at most `seq_length` tokens and the packs of every step are
 assigned to (DP rank, micro-batch) so that each step's slowest rank is as fast as possible
 (`megatron_s1.data.packing`). A micro-batch is one pack: on GPU with TE it runs as a THD packed
 sequence (`cu_seqlens`); on CPU through a block-diagonal causal mask. Position ids restart at every
-document, so a packed document sees exactly what it would see alone.
+sample, so a packed sample sees exactly what it would see alone.
 
 The schedule is a pure function of the config (seed, steps, batch schedule, data): resuming at step
 k reads exactly the packs an uninterrupted run reads at step k.
