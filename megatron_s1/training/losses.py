@@ -13,6 +13,9 @@ tensor). Each micro-batch returns its integer count of loss tokens, so that sum 
 global batch, and a loss numerator scaled by N / D, D = sum_i sqrt(l_i) over the global batch. The data
 path computes N and D for the whole global batch (every rank reads the same global batch lengths), so
 the normalisation is global, not per rank or per micro-batch. Reported loss = sum(numerators) / N = L.
+
+Packed rows (data.packing) hold several samples, so the weight is per token (`token_weights`: w_i on the
+tokens of sample i); N and D still sum over every sample of every pack of the global batch.
 """
 from __future__ import annotations
 
@@ -43,17 +46,29 @@ def global_normaliser(lengths: Iterable[int], mode: str = "square") -> tuple[flo
     return float(sum(w * n for w, n in zip(weights, lengths))), int(sum(lengths))
 
 
+def token_weights(cu_seqlens: torch.Tensor, weights: list[float]) -> torch.Tensor:
+    """[1, s] weights of a packed row: weights[k] on the tokens of its k-th sample (segment k of cu_seqlens),
+    0 on a trailing padding segment."""
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+    per_segment = torch.zeros(len(lengths), dtype=torch.float32)
+    per_segment[: len(weights)] = torch.tensor(weights, dtype=torch.float32)
+    return torch.repeat_interleave(per_segment, lengths)[None]
+
+
 def weighted_token_loss(loss_mask: torch.Tensor, sample_weight: torch.Tensor, global_weight_sum: float,
                         global_tokens: int, output_tensor: torch.Tensor):
-    """Megatron loss_func for one micro-batch of rows = samples.
+    """Megatron loss_func for one micro-batch.
 
-    loss_mask, output_tensor: [b, s]; sample_weight: [b] (w_i). Returns (numerator, num_tokens (int),
-    {"lm loss": [numerator, num_tokens]}) with numerator = N/D * sum_i w_i sum_j CE_ij.
+    loss_mask, output_tensor: [b, s]; sample_weight: [b] (w_i of each row = sample) or [b, s] (w_i of each
+    token's sample, packed rows). Returns (numerator, num_tokens (int), {"lm loss": [numerator, num_tokens]})
+    with numerator = N/D * sum_i w_i sum_j CE_ij.
     """
     losses = output_tensor.float()
     mask = loss_mask.float()
-    per_sample = (losses * mask).sum(-1)  # [b]
-    weighted = (per_sample * sample_weight.to(per_sample)).sum()
+    weight = sample_weight.to(losses)
+    if weight.dim() == losses.dim() - 1:
+        weight = weight.unsqueeze(-1)
+    weighted = (losses * mask * weight).sum()
     scale = float(global_tokens) / global_weight_sum if global_weight_sum > 0 else 0.0
     numerator = weighted * scale
     count = mask.sum()

@@ -78,29 +78,23 @@ class PretrainTask:
                                   [train_samples, valid_samples, 0], cache, needs_mask)
 
     def _packed_datasets(self):
-        from megatron_s1.data.packed import (PackedData, PackedDocuments, PackedSchedule, prefixes_for_packing,
-                                             split_documents)
+        from megatron_s1.data.packed import (Documents, PackedData, SamplePacks, check_packing, prefixes_for_packing,
+                                             split_documents, train_schedule)
         from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-        cfg, d, trainer = self.cfg, self.cfg.data, self.trainer
-        if d.packing not in ("naive", "vlbs"):
-            raise ConfigError(f"data.packing must be none, naive or vlbs, got {d.packing!r}")
-        if d.micro_batch_size != 1:
-            raise ConfigError("data.packing needs data.micro_batch_size=1 (a micro-batch is one packed sequence)")
+        cfg, d = self.cfg, self.cfg.data
+        vlbs = check_packing(d) == "vlbs"
         prefixes = prefixes_for_packing(d.blend)
         num_docs = sum(len(IndexedDataset(p)) for p in prefixes)
         train_docs, valid_docs, _ = split_documents(num_docs, d.split, cfg.run.seed)
-        vlbs = d.packing == "vlbs"
-        train = PackedDocuments(prefixes, train_docs, d.seq_length, cfg.run.seed, vlbs, d.packing_epochs)
-        per_step = trainer.batch_schedule.microbatches_per_step(cfg.train.steps)  # packs per rank
-        schedule = PackedSchedule(train, per_step, trainer.dp_size, cfg.run.seed, vlbs, d.vlbs_window_steps,
-                                  d.vlbs_cost_a, d.vlbs_cost_b)
+        train = SamplePacks(Documents(prefixes, train_docs, d.seq_length), d.seq_length, cfg.run.seed, vlbs,
+                            d.packing_epochs)
         with_mask = resolve_spec_kind(cfg.model.spec) == "local"
         valid = None
         if len(valid_docs):
-            valid = PackedData(PackedDocuments(prefixes, valid_docs, d.seq_length, cfg.run.seed, False, 1),
-                               None, d.seq_length, with_mask)
-        return PackedData(train, schedule, d.seq_length, with_mask), valid, None
+            valid = PackedData(SamplePacks(Documents(prefixes, valid_docs, d.seq_length), d.seq_length, cfg.run.seed,
+                                           False), None, d.seq_length, with_mask)
+        return PackedData(train, train_schedule(train, cfg, self.trainer, vlbs), d.seq_length, with_mask), valid, None
 
     def microbatches(self, dataset, first_sample: int, global_batch: int, dp_rank: int,
                      dp_size: int) -> Iterator[dict]:
@@ -109,16 +103,40 @@ class PretrainTask:
         return microbatches(dataset, first_sample, global_batch, dp_rank, dp_size, self.cfg.data.micro_batch_size)
 
     def forward_step(self, batch: dict, model):
-        batch = to_device(batch, self.trainer.env.device)
-        mask = batch.get("attention_mask")
-        if mask is not None and mask.dim() == 3:
-            mask = mask.unsqueeze(1)
-        packed_seq_params = None
-        if "cu_seqlens" in batch and mask is None:
-            packed_seq_params = thd_params(batch["cu_seqlens"])
-        output = model(batch["tokens"], batch["position_ids"], mask, labels=batch["labels"],
-                       packed_seq_params=packed_seq_params)
+        batch, output = run_model(model, batch, self.trainer.env.device)
         return output, partial(masked_token_loss, batch["loss_mask"])
+
+
+def run_model(model, batch: dict, device: torch.device):
+    """Move a micro-batch to the device and run the model on it: (batch on the device, per-token loss).
+
+    A batch with media (multimodal CPT rows or packs, SFT turns with images / series) also passes
+    pixel_values / ts_values / ts_rates to InternS1Model.
+    """
+    batch = to_device(batch, device)
+    mask, packed_seq_params = attention_inputs(batch)
+    media = {}
+    if "ts_values" in batch:
+        media = {"pixel_values": batch["pixel_values"], "ts_values": [x.to(device) for x in batch["ts_values"]],
+                 "ts_rates": batch["ts_rates"]}
+    output = model(batch["tokens"], batch["position_ids"], mask, labels=batch["labels"],
+                   packed_seq_params=packed_seq_params, **media)
+    return batch, output
+
+
+def attention_inputs(batch: dict):
+    """(attention mask, THD packed-sequence params) of a batch on the device.
+
+    Packs carry a block-diagonal causal mask on the local spec (CPU) and run as THD sequences (cu_seqlens,
+    no mask) on the TE spec; unpacked rows carry a causal mask (local) or nothing (TE builds it).
+    """
+    mask = batch.get("attention_mask")
+    if mask is not None and mask.dim() == 3:
+        mask = mask.unsqueeze(1)
+    packed_seq_params = None
+    if "cu_seqlens" in batch and mask is None:
+        packed_seq_params = thd_params(batch["cu_seqlens"])
+    return mask, packed_seq_params
 
 
 def thd_params(cu_seqlens: torch.Tensor):

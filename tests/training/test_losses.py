@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from megatron_s1.training.losses import (global_normaliser, sample_weights, square_average_weights,
-                                         weighted_token_loss)
+                                         token_weights, weighted_token_loss)
 
 
 def test_weights_hand_computed():
@@ -67,3 +67,19 @@ def test_gradient_weights_per_token():
 def test_empty_batch_is_zero():
     num, count, rep = weighted_token_loss(torch.zeros(1, 3), torch.zeros(1), 0.0, 0, torch.ones(1, 3))
     assert float(num) == 0 and int(count) == 0
+
+
+def test_packed_row_weights_per_token():
+    """A packed row of samples with 1 and 4 loss tokens (plus padding) gives the numerator of the same two
+    samples as rows: each token carries its own sample's weight."""
+    cu = torch.tensor([0, 2, 6, 8], dtype=torch.int32)  # sample 0: 2 tokens (1 loss token), sample 1: 4, padding
+    w = token_weights(cu, sample_weights([1, 4]))
+    torch.testing.assert_close(w, torch.tensor([[1.0, 1.0, 0.5, 0.5, 0.5, 0.5, 0.0, 0.0]]))
+    ce = torch.tensor([[9.0, 2.0, 1.0, 1.0, 3.0, 3.0, 7.0, 7.0]])
+    mask = torch.tensor([[0.0, 1, 1, 1, 1, 1, 0, 0]])
+    d, n = global_normaliser([1, 4])
+    packed = weighted_token_loss(mask, w, d, n, ce)
+    rows = weighted_token_loss(torch.tensor([[0.0, 1, 0, 0], [1, 1, 1, 1]]), torch.tensor(sample_weights([1, 4])), d, n,
+                               torch.tensor([[9.0, 2.0, 0, 0], [1.0, 1.0, 3.0, 3.0]]))
+    assert float(packed[0]) == pytest.approx(float(rows[0])) and int(packed[1]) == int(rows[1]) == 5
+    assert float(packed[0] / packed[1]) == pytest.approx((2.0 + 8.0 / 2) / 3)  # sum_i w_i sum_j CE_ij / sum sqrt(l_i)

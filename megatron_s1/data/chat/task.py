@@ -16,11 +16,11 @@ import os
 import numpy as np
 
 from megatron_s1.config.schema import ConfigError
-from megatron_s1.data.chat.dataset import ChatPackedData, ChatPacks, ChatSamples
+from megatron_s1.data.chat.dataset import ChatSamples
 from megatron_s1.data.chat.format import (ChatFormatError, ChatTokenizer, Media, Tokenized, apply_system_prefix,
                                           resolve_family_prompts)
 from megatron_s1.data.chat.mixture import Mixture, parse_specs, read_conversations
-from megatron_s1.data.packed import PackedSchedule
+from megatron_s1.data.packed import MaskedPackedData, SamplePacks, train_schedule
 from megatron_s1.models.specs import resolve_spec_kind
 from megatron_s1.tokenizer import bundled_tokenizer_dir
 from megatron_s1.training.tasks import PretrainTask, register_task
@@ -77,23 +77,13 @@ class MediaLayout:
         return [self.ids.ts_start] + [self.ids.ts_context] * num_timeseries_tokens(length, sr) + [self.ids.ts_end]
 
     def load(self, media: list) -> dict:
-        import torch
+        from megatron_s1.data.multimodal.dataset import load_media
 
-        from megatron_s1.data.multimodal.dataset import load_series
-        from megatron_s1.models.vision.preprocess import dynamic_tiles
-
-        pixels, series, rates = [], [], []
-        for m in media:
-            if m.kind == "image":
-                from PIL import Image
-
-                v = self.cfg.vision
-                with Image.open(m.item["image"]) as im:
-                    pixels.append(dynamic_tiles(im, v.image_size, v.min_tiles, v.max_tiles, v.use_thumbnail))
-            else:
-                series.append(load_series(m.item["timeseries"]))
-                rates.append(float(m.item.get("sampling_rate", self.cfg.timeseries.default_sampling_rate)))
-        return {"pixel_values": torch.cat(pixels) if pixels else None, "ts_values": series, "ts_rates": rates}
+        items = [("image", m.item["image"]) if m.kind == "image" else
+                 ("timeseries", m.item["timeseries"],
+                  float(m.item.get("sampling_rate", self.cfg.timeseries.default_sampling_rate)))
+                 for m in media]
+        return load_media(items, self.cfg.vision)
 
 
 class TokenTable:
@@ -256,23 +246,6 @@ class SftTask(PretrainTask):
         return build_interns1_model(self.cfg, tconfig, pre_process, post_process, vp_stage=vp_stage,
                                     token_ids=self.media_ids)
 
-    def forward_step(self, batch: dict, model):
-        if not self.multimodal:
-            return super().forward_step(batch, model)
-        from functools import partial
-
-        from megatron_s1.training.tasks import masked_token_loss, to_device
-
-        device = self.trainer.env.device
-        batch = to_device(batch, device)
-        mask = batch.get("attention_mask")
-        if mask is not None and mask.dim() == 3:
-            mask = mask.unsqueeze(1)
-        ts = [x.to(device) for x in batch["ts_values"]]
-        output = model(batch["tokens"], batch["position_ids"], mask, labels=batch["labels"],
-                       pixel_values=batch["pixel_values"], ts_values=ts, ts_rates=batch["ts_rates"])
-        return output, partial(masked_token_loss, batch["loss_mask"])
-
     def build_datasets(self, train_samples: int, valid_samples: int):
         cfg, d, trainer = self.cfg, self.cfg.data, self.trainer
         if d.micro_batch_size != 1:
@@ -299,12 +272,10 @@ class SftTask(PretrainTask):
         # per micro-batch (padded, causal); with the local spec packs use the block-diagonal mask.
         alone = self.multimodal and not with_mask
         loader = self.media.load if self.multimodal else None
-        train = ChatPacks(train_s, d.seq_length, cfg.run.seed, vlbs, d.packing_epochs, one_per_pack=alone)
-        per_step = trainer.batch_schedule.microbatches_per_step(cfg.train.steps)  # packs per rank
-        schedule = PackedSchedule(train, per_step, trainer.dp_size, cfg.run.seed, vlbs, d.vlbs_window_steps,
-                                  d.vlbs_cost_a, d.vlbs_cost_b)
+        train = SamplePacks(train_s, d.seq_length, cfg.run.seed, vlbs, d.packing_epochs, one_per_pack=alone)
+        schedule = train_schedule(train, cfg, trainer, vlbs)
         valid = None
         if len(valid_s):
-            valid = ChatPackedData(ChatPacks(valid_s, d.seq_length, cfg.run.seed, False, 1, one_per_pack=alone), None,
-                                   d.seq_length, with_mask, loader, cu_seqlens=not alone)
-        return ChatPackedData(train, schedule, d.seq_length, with_mask, loader, cu_seqlens=not alone), valid, None
+            valid = MaskedPackedData(SamplePacks(valid_s, d.seq_length, cfg.run.seed, False, 1, one_per_pack=alone),
+                                     None, d.seq_length, with_mask, loader, cu_seqlens=not alone)
+        return MaskedPackedData(train, schedule, d.seq_length, with_mask, loader, cu_seqlens=not alone), valid, None

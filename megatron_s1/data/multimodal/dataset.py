@@ -6,7 +6,8 @@ One line = one sample:
 Relative paths resolve against `mm.image_root` or the jsonl's folder. Series are .npy or .csv arrays of
 shape [L] or [L, C] (time first; a .csv may have one header line), z-normalised per channel.
 
-Each sample becomes one row of `seq_length` tokens (next-token inputs/labels, padded with EOD, no packing).
+Each sample becomes one row of `seq_length` tokens (next-token inputs/labels, padded with EOD), or, with
+data.packing, one sample of `MultimodalSamples` that packs with others into a row (`data.packed`).
 Images expand to `<img>` + tiles * tokens_per_tile x `<IMG_CONTEXT>` + `</img>`, series to
 `<|ts|>` + N x `<TS_CONTEXT>` + `<|/ts|>`. Loss is on text tokens only (labels that are text or EOD).
 A sample longer than the row is cut at the first media item that does not fit whole (text is cut
@@ -46,6 +47,26 @@ def load_series(path: str) -> torch.Tensor:
     if arr.ndim != 2 or arr.shape[0] == 0:
         raise ValueError(f"time series {path!r}: expected shape [L] or [L, C] with L >= 1, got {arr.shape}")
     return znormalize(torch.from_numpy(arr))
+
+
+def load_media(items: list, vision=None) -> dict:
+    """Encoder inputs of media items in token order: ("image", path) -> tiles concatenated into
+    pixel_values (None without images), ("timeseries", path, sampling_rate) -> ts_values / ts_rates lists.
+
+    merge_embeddings fills each kind's placeholders in row-major order, so images must come in the order of
+    their tokens, and series likewise (for a packed row: sample by sample); kinds may interleave freely."""
+    pixels, series, rates = [], [], []
+    for item in items:
+        if item[0] == "image":
+            from PIL import Image
+
+            with Image.open(item[1]) as im:
+                pixels.append(dynamic_tiles(im, vision.image_size, vision.min_tiles, vision.max_tiles,
+                                            vision.use_thumbnail))
+        else:
+            series.append(load_series(item[1]))
+            rates.append(float(item[2]))
+    return {"pixel_values": torch.cat(pixels) if pixels else None, "ts_values": series, "ts_rates": rates}
 
 
 class MultimodalJsonlDataset:
@@ -127,41 +148,62 @@ class MultimodalJsonlDataset:
             ids.append(self.tok.eod_id)
         return ids, images, series
 
+    def loss_flags(self, ids: list[int]) -> np.ndarray:
+        """1.0 for text / EOD tokens, 0.0 for media tokens: the loss mask of the labels at these ids."""
+        return np.fromiter((t not in self.media_ids for t in ids), dtype=np.float32, count=len(ids))
+
+    def ids(self, index: int) -> list[int]:
+        """Token ids of a sample (media expanded, at most seq_length + 1, EOD-terminated when it fits)."""
+        return self._layout(self.indices[index % len(self)])[0]
+
     def loss_tokens(self, index: int) -> int:
         """Number of loss (text) tokens of a sample: what square averaging weighs by."""
-        ids, _, _ = self._layout(self.indices[index % len(self)])
-        return sum(1 for t in ids[1:] if t not in self.media_ids)
+        return int(self.loss_flags(self.ids(index)[1:]).sum())
+
+    def media_items(self, index: int) -> list:
+        """The sample's media items for `load_media`, images first then series (each kind in token order)."""
+        _, images, series = self._layout(self.indices[index % len(self)])
+        return [("image", path) for path, _ in images] + [("timeseries", path, sr) for path, sr in series]
 
     def __getitem__(self, index: int) -> dict:
-        ids, images, series = self._layout(self.indices[index % len(self)])
+        ids = self.ids(index)
         s = self.seq_length
         arr = np.full(s + 1, self.tok.eod_id, dtype=np.int64)
         arr[: len(ids)] = ids
-        tokens = torch.from_numpy(arr[:-1].copy())
-        labels = torch.from_numpy(arr[1:].copy())
-        loss_mask = torch.zeros(s, dtype=torch.float32)
-        valid = len(ids) - 1
-        lab = labels[:valid]
-        is_text = torch.ones(valid, dtype=torch.bool)
-        for m in self.media_ids:
-            is_text &= lab != m
-        loss_mask[:valid] = is_text.float()
-        pixel = []
-        if images:
-            from PIL import Image
-
-            v = self.vision
-            for path, n in images:
-                with Image.open(path) as im:
-                    tiles = dynamic_tiles(im, v.image_size, v.min_tiles, v.max_tiles, v.use_thumbnail)
-                assert tiles.shape[0] == n
-                pixel.append(tiles)
+        loss_mask = np.zeros(s, dtype=np.float32)
+        loss_mask[: len(ids) - 1] = self.loss_flags(ids[1:])
         return {
-            "tokens": tokens, "labels": labels, "loss_mask": loss_mask,
-            "position_ids": torch.arange(s, dtype=torch.long),
-            "pixel_values": torch.cat(pixel) if pixel else None,
-            "ts_values": [load_series(p) for p, _ in series], "ts_rates": [sr for _, sr in series],
+            "tokens": torch.from_numpy(arr[:-1].copy()), "labels": torch.from_numpy(arr[1:].copy()),
+            "loss_mask": torch.from_numpy(loss_mask), "position_ids": torch.arange(s, dtype=torch.long),
+            **load_media(self.media_items(index), self.vision),
         }
+
+
+class MultimodalSamples:
+    """A MultimodalJsonlDataset as packing samples (`data.packed.SamplePacks`): sample i = (ids, loss flags) of
+    one jsonl sample's layout (at most seq_length + 1 ids, media never cut), its media, its loss tokens."""
+
+    def __init__(self, dataset: MultimodalJsonlDataset):
+        self.dataset = dataset
+        # A sample without a loss token weighs 0 under square averaging; leaving it out only saves compute.
+        self.keep = [i for i in range(len(dataset)) if dataset.loss_tokens(i) > 0]
+        self.sample_lengths = np.array([len(dataset.ids(i)) - 1 for i in self.keep], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.keep)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        ids = self.dataset.ids(self.keep[i])
+        return np.asarray(ids, dtype=np.int64), self.dataset.loss_flags(ids)
+
+    def media(self, i: int) -> list:
+        return self.dataset.media_items(self.keep[i])
+
+    def loss_tokens(self, i: int) -> int:
+        return self.dataset.loss_tokens(self.keep[i])
+
+    def load_media(self, items: list) -> dict:
+        return load_media(items, self.dataset.vision)
 
 
 def collate(samples: list[dict], create_attention_mask: bool) -> dict:

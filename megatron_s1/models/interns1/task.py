@@ -1,7 +1,9 @@
 """`train.task=mm_pretrain`: multimodal CPT of InternS1Model on jsonl data with square-averaged loss.
 
 data.blend lists jsonl files (plain paths; weights are not supported yet), data.split cuts the samples
-into train/valid, mm.* holds freeze switches and the loss weighting. See docs/multimodal.md.
+into train/valid, mm.* holds freeze switches and the loss weighting. data.packing=naive|vlbs packs whole
+samples into rows of data.seq_length (the shared `data.packed` path of text CPT and SFT); otherwise one
+sample per row. See docs/multimodal.md.
 """
 from __future__ import annotations
 
@@ -11,12 +13,13 @@ from typing import Iterator
 import torch
 
 from megatron_s1.config.schema import ConfigError
-from megatron_s1.data.multimodal.dataset import MultimodalJsonlDataset, collate
+from megatron_s1.data.multimodal.dataset import MultimodalJsonlDataset, MultimodalSamples, collate
 from megatron_s1.data.multimodal.tokens import resolve_media_tokens
+from megatron_s1.data.packed import MaskedPackedData, PackedData, SamplePacks, check_packing, train_schedule
 from megatron_s1.models.interns1.model import build_interns1_model
 from megatron_s1.models.specs import resolve_spec_kind
-from megatron_s1.training.losses import global_normaliser, sample_weights, weighted_token_loss
-from megatron_s1.training.tasks import register_task, to_device
+from megatron_s1.training.losses import global_normaliser, sample_weights, token_weights, weighted_token_loss
+from megatron_s1.training.tasks import register_task, run_model
 
 
 def _split_sizes(split: str, n: int) -> tuple[int, int]:
@@ -42,6 +45,7 @@ class MultimodalPretrainTask:
         if cfg.vision.preset is None and cfg.timeseries.preset is None:
             raise ConfigError("train.task=mm_pretrain needs vision.preset and/or timeseries.preset")
         sample_weights([], cfg.mm.loss_weighting)  # validates the mode early
+        self.packing = check_packing(cfg.data)
 
     def build_model(self, tconfig, pre_process: bool, post_process: bool, vp_stage=None):
         return build_interns1_model(self.cfg, tconfig, pre_process, post_process, vp_stage=vp_stage,
@@ -64,32 +68,65 @@ class MultimodalPretrainTask:
         n_train, n_valid = _split_sizes(cfg.data.split, len(full))
         train = full.subset(list(range(n_train))) if n_train else None
         valid = full.subset(list(range(n_train, n_train + n_valid))) if n_valid else None
+        if self.packing != "none":
+            return self._packed(train, train=True), self._packed(valid, train=False), None
         return train, valid, None
+
+    def _packed(self, subset, train: bool):
+        """Whole samples packed into rows (VLBS or naive) with the training schedule, or in order (eval)."""
+        if subset is None:
+            return None
+        cfg, d = self.cfg, self.cfg.data
+        vlbs = train and self.packing == "vlbs"
+        samples = MultimodalSamples(subset)
+        packs = SamplePacks(samples, d.seq_length, cfg.run.seed, vlbs, d.packing_epochs if train else 1)
+        schedule = train_schedule(packs, cfg, self.trainer, vlbs) if train else None
+        with_mask = resolve_spec_kind(cfg.model.spec) == "local"
+        return MaskedPackedData(packs, schedule, d.seq_length, with_mask, samples.load_media)
 
     def microbatches(self, dataset, first_sample: int, global_batch: int, dp_rank: int,
                      dp_size: int) -> Iterator[dict]:
-        """Every rank computes the loss-token counts of the whole global batch, so the square-averaging
-        normaliser (D, N) is global across DP ranks and micro-batches."""
         mode = self.cfg.mm.loss_weighting
-        lengths = [dataset.loss_tokens(first_sample + k) for k in range(global_batch)]
-        weight_sum, tokens = global_normaliser(lengths, mode)
-        per_rank = global_batch // dp_size
-        mbs = self.cfg.data.micro_batch_size
+        if isinstance(dataset, PackedData):
+            return packed_microbatches(dataset, first_sample, global_batch, dp_rank, dp_size, mode)
         local_mask = resolve_spec_kind(self.cfg.model.spec) == "local"
-        start = dp_rank * per_rank
-        for offset in range(0, per_rank, mbs):
-            ks = range(start + offset, start + offset + mbs)
-            batch = collate([dataset[first_sample + k] for k in ks], local_mask)
-            batch["sample_weight"] = torch.tensor(sample_weights([lengths[k] for k in ks], mode))
-            batch["global_weight_sum"] = weight_sum
-            batch["global_tokens"] = tokens
-            yield batch
+        return row_microbatches(dataset, first_sample, global_batch, dp_rank, dp_size, mode,
+                                self.cfg.data.micro_batch_size, local_mask)
 
     def forward_step(self, batch: dict, model):
-        device = self.trainer.env.device
-        batch = to_device(batch, device)
-        ts = [x.to(device) for x in batch["ts_values"]]
-        output = model(batch["tokens"], batch["position_ids"], batch.get("attention_mask"), labels=batch["labels"],
-                       pixel_values=batch["pixel_values"], ts_values=ts, ts_rates=batch["ts_rates"])
+        batch, output = run_model(model, batch, self.trainer.env.device)
         return output, partial(weighted_token_loss, batch["loss_mask"], batch["sample_weight"],
                                batch["global_weight_sum"], batch["global_tokens"])
+
+
+def row_microbatches(dataset: MultimodalJsonlDataset, first_sample: int, global_batch: int, dp_rank: int,
+                     dp_size: int, mode: str, micro_batch_size: int, local_mask: bool) -> Iterator[dict]:
+    """One sample per row. Every rank computes the loss-token counts of the whole global batch, so the
+    square-averaging normaliser (D, N) is global across DP ranks and micro-batches."""
+    lengths = [dataset.loss_tokens(first_sample + k) for k in range(global_batch)]
+    weight_sum, tokens = global_normaliser(lengths, mode)
+    per_rank = global_batch // dp_size
+    start = dp_rank * per_rank
+    for offset in range(0, per_rank, micro_batch_size):
+        ks = range(start + offset, start + offset + micro_batch_size)
+        batch = collate([dataset[first_sample + k] for k in ks], local_mask)
+        batch["sample_weight"] = torch.tensor(sample_weights([lengths[k] for k in ks], mode))
+        batch["global_weight_sum"] = weight_sum
+        batch["global_tokens"] = tokens
+        yield batch
+
+
+def packed_microbatches(data: PackedData, first_pack: int, global_batch: int, dp_rank: int, dp_size: int,
+                        mode: str) -> Iterator[dict]:
+    """One pack per micro-batch. Every rank reads the loss-token counts of every sample in the packs of all
+    ranks for this step, so (D, N) is global as for rows; each token carries its own sample's weight."""
+    packs, samples = data.documents, data.documents.samples
+    ranks = [data.pack_ids(first_pack, global_batch, r, dp_size) for r in range(dp_size)]
+    lengths = [[[samples.loss_tokens(int(i)) for i in packs.members(p)] for p in rank] for rank in ranks]
+    weight_sum, tokens = global_normaliser([n for rank in lengths for pack in rank for n in pack], mode)
+    for p, pack_lengths in zip(ranks[dp_rank], lengths[dp_rank]):
+        batch = data.collate(p)
+        batch["sample_weight"] = token_weights(batch["cu_seqlens"], sample_weights(pack_lengths, mode))
+        batch["global_weight_sum"] = weight_sum
+        batch["global_tokens"] = tokens
+        yield batch

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from megatron_s1.data.chat.dataset import ChatPacks, ChatSamples, collate_chat_pack
+from megatron_s1.data.chat.dataset import ChatSamples
 from megatron_s1.data.chat.format import ChatTokenizer, Tokenized
+from megatron_s1.data.packed import SamplePacks, collate_masked_pack
 from megatron_s1.tokenizer import load_tokenizer
 
 
@@ -33,11 +34,11 @@ def _segments(batch):
 def test_packed_sample_equals_unpacked():
     samples = ChatSamples(_samples(), 128)
     for vlbs in (False, True):
-        packs = ChatPacks(samples, 128, seed=1, vlbs=vlbs)
+        packs = SamplePacks(samples, 128, seed=1, vlbs=vlbs)
         seen = []
         for p in range(len(packs)):
             members = packs.sample_indices[packs.pack_offsets[p]:packs.pack_offsets[p + 1]]
-            segs = _segments(collate_chat_pack(packs[p], 128, with_mask=False))
+            segs = _segments(collate_masked_pack(packs[p], 128, with_mask=False))
             for k, i in enumerate(members):
                 ids, mask = samples[int(i)]
                 tokens, labels, loss_mask, pos = segs[k]
@@ -70,9 +71,9 @@ def test_block_diagonal_attention_equals_separate():
         x = emb(tokens) + pos_emb(pos)
         return attn(x, x, x, attn_mask=mask)[0]
 
-    packs = ChatPacks(samples, 128, seed=0, vlbs=True)
+    packs = SamplePacks(samples, 128, seed=0, vlbs=True)
     for p in range(len(packs)):
-        b = collate_chat_pack(packs[p], 128, with_mask=True)
+        b = collate_masked_pack(packs[p], 128, with_mask=True)
         out = run(b["tokens"], b["position_ids"], b["attention_mask"][0, 0])
         cu = b["cu_seqlens"].tolist()
         for (ids, _), a, e in zip(packs[p], cu[:-1], cu[1:]):
