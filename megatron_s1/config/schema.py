@@ -235,6 +235,10 @@ class RLConfig:
     freeze_router: bool = False
     freeze_vision: bool = True
     fp32_lm_head: bool = False
+    # Mixture of rewards (prompts of several tasks in one batch): task -> weight of its reward (default 1), and
+    # none | running (per-task running z-normalisation) for every task, or a mapping task -> none | running.
+    reward_weights: dict = field(default_factory=dict)
+    reward_normalisation: Any = "none"
 
 
 @dataclass
@@ -315,6 +319,10 @@ def _coerce(value: Any, annotation: Any, dotted: str) -> Any:
     if annotation is list or origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"config key {dotted!r} expects a list, got {value!r}")
+        return value
+    if annotation is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {dotted!r} expects a mapping (e.g. {{math: 1.0}}), got {value!r}")
         return value
     return value
 

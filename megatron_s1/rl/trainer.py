@@ -2,7 +2,9 @@
 
 Per step:
   1. sample ``rl.prompts_per_step`` prompts, G = ``rl.samples_per_prompt`` responses each (rollout engine);
-  2. reward every response (megatron_s1/rl/rewards.py), online filtering (all-equal groups, degenerate responses);
+  2. reward every response with its prompt's task reward (megatron_s1/rl/rewards.py) and combine the scores of
+     all tasks into one scalar (``rl.reward_weights``, per-task ``rl.reward_normalisation``; per-task raw means
+     are logged), online filtering (all-equal groups, degenerate responses);
   3. advantages: leave-one-out (Pro Eq. 6) or GRPO; OREAL uses the positive/negative split instead;
   4. log-probs of the rollout under the training engine (pi_old), with routing replay when enabled, and the
      train/rollout KL with and without replay;
@@ -27,7 +29,7 @@ import torch.distributed as dist
 from megatron_s1.config.schema import ConfigError, ExperimentConfig
 from megatron_s1.models.language import build_language_model
 from megatron_s1.rl import filtering, losses
-from megatron_s1.rl.rewards import get_reward
+from megatron_s1.rl.rewards import RewardMixer, as_scores, get_reward
 from megatron_s1.rl.rollout import LocalEngine, OpenAIEngine, pad_batch, routing_replay, select_routing, token_logprobs
 from megatron_s1.rl.tasks import build_prompt_source
 from megatron_s1.training.tasks import register_task
@@ -103,11 +105,16 @@ class RLTrainer:
             raise ConfigError(f"rl.algorithm must be icepop, grpo or oreal, got {cfg.rl.algorithm!r}")
         cfg.train.task = "rl"
         self.cfg = cfg
+        # Prompt source and reward mixture first: bad input fails before the model is built.
+        try:
+            self.source = build_prompt_source(cfg.rl.task)
+            self.mixer = RewardMixer(cfg.rl.reward_weights, cfg.rl.reward_normalisation)
+        except (ValueError, OSError) as err:
+            raise ConfigError(str(err)) from None
         self.t = Trainer(cfg)
         self.tok = self.t.tokenizer
         self.device = self.t.env.device
         self.model = self.t.model[0]
-        self.source = build_prompt_source(cfg.rl.task)
         self.allowed_list = self.source.allowed_tokens(self.tok)
         self.allowed = None
         if self.allowed_list is not None:
@@ -169,6 +176,45 @@ class RLTrainer:
             loss = loss + losses.per_sequence_mean(pen, mask) * seq_scale
         return loss, stats
 
+    def _gather_dp(self, items: list) -> list:
+        """Every data-parallel rank's items, in rank order (small Python objects)."""
+        from megatron.core import parallel_state
+
+        if self.t.dp_size == 1:
+            return list(items)
+        out = [None] * self.t.dp_size
+        dist.all_gather_object(out, items, group=parallel_state.get_data_parallel_group())
+        return [x for part in out for x in part]
+
+    def _mix_rewards(self, prompts: list, texts: list) -> tuple[list, list, dict]:
+        """Rewards of this rank's responses -> (combined reward, raw reward) per response, plus batch metrics.
+
+        Each prompt's ``task`` picks its reward; ``rl.reward_weights`` / ``rl.reward_normalisation`` combine the
+        scores of all tasks into one scalar (``RewardMixer``). The mixer sees the samples of every data-parallel
+        rank, so running normalisers stay identical across ranks. "Raw" is the sum of a response's unweighted,
+        unnormalised scores: pass rate and OREAL's positive / negative split use it.
+        """
+        G = self.cfg.rl.samples_per_prompt
+        samples = []
+        for i, text in enumerate(texts):
+            rec = prompts[i // G]
+            task = rec.get("task", self.source.task)
+            samples.append({"task": task, "scores": as_scores(task, get_reward(task)(rec["prompt"], text,
+                                                                                    rec.get("reference")))})
+        everyone = self._gather_dp(samples)
+        combined_all = self.mixer(everyone)
+        start = self.t.dp_rank * len(samples)  # equal shares: every rank samples prompts_per_step x G
+        raw_all = [sum(s["scores"].values()) for s in everyone]
+        n = len(everyone)
+        metrics = {"reward_mean": sum(raw_all) / n, "pass_rate": sum(r > 0.5 for r in raw_all) / n,
+                   "reward_combined_mean": sum(combined_all) / n}
+        for task in sorted({s["task"] for s in everyone}):
+            idx = [j for j, s in enumerate(everyone) if s["task"] == task]
+            metrics[f"reward_mean/{task}"] = sum(raw_all[j] for j in idx) / len(idx)
+            metrics[f"reward_combined/{task}"] = sum(combined_all[j] for j in idx) / len(idx)
+            metrics[f"samples/{task}"] = len(idx)
+        return combined_all[start:start + len(samples)], raw_all[start:start + len(samples)], metrics
+
     def _all_sum(self, values: list) -> list:
         t = torch.tensor(values, dtype=torch.float64)
         if dist.get_world_size() > 1:
@@ -186,26 +232,24 @@ class RLTrainer:
                                        r.top_k, self.allowed_list, self.gen)
         t_roll = time.perf_counter() - t0
         G = r.samples_per_prompt
-        texts, rewards, degen = [], [], []
-        for i, resp in enumerate(rollout.response_ids):
-            rec = prompts[i // G]
+        texts, degen = [], []
+        for resp in rollout.response_ids:
             body = resp[:-1] if resp[-1:] == [self.eos] else resp
             text = self.tok.decode(body)
             texts.append(text)
-            rewards.append(get_reward(rec.get("task", self.source.task))(rec["prompt"], text, rec.get("reference")))
             degen.append(r.online_filter and filtering.degenerate(text, body))
-        R = torch.tensor(rewards, dtype=torch.float32).view(len(prompts), G)
+        combined, raw, reward_metrics = self._mix_rewards(prompts, texts)
+        R = torch.tensor(combined, dtype=torch.float32).view(len(prompts), G)
         if r.online_filter:
             keep_groups, keep = filtering.online_filter(R, torch.tensor(degen).view_as(R))
         else:
             keep_groups, keep = torch.ones(len(prompts), dtype=torch.bool), torch.ones_like(R, dtype=torch.bool)
         adv = losses.group_advantages(R, r.baseline).reshape(-1)
-        positive = (R.reshape(-1) > 0.5)
+        positive = torch.tensor(raw) > 0.5
         rows = keep.reshape(-1).nonzero().squeeze(-1).tolist()
 
-        tot = self._all_sum([float(R.sum()), float((R > 0.5).sum()), float(R.numel()), float(keep_groups.sum())])
-        record = {"step": self.t.state["step"] + 1, "reward_mean": tot[0] / tot[2],
-                  "pass_rate": tot[1] / tot[2], "kept_groups": int(tot[3]),
+        kept_groups = self._all_sum([float(keep_groups.sum())])[0]
+        record = {"step": self.t.state["step"] + 1, **reward_metrics, "kept_groups": int(kept_groups),
                   "kept_samples": len(rows), "response_len": sum(map(len, rollout.response_ids)) / len(texts),
                   "rollout_s": t_roll}
         # Train/rollout mismatch on the whole batch: with and without replaying the rollout's routing.
@@ -290,7 +334,10 @@ class RLTrainer:
 
         self.t._maybe_resume()
         r = self.cfg.rl
-        records = JsonlPrompts(in_path, default_task=self.source.task if r.task.startswith("toy") else "math").records
+        try:
+            records = JsonlPrompts(in_path, default_task=self.source.task if r.task.startswith("toy") else "math").records
+        except (ValueError, OSError) as err:
+            raise ConfigError(str(err)) from None
         rates = []
         for start in range(0, len(records), prompts_per_batch):
             chunk = records[start:start + prompts_per_batch]
@@ -301,7 +348,8 @@ class RLTrainer:
                 wins = 0
                 for resp in roll.response_ids[j * n:(j + 1) * n]:
                     body = resp[:-1] if resp[-1:] == [self.eos] else resp
-                    wins += fn(rec["prompt"], self.tok.decode(body), rec.get("reference")) > 0.5
+                    score = fn(rec["prompt"], self.tok.decode(body), rec.get("reference"))
+                    wins += sum(as_scores(rec["task"], score).values()) > 0.5
                 rates.append(wins / n)
         kept = filtering.offline_filter(records, rates, low, high)
         if self.t.env.is_main:
@@ -331,6 +379,7 @@ class RLTrainer:
                     if rec["step"] % cfg.train.log_interval == 0:
                         keys = ("step", "reward_mean", "kept_groups", "loss", "grad_norm", "kl_train_rollout",
                                 "kl_train_rollout_replay", "routing_mismatch", "step_s")
+                        keys += tuple(k for k in rec if k.startswith("reward_mean/"))
                         print("[rl] " + " | ".join(f"{k} {rec[k]:.4g}" if isinstance(rec[k], float) else f"{k} {rec[k]}"
                                                    for k in keys if k in rec), flush=True)
                 step = self.t.state["step"]
