@@ -231,6 +231,7 @@ class RLConfig:
     engine: str = "local"  # local (colocated Megatron-Core sampling) | openai (external server)
     engine_url: Optional[str] = None
     routing_replay: bool = False  # replay rollout expert choices in the training forward (MoE)
+    kv_cache: bool = True  # colocated engine: KV-cached decoding (false: re-forward the sequence per token)
     online_filter: bool = True  # drop all-correct / all-wrong groups and degenerate responses
     freeze_router: bool = False
     freeze_vision: bool = True

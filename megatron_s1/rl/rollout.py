@@ -163,55 +163,92 @@ def routing_from_engine(per_sample: list, prompt_ids: list, response_ids: list) 
 
 
 class LocalEngine:
-    """Colocated generation with the training model itself (no KV cache: full re-forward per token; fine for the
-    short CPU demos, the production path is the external engine)."""
+    """Colocated generation with the training model itself.
+
+    ``kv_cache=True`` (default): Megatron-Core's ``StaticInferenceContext`` -- one prefill forward over the
+    left-padded prompts, then one forward per new token whose keys / values are appended to per-layer caches;
+    the padding mask of every step is passed explicitly (the local attention applies it; Megatron switches the
+    mask *type* to no_mask after the prefill). ``kv_cache=False`` re-forwards the whole sequence per token (the
+    reference path). Greedy decoding is ``top_k=1``.
+    """
 
     def __init__(self, model, eos_id: int, pad_id: int, rollout_dtype: Optional[torch.dtype] = None,
-                 record_routing: bool = False, device=None):
+                 record_routing: bool = False, device=None, kv_cache: bool = True):
         self.model = model
         self.eos_id = eos_id
         self.pad_id = pad_id
         self.rollout_dtype = rollout_dtype
         self.record_routing = record_routing
         self.device = device or torch.device("cpu")
+        self.kv_cache = kv_cache
 
     def _numerics(self):
         if self.rollout_dtype is None or self.rollout_dtype == torch.float32:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.rollout_dtype)
 
-    def forward_logits(self, tokens, positions, mask):
+    def forward_logits(self, tokens, positions, mask, inference_context=None):
+        # (Megatron requires gathered logits in inference mode; sampling needs the full vocabulary anyway)
+        kwargs = {} if inference_context is None else {"inference_context": inference_context,
+                                                       "runtime_gather_output": True}
         with torch.no_grad(), self._numerics():
-            return self.model(tokens.to(self.device), positions.to(self.device), mask.to(self.device)).float()
+            return self.model(tokens.to(self.device), positions.to(self.device), mask.to(self.device),
+                              **kwargs).float()
+
+    @staticmethod
+    def _pick(logits, temperature, top_k, top_p, allowed, generator):
+        """Sample the next token of every row from last-position logits [N, V]; also the full log-softmax."""
+        logits = logits / temperature
+        if allowed is not None:
+            logits = logits.masked_fill(~allowed.to(logits.device), float("-inf"))
+        full_logp = torch.log_softmax(logits, dim=-1)
+        probs = torch.softmax(filter_logits(logits, top_k, top_p), dim=-1)
+        return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1), full_logp
 
     def generate(self, prompts: list, n: int, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
                  top_k: int = 0, allowed_tokens: Optional[list] = None, generator=None) -> Rollout:
         prompt_ids = [list(p) for p in prompts for _ in range(n)]
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            run = self._generate_cached if self.kv_cache else self._generate_full
+            responses, logps, done, routing = run(prompt_ids, max_new_tokens, temperature, top_p, top_k,
+                                                  allowed_tokens, generator)
+        finally:
+            if was_training:
+                self.model.train()
+        return Rollout(prompt_ids, responses, logps, done, routing)
+
+    @staticmethod
+    def _allowed_mask(allowed_tokens, vocab: int, device):
+        if allowed_tokens is None:
+            return None
+        allowed = torch.zeros(vocab, dtype=torch.bool)
+        allowed[torch.tensor(allowed_tokens)] = True
+        return allowed.to(device)
+
+    def _append(self, nxt, full_logp, responses, logps, done) -> None:
+        for i in range(len(responses)):
+            if done[i]:
+                continue
+            tok = int(nxt[i])
+            responses[i].append(tok)
+            logps[i].append(float(full_logp[i, tok]))
+            done[i] = tok == self.eos_id
+
+    def _generate_full(self, prompt_ids, max_new_tokens, temperature, top_p, top_k, allowed_tokens, generator):
+        """Reference path: the whole padded batch is re-forwarded for every new token."""
         responses = [[] for _ in prompt_ids]
         logps = [[] for _ in prompt_ids]
         done = [False] * len(prompt_ids)
         allowed = None
-        was_training = self.model.training
-        self.model.eval()
         for _ in range(max_new_tokens):
             tokens, positions, mask, _, _ = pad_batch(prompt_ids, responses, self.pad_id)
-            logits = self.forward_logits(tokens, positions, mask)[:, -1] / temperature
-            if allowed_tokens is not None:
-                if allowed is None:
-                    allowed = torch.zeros(logits.shape[-1], dtype=torch.bool)
-                    allowed[torch.tensor(allowed_tokens)] = True
-                    allowed = allowed.to(logits.device)
-                logits = logits.masked_fill(~allowed, float("-inf"))
-            full_logp = torch.log_softmax(logits, dim=-1)
-            probs = torch.softmax(filter_logits(logits, top_k, top_p), dim=-1)
-            nxt = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1)
-            for i in range(len(prompt_ids)):
-                if done[i]:
-                    continue
-                tok = int(nxt[i])
-                responses[i].append(tok)
-                logps[i].append(float(full_logp[i, tok]))
-                done[i] = tok == self.eos_id
+            logits = self.forward_logits(tokens, positions, mask)[:, -1]
+            if allowed is None:
+                allowed = self._allowed_mask(allowed_tokens, logits.shape[-1], logits.device)
+            nxt, full_logp = self._pick(logits, temperature, top_k, top_p, allowed, generator)
+            self._append(nxt, full_logp, responses, logps, done)
             if all(done):
                 break
         routing = None
@@ -226,9 +263,70 @@ class LocalEngine:
             for i in range(len(prompt_ids)):
                 idx = resp_mask[i].nonzero().squeeze(-1)
                 logps[i] = lp[i, idx].tolist()
-        if was_training:
-            self.model.train()
-        return Rollout(prompt_ids, responses, logps, done, routing)
+        return responses, logps, done, routing
+
+    def _generate_cached(self, prompt_ids, max_new_tokens, temperature, top_p, top_k, allowed_tokens, generator):
+        """KV-cached path (Megatron-Core static inference context); routing recorded per forward when asked."""
+        from megatron.core.inference.contexts import StaticInferenceContext
+        from megatron.core.inference.utils import InferenceMode
+
+        n = len(prompt_ids)
+        responses = [[] for _ in prompt_ids]
+        logps = [[] for _ in prompt_ids]
+        done = [False] * n
+        tokens, positions, mask, _, max_p = pad_batch(prompt_ids, responses, self.pad_id)
+        total = max_p + max_new_tokens
+        ctx = StaticInferenceContext(max_batch_size=n, max_sequence_length=total)
+        # valid[i, j]: cache index j of row i holds a real token (False: left padding, tokens after EOS).
+        valid = torch.zeros(n, total, dtype=torch.bool)
+        for i, p in enumerate(prompt_ids):
+            valid[i, max_p - len(p):max_p] = True
+        record = self.record_routing and moe_replay_available()
+        per_step = []  # per forward: per MoE layer [s_step, N, k]
+        allowed = None
+        was_active = InferenceMode.is_active()
+        InferenceMode.set_active()  # GPTModel then computes logits of the last position only
+        try:
+            for step in range(max_new_tokens):
+                with routing_record() if record else contextlib.nullcontext() as rr:
+                    logits = self.forward_logits(tokens, positions, mask, inference_context=ctx)[:, -1]
+                    if record:
+                        per_step.append([t.detach().cpu().reshape(tokens.shape[1], n, -1)
+                                         for t in rr.get_recorded_data()])
+                ctx.sequence_len_offset += tokens.shape[1]
+                if step == 0:
+                    ctx.enable_decode_mode()
+                if allowed is None:
+                    allowed = self._allowed_mask(allowed_tokens, logits.shape[-1], logits.device)
+                nxt, full_logp = self._pick(logits, temperature, top_k, top_p, allowed, generator)
+                was_done = list(done)
+                self._append(nxt, full_logp, responses, logps, done)
+                if all(done) or step == max_new_tokens - 1:
+                    break
+                # Next input: the sampled token (padding for finished rows) at cache index `idx`.
+                idx = ctx.sequence_len_offset
+                valid[:, idx] = ~torch.tensor(was_done)
+                tokens = torch.tensor([[self.pad_id if d else int(t)] for t, d in zip(nxt, was_done)])
+                positions = positions[:, -1:] + 1
+                # Keys the new query may see: the row's real tokens; a padding query sees only itself (as in
+                # pad_batch, so no row attends to nothing).
+                keys = valid[:, :idx + 1].clone()
+                keys[:, idx] = True
+                mask = ~keys[:, None, None, :]
+        finally:
+            if not was_active:
+                InferenceMode.unset_active()
+        routing = None
+        if record:
+            # [L, N, k] in pad_batch's layout: the last sampled token is never forwarded, its slot gets experts
+            # 0..k-1 (like an external engine's; it feeds no loss position).
+            layers = [torch.cat([step[layer] for step in per_step]) for layer in range(len(per_step[0]))]
+            length = max_p + max(len(r) for r in responses)
+            routing = []
+            for t in layers:
+                pad = torch.arange(t.shape[-1]).expand(length - t.shape[0], n, t.shape[-1])
+                routing.append(torch.cat([t, pad.to(t.dtype)]))
+        return responses, logps, done, routing
 
     def update_weights(self, *_args, **_kwargs) -> None:
         """Colocated: the engine reads the training weights directly."""

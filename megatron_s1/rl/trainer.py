@@ -1,7 +1,8 @@
 """`megatron-s1 rl`: the RL driver (rollout -> reward -> filter -> policy update), on the `Trainer` pieces.
 
 Per step:
-  1. sample ``rl.prompts_per_step`` prompts, G = ``rl.samples_per_prompt`` responses each (rollout engine);
+  1. sample ``rl.prompts_per_step`` prompts, G = ``rl.samples_per_prompt`` responses each (rollout engine; the
+     colocated one decodes with Megatron-Core's static KV cache unless ``rl.kv_cache=false``);
   2. reward every response with its prompt's task reward (megatron_s1/rl/rewards.py) and combine the scores of
      all tasks into one scalar (``rl.reward_weights``, per-task ``rl.reward_normalisation``; per-task raw means
      are logged), online filtering (all-equal groups, degenerate responses);
@@ -125,7 +126,7 @@ class RLTrainer:
         r = cfg.rl
         if r.engine == "local":
             self.engine = LocalEngine(self.model, self.eos, self.pad, _rollout_dtype(rollout_dtype),
-                                      record_routing=r.routing_replay, device=self.device)
+                                      record_routing=r.routing_replay, device=self.device, kv_cache=r.kv_cache)
         elif r.engine == "openai":
             if not r.engine_url:
                 raise ConfigError("rl.engine=openai needs rl.engine_url (e.g. http://host:8000)")
