@@ -64,8 +64,16 @@ def pad_batch(prompt_ids: list, response_ids: list, pad_id: int, total_len: Opti
 
 
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0,
-                   allowed: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """log pi(token_{t+1} | <= t) for every position t of [N, L] (last position 0), in fp32."""
+                   allowed: Optional[torch.Tensor] = None, vocab_parallel: bool = False) -> torch.Tensor:
+    """log pi(token_{t+1} | <= t) for every position t of [N, L] (last position 0), in fp32.
+
+    ``vocab_parallel``: ``logits`` hold this tensor-parallel rank's vocabulary shard ([N, L, V / TP], the
+    training forward's layout); log pi(target) = -vocab_parallel_cross_entropy (max, sum-exp and the target
+    logit are all-reduced over the TP group), so the full vocabulary is never gathered. ``allowed`` is over the
+    full vocabulary either way.
+    """
+    if vocab_parallel:
+        return _vocab_parallel_token_logprobs(logits, tokens, temperature, allowed)
     logits = logits.float() / temperature
     if allowed is not None:
         logits = logits.masked_fill(~allowed.to(logits.device), float("-inf"))
@@ -74,6 +82,58 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: floa
     out = logp.gather(-1, nxt[..., None]).squeeze(-1)
     out = torch.nan_to_num(out, neginf=-1e4)
     return torch.cat([out, torch.zeros_like(out[:, :1])], dim=1)
+
+
+def _vocab_parallel_token_logprobs(logits, tokens, temperature, allowed):
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+
+    v_local = logits.shape[-1]
+    start = parallel_state.get_tensor_model_parallel_rank() * v_local
+    logits = logits.float() / temperature
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed[start:start + v_local].to(logits.device), float("-inf"))
+    # (the cross entropy works in place on its input: hand it a fresh contiguous tensor)
+    nxt = tokens[:, 1:].to(logits.device)
+    out = -vocab_parallel_cross_entropy(logits[:, :-1].contiguous(), nxt)
+    out = torch.nan_to_num(out, neginf=-1e4)  # disallowed targets (padding) -> finite, as on one rank
+    return torch.cat([out, torch.zeros_like(out[:, :1])], dim=1)
+
+
+@contextlib.contextmanager
+def sequence_parallel_off(model):
+    """Run the block with sequence parallelism switched off (attributes restored exactly afterwards).
+
+    Generation forwards one token per step, which cannot be split over the sequence; with it off every TP rank
+    holds the whole (short) sequence. MoE layers stay correct: their tensor-parallel all-gather then duplicates
+    the tokens and the reduce-scatter hands every rank the full result (the same reasoning as Megatron-Core's
+    static inference, which switches sequence parallelism off for the non-MoE layers).
+    """
+    module = getattr(model, "module", model)
+    config = getattr(module, "config", None)
+    if config is None or not config.sequence_parallel:
+        yield
+        return
+    saved = []
+    for sub in module.modules():
+        for attr in ("sequence_parallel", "scatter_to_sequence_parallel", "reduce_scatter_embeddings"):
+            if isinstance(getattr(sub, attr, None), bool):
+                saved.append((sub, attr, getattr(sub, attr)))
+                setattr(sub, attr, False)
+    saved_configs = {}  # (usually one shared TransformerConfig; copies are switched too)
+    for sub in module.modules():
+        c = getattr(sub, "config", None)
+        if isinstance(getattr(c, "sequence_parallel", None), bool):
+            saved_configs[id(c)] = (c, c.sequence_parallel)
+    for c, _ in saved_configs.values():
+        c.sequence_parallel = False
+    try:
+        yield
+    finally:
+        for sub, attr, value in saved:
+            setattr(sub, attr, value)
+        for c, value in saved_configs.values():
+            c.sequence_parallel = value
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -129,6 +189,18 @@ def routing_replay(per_layer: Optional[list]):
         yield
     finally:
         RouterReplay.clear_global_router_replay_action()
+
+
+def pad_routing(per_layer: Optional[list], length: int) -> Optional[list]:
+    """Extend [L, N, k]-per-layer expert ids to ``length`` positions (extra right padding: experts 0..k-1, which
+    only feed padded positions)."""
+    if per_layer is None or per_layer[0].shape[0] >= length:
+        return per_layer
+    out = []
+    for t in per_layer:
+        extra = torch.arange(t.shape[-1], dtype=t.dtype).expand(length - t.shape[0], t.shape[1], t.shape[-1])
+        out.append(torch.cat([t, extra]))
+    return out
 
 
 def select_routing(per_layer: Optional[list], rows) -> Optional[list]:
@@ -188,9 +260,11 @@ class LocalEngine:
         return torch.autocast(device_type=self.device.type, dtype=self.rollout_dtype)
 
     def forward_logits(self, tokens, positions, mask, inference_context=None):
-        # (Megatron requires gathered logits in inference mode; sampling needs the full vocabulary anyway)
-        kwargs = {} if inference_context is None else {"inference_context": inference_context,
-                                                       "runtime_gather_output": True}
+        # Sampling gathers the vocabulary shards of tensor parallelism (small vocabularies; Megatron's inference
+        # mode requires it too), so every TP rank holds the same logits and samples the same tokens.
+        kwargs = {"runtime_gather_output": True}
+        if inference_context is not None:
+            kwargs["inference_context"] = inference_context
         with torch.no_grad(), self._numerics():
             return self.model(tokens.to(self.device), positions.to(self.device), mask.to(self.device),
                               **kwargs).float()
@@ -212,8 +286,9 @@ class LocalEngine:
         self.model.eval()
         try:
             run = self._generate_cached if self.kv_cache else self._generate_full
-            responses, logps, done, routing = run(prompt_ids, max_new_tokens, temperature, top_p, top_k,
-                                                  allowed_tokens, generator)
+            with sequence_parallel_off(self.model):
+                responses, logps, done, routing = run(prompt_ids, max_new_tokens, temperature, top_p, top_k,
+                                                      allowed_tokens, generator)
         finally:
             if was_training:
                 self.model.train()
@@ -321,11 +396,7 @@ class LocalEngine:
             # [L, N, k] in pad_batch's layout: the last sampled token is never forwarded, its slot gets experts
             # 0..k-1 (like an external engine's; it feeds no loss position).
             layers = [torch.cat([step[layer] for step in per_step]) for layer in range(len(per_step[0]))]
-            length = max_p + max(len(r) for r in responses)
-            routing = []
-            for t in layers:
-                pad = torch.arange(t.shape[-1]).expand(length - t.shape[0], n, t.shape[-1])
-                routing.append(torch.cat([t, pad.to(t.dtype)]))
+            routing = pad_routing(layers, max_p + max(len(r) for r in responses))
         return responses, logps, done, routing
 
     def update_weights(self, *_args, **_kwargs) -> None:

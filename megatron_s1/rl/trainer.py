@@ -13,7 +13,14 @@ Per step:
      by the optimizer step with the grad-norm filter (``train.skip_grad_norm_above``).
 
 Metrics go to ``run.dir/rl_metrics.jsonl``; checkpoints use the training checkpoint format.
-Scope: pipeline parallel = 1 and tensor parallel = 1 for the colocated engine (log-probs from full logits).
+
+Parallelism: data, expert and tensor parallelism; pipeline parallel = 1 (ConfigError otherwise: the RL step has
+no pipeline schedule). With tensor parallelism the training log-probs come from the vocab-parallel logits
+(-vocab_parallel_cross_entropy: the vocabulary is never gathered), the rollout gathers logits for sampling
+(small vocabularies), every TP rank of a data-parallel group draws prompts and tokens from the same seeds and
+the driver checks every step that they sampled the same tokens. Sequence parallelism (forced for MoE + TP) is
+switched off for generation and kept for the training forwards (lengths padded to a multiple of TP, routing
+replay sliced to each rank's sequence shard).
 """
 from __future__ import annotations
 
@@ -22,6 +29,7 @@ import math
 import os
 import random
 import time
+import zlib
 from typing import Optional
 
 import torch
@@ -31,7 +39,8 @@ from megatron_s1.config.schema import ConfigError, ExperimentConfig
 from megatron_s1.models.language import build_language_model
 from megatron_s1.rl import filtering, losses
 from megatron_s1.rl.rewards import RewardMixer, as_scores, get_reward
-from megatron_s1.rl.rollout import LocalEngine, OpenAIEngine, pad_batch, routing_replay, select_routing, token_logprobs
+from megatron_s1.rl.rollout import (LocalEngine, OpenAIEngine, pad_batch, pad_routing, routing_replay,
+                                     select_routing, token_logprobs)
 from megatron_s1.rl.tasks import build_prompt_source
 from megatron_s1.training.tasks import register_task
 
@@ -67,15 +76,32 @@ class RLTask:
 def install_fp32_lm_head(model) -> None:
     """Compute the output projection in fp32 (fp32 copies of the activations and the bf16 weight), so logits and
     log-probs of bf16 models carry no bf16 rounding; gradients flow back to the weight through the cast.
-    TP=1 only (the RL driver's layout): a plain matmul replaces the column-parallel linear."""
+
+    A plain fp32 matmul replaces the column-parallel linear's; with tensor parallelism it keeps that layer's
+    communication: the input is all-gathered over the sequence (sequence parallel; gradient reduce-scattered)
+    or copied (gradient all-reduced), the output stays this rank's vocabulary shard unless gathered."""
+    from megatron.core.tensor_parallel.mappings import (copy_to_tensor_model_parallel_region,
+                                                        gather_from_sequence_parallel_region,
+                                                        gather_from_tensor_model_parallel_region)
+
     layer = getattr(model, "output_layer", None)
     if layer is None:  # not the last pipeline stage
         return
+    group = getattr(layer, "tp_group", None)
+    tp = dist.get_world_size(group) if group is not None and dist.is_initialized() else 1
 
     def forward(input_, weight=None, runtime_gather_output=None):
         w = layer.weight if weight is None else weight
         bias = getattr(layer, "bias", None)
+        if tp > 1:  # (attributes read per call: generation switches sequence parallelism off)
+            if layer.sequence_parallel:
+                input_ = gather_from_sequence_parallel_region(input_, tensor_parallel_output_grad=True, group=group)
+            else:
+                input_ = copy_to_tensor_model_parallel_region(input_, group=group)
         out = torch.nn.functional.linear(input_.float(), w.float(), None if bias is None else bias.float())
+        gather = layer.gather_output if runtime_gather_output is None else runtime_gather_output
+        if tp > 1 and gather:
+            out = gather_from_tensor_model_parallel_region(out, group=group)
         return out, None
 
     layer.forward = forward
@@ -85,23 +111,39 @@ def _rollout_dtype(name: str) -> Optional[torch.dtype]:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
-def routing_mismatch(a: list, b: list) -> float:
-    """Fraction of (layer, token) routing decisions whose top-k expert *sets* differ between two recordings."""
+def routing_mismatch(a: list, b: list, where: Optional[torch.Tensor] = None) -> float:
+    """Fraction of (layer, token) routing decisions whose top-k expert *sets* differ between two recordings
+    ([L, N, k] per layer), over the positions marked in ``where`` [L, N] (default all)."""
     diff, total = 0, 0
     for x, y in zip(a, b):
-        xs, ys = x.sort(-1).values, y.sort(-1).values
-        diff += int((xs != ys).any(-1).sum())
-        total += xs.shape[0] * xs.shape[1]
+        differs = (x.sort(-1).values != y.sort(-1).values).any(-1)
+        if where is not None:
+            differs = differs[where]
+        diff += int(differs.sum())
+        total += differs.numel()
     return diff / max(total, 1)
+
+
+def routed_positions(prompt_ids: list, response_ids: list, length: int) -> torch.Tensor:
+    """[L, N] positions (pad_batch layout) whose routing reaches the loss: real tokens except each row's last
+    one (a cached engine never forwards it and its output predicts nothing); padding is excluded."""
+    max_p = max(map(len, prompt_ids))
+    out = torch.zeros(length, len(prompt_ids), dtype=torch.bool)
+    for i, (p, r) in enumerate(zip(prompt_ids, response_ids)):
+        out[max_p - len(p):max_p + len(r) - 1, i] = True
+    return out
 
 
 class RLTrainer:
     def __init__(self, cfg: ExperimentConfig, rollout_dtype: str = "bf16"):
         from megatron_s1.training.loop import Trainer
 
-        if cfg.parallel.pipeline != 1 or cfg.parallel.tensor != 1:
-            raise ConfigError("megatron-s1 rl supports parallel.pipeline=1 and parallel.tensor=1 (use data/expert "
-                              "parallelism); larger layouts need the external engine + a pipeline-aware loss")
+        if cfg.parallel.pipeline != 1 or cfg.parallel.virtual_pipeline:
+            raise ConfigError(f"megatron-s1 rl needs parallel.pipeline=1 (got {cfg.parallel.pipeline}): the RL step "
+                              "has no pipeline schedule; use tensor, expert or data parallelism instead")
+        if cfg.parallel.context != 1:
+            raise ConfigError(f"megatron-s1 rl needs parallel.context=1 (got {cfg.parallel.context}); use tensor, "
+                              "expert or data parallelism instead")
         if cfg.rl.algorithm not in ("icepop", "grpo", "oreal"):
             raise ConfigError(f"rl.algorithm must be icepop, grpo or oreal, got {cfg.rl.algorithm!r}")
         cfg.train.task = "rl"
@@ -123,6 +165,11 @@ class RLTrainer:
             self.allowed[torch.tensor(self.allowed_list)] = True
         self.eos = self.tok.eod_id
         self.pad = self.tok.eod_id
+        from megatron.core import parallel_state
+
+        self.tp = parallel_state.get_tensor_model_parallel_world_size()
+        self.tp_rank = parallel_state.get_tensor_model_parallel_rank()
+        self.sp = bool(self.t.tconfig.sequence_parallel) and self.tp > 1
         r = cfg.rl
         if r.engine == "local":
             self.engine = LocalEngine(self.model, self.eos, self.pad, _rollout_dtype(rollout_dtype),
@@ -134,6 +181,7 @@ class RLTrainer:
                                        return_routing=r.routing_replay and cfg.model.num_moe_experts is not None)
         else:
             raise ConfigError(f"rl.engine must be local or openai, got {r.engine!r}")
+        # Seeds per data-parallel rank: the TP ranks of one model replica draw the same prompts and tokens.
         self.rng = random.Random(cfg.run.seed + 17 * self.t.dp_rank)
         self.gen = torch.Generator().manual_seed(cfg.run.seed + 1000 + self.t.dp_rank)
         self.is_moe = cfg.model.num_moe_experts is not None
@@ -141,11 +189,61 @@ class RLTrainer:
 
     # ------------------------------------------------------------------ pieces
     def _train_logprobs(self, batch, routing, grad: bool):
+        """Log-probs of the training forward; with tensor parallelism from the vocab-parallel logits."""
         tokens, positions, mask = (x.to(self.device) for x in batch[:3])
         ctx = torch.enable_grad() if grad else torch.no_grad()
-        with ctx, routing_replay(routing):
+        with ctx, routing_replay(self._sequence_shard(routing)):
             logits = self.model(tokens, positions, mask)
-            return token_logprobs(logits, tokens, self.cfg.rl.temperature, self.allowed)
+            return token_logprobs(logits, tokens, self.cfg.rl.temperature, self.allowed, vocab_parallel=self.tp > 1)
+
+    def _batch_len(self, prompt_ids, response_ids) -> int:
+        """Padded length of a training batch: sequence parallelism splits it over the TP ranks."""
+        length = max(map(len, prompt_ids)) + max((len(r) for r in response_ids), default=0)
+        return -(-length // self.tp) * self.tp if self.sp else length
+
+    def _sequence_shard(self, per_layer):
+        """Replay data of this rank's sequence shard (sequence parallelism routes [L / TP, N] tokens per rank)."""
+        if per_layer is None or not self.sp:
+            return per_layer
+        n = per_layer[0].shape[0] // self.tp
+        return [t[self.tp_rank * n:(self.tp_rank + 1) * n] for t in per_layer]
+
+    def _recorded_routing(self, rr, length: int, rows: int) -> list:
+        """Expert ids recorded in the training forward, as [L, N, k] per layer (gathered over sequence shards)."""
+        from megatron.core import parallel_state
+
+        out = []
+        for t in rr.get_recorded_data():
+            t = t.detach()
+            if self.sp:
+                parts = [torch.empty_like(t) for _ in range(self.tp)]
+                dist.all_gather(parts, t.contiguous(), group=parallel_state.get_tensor_model_parallel_group())
+                t = torch.cat(parts)
+            out.append(t.cpu().reshape(length, rows, -1))
+        return out
+
+    def _generate(self, prompt_ids, n, allowed_list):
+        """Rollout of this model replica. An external engine is asked once per replica (TP rank 0, broadcast);
+        the colocated engine runs on every TP rank and must sample the same tokens everywhere (checked)."""
+        from megatron.core import parallel_state
+
+        r = self.cfg.rl
+        args = (prompt_ids, n, r.max_new_tokens, r.temperature, r.top_p, r.top_k, allowed_list, self.gen)
+        if self.tp == 1:
+            return self.engine.generate(*args)
+        group = parallel_state.get_tensor_model_parallel_group()
+        if isinstance(self.engine, OpenAIEngine):
+            box = [self.engine.generate(*args) if self.tp_rank == 0 else None]
+            dist.broadcast_object_list(box, src=parallel_state.get_tensor_model_parallel_src_rank(), group=group)
+            return box[0]
+        rollout = self.engine.generate(*args)
+        digest = torch.tensor([zlib.crc32(json.dumps(rollout.response_ids).encode())], dtype=torch.long)
+        seen = [torch.zeros_like(digest) for _ in range(self.tp)]
+        dist.all_gather(seen, digest, group=group)
+        if len({int(x) for x in seen}) != 1:
+            raise RuntimeError("tensor-parallel ranks sampled different tokens for the same rollout; the colocated "
+                               "engine needs identical gathered logits and generator seeds on every TP rank")
+        return rollout
 
     def _rollout_matrix(self, rollout, rows, length):
         """Rollout log-probs scattered into the [n, L] layout of pad_batch (response positions only)."""
@@ -217,10 +315,13 @@ class RLTrainer:
         return combined_all[start:start + len(samples)], raw_all[start:start + len(samples)], metrics
 
     def _all_sum(self, values: list) -> list:
+        """Sum over data-parallel ranks (TP ranks of a replica hold the same values and are not summed)."""
+        from megatron.core import parallel_state
+
         t = torch.tensor(values, dtype=torch.float64)
-        if dist.get_world_size() > 1:
+        if self.t.dp_size > 1:
             t = t.to(self.device)
-            dist.all_reduce(t)
+            dist.all_reduce(t, group=parallel_state.get_data_parallel_group())
         return t.cpu().tolist()
 
     # ------------------------------------------------------------------ one step
@@ -229,8 +330,7 @@ class RLTrainer:
         t0 = time.perf_counter()
         prompts = self.source.sample(r.prompts_per_step, self.rng)
         prompt_ids = [self.tok.encode(p["prompt"]) for p in prompts]
-        rollout = self.engine.generate(prompt_ids, r.samples_per_prompt, r.max_new_tokens, r.temperature, r.top_p,
-                                       r.top_k, self.allowed_list, self.gen)
+        rollout = self._generate(prompt_ids, r.samples_per_prompt, self.allowed_list)
         t_roll = time.perf_counter() - t0
         G = r.samples_per_prompt
         texts, degen = [], []
@@ -251,23 +351,28 @@ class RLTrainer:
 
         kept_groups = self._all_sum([float(keep_groups.sum())])[0]
         record = {"step": self.t.state["step"] + 1, **reward_metrics, "kept_groups": int(kept_groups),
+                  # checksum of the sampled token ids (this data-parallel rank) to compare runs / layouts
+                  "rollout_crc": zlib.crc32(json.dumps(rollout.response_ids).encode()),
                   "kept_samples": len(rows), "response_len": sum(map(len, rollout.response_ids)) / len(texts),
                   "rollout_s": t_roll}
         # Train/rollout mismatch on the whole batch: with and without replaying the rollout's routing.
         all_rows = list(range(len(texts)))
-        full = pad_batch(rollout.prompt_ids, rollout.response_ids, self.pad)
-        length = full[0].shape[1]
+        length = self._batch_len(rollout.prompt_ids, rollout.response_ids)
+        full = pad_batch(rollout.prompt_ids, rollout.response_ids, self.pad, length)
         roll_all = self._rollout_matrix(rollout, all_rows, length)
         if rollout.routing is not None:
             from megatron_s1.rl.rollout import routing_record
 
+            rollout.routing = pad_routing(rollout.routing, length)
             with routing_record() as rr:
                 lp_plain = self._train_logprobs(full, None, grad=False).cpu()
-                own = [t.detach().cpu().reshape(length, len(texts), -1) for t in rr.get_recorded_data()]
-            record["routing_mismatch"] = routing_mismatch(own, rollout.routing)
+                own = self._recorded_routing(rr, length, len(texts))
+            record["routing_mismatch"] = routing_mismatch(
+                own, rollout.routing, routed_positions(rollout.prompt_ids, rollout.response_ids, length))
         else:
             lp_plain = self._train_logprobs(full, None, grad=False).cpu()
         record["kl_train_rollout"] = losses.sampled_kl(lp_plain, roll_all, full[3])
+        record["logp_train_rollout_maxdiff"] = float(((lp_plain - roll_all).abs() * full[3]).max())
         if rollout.routing is not None:
             lp_replay = self._train_logprobs(full, rollout.routing, grad=False).cpu()
             record["kl_train_rollout_replay"] = losses.sampled_kl(lp_replay, roll_all, full[3])
@@ -285,8 +390,9 @@ class RLTrainer:
             weight = 1.0
             if not mb:
                 mb, weight = [0], 0.0
-            batch = pad_batch([rollout.prompt_ids[i] for i in mb], [rollout.response_ids[i] for i in mb],
-                              self.pad, length)
+            # Rows of the full batch's layout: pi_old, the rollout log-probs and the replayed routing are indexed
+            # in it (re-padding the subset would shift positions when its longest prompt is shorter).
+            batch = tuple(x[mb] for x in full[:4])
             mask = batch[3].to(self.device)
             old = old_all[mb].to(self.device)
             roll = roll_all[mb].to(self.device)
@@ -342,8 +448,7 @@ class RLTrainer:
         rates = []
         for start in range(0, len(records), prompts_per_batch):
             chunk = records[start:start + prompts_per_batch]
-            roll = self.engine.generate([self.tok.encode(rec["prompt"]) for rec in chunk], n, r.max_new_tokens,
-                                        r.temperature, r.top_p, r.top_k, self.allowed_list, self.gen)
+            roll = self._generate([self.tok.encode(rec["prompt"]) for rec in chunk], n, self.allowed_list)
             for j, rec in enumerate(chunk):
                 fn = get_reward(rec["task"])
                 wins = 0
@@ -388,7 +493,9 @@ class RLTrainer:
                 if cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0:
                     saved = self.t.save()
                 if isinstance(self.engine, OpenAIEngine):
-                    self.engine.update_weights(saved or self.t.save())
+                    path = saved or self.t.save()  # (collective)
+                    if self.tp_rank == 0:
+                        self.engine.update_weights(path)
             saved_last = cfg.checkpoint.interval and self.t.state["step"] % cfg.checkpoint.interval == 0
             if cfg.checkpoint.save_final and not saved_last:
                 self.t.save()
