@@ -234,7 +234,7 @@ class RLConfig:
     kv_cache: bool = True  # colocated engine: KV-cached decoding (false: re-forward the sequence per token)
     online_filter: bool = True  # drop all-correct / all-wrong groups and degenerate responses
     freeze_router: bool = False
-    freeze_vision: bool = True
+    freeze_vision: bool = True  # image prompts (InternS1Model): no gradients into the vision tower
     fp32_lm_head: bool = False
     # Mixture of rewards (prompts of several tasks in one batch): task -> weight of its reward (default 1), and
     # none | running (per-task running z-normalisation) for every task, or a mapping task -> none | running.

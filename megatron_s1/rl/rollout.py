@@ -259,12 +259,14 @@ class LocalEngine:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.rollout_dtype)
 
-    def forward_logits(self, tokens, positions, mask, inference_context=None):
+    def forward_logits(self, tokens, positions, mask, inference_context=None, pixel_values=None):
         # Sampling gathers the vocabulary shards of tensor parallelism (small vocabularies; Megatron's inference
         # mode requires it too), so every TP rank holds the same logits and samples the same tokens.
         kwargs = {"runtime_gather_output": True}
         if inference_context is not None:
             kwargs["inference_context"] = inference_context
+        if pixel_values is not None:  # (InternS1Model; text-only models take no such argument)
+            kwargs["pixel_values"] = pixel_values.to(self.device)
         with torch.no_grad(), self._numerics():
             return self.model(tokens.to(self.device), positions.to(self.device), mask.to(self.device),
                               **kwargs).float()
@@ -280,19 +282,24 @@ class LocalEngine:
         return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1), full_logp
 
     def generate(self, prompts: list, n: int, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
-                 top_k: int = 0, allowed_tokens: Optional[list] = None, generator=None) -> Rollout:
+                 top_k: int = 0, allowed_tokens: Optional[list] = None, generator=None,
+                 pixels: Optional[list] = None) -> Rollout:
+        """``pixels``: per prompt the image tiles of its <IMG_CONTEXT> tokens (or None); kept per sample in
+        ``Rollout.meta["pixels"]`` for the training forwards."""
         prompt_ids = [list(p) for p in prompts for _ in range(n)]
+        row_pixels = None if pixels is None or all(p is None for p in pixels) else \
+            [pixels[i // n] for i in range(len(prompt_ids))]
         was_training = self.model.training
         self.model.eval()
         try:
             run = self._generate_cached if self.kv_cache else self._generate_full
             with sequence_parallel_off(self.model):
                 responses, logps, done, routing = run(prompt_ids, max_new_tokens, temperature, top_p, top_k,
-                                                      allowed_tokens, generator)
+                                                      allowed_tokens, generator, row_pixels)
         finally:
             if was_training:
                 self.model.train()
-        return Rollout(prompt_ids, responses, logps, done, routing)
+        return Rollout(prompt_ids, responses, logps, done, routing, meta={"pixels": row_pixels})
 
     @staticmethod
     def _allowed_mask(allowed_tokens, vocab: int, device):
@@ -311,15 +318,19 @@ class LocalEngine:
             logps[i].append(float(full_logp[i, tok]))
             done[i] = tok == self.eos_id
 
-    def _generate_full(self, prompt_ids, max_new_tokens, temperature, top_p, top_k, allowed_tokens, generator):
-        """Reference path: the whole padded batch is re-forwarded for every new token."""
+    def _generate_full(self, prompt_ids, max_new_tokens, temperature, top_p, top_k, allowed_tokens, generator,
+                       row_pixels=None):
+        """Reference path: the whole padded batch is re-forwarded for every new token (images every time)."""
+        from megatron_s1.rl.multimodal import batch_pixels
+
+        pixel_values = batch_pixels(row_pixels, range(len(prompt_ids)))
         responses = [[] for _ in prompt_ids]
         logps = [[] for _ in prompt_ids]
         done = [False] * len(prompt_ids)
         allowed = None
         for _ in range(max_new_tokens):
             tokens, positions, mask, _, _ = pad_batch(prompt_ids, responses, self.pad_id)
-            logits = self.forward_logits(tokens, positions, mask)[:, -1]
+            logits = self.forward_logits(tokens, positions, mask, pixel_values=pixel_values)[:, -1]
             if allowed is None:
                 allowed = self._allowed_mask(allowed_tokens, logits.shape[-1], logits.device)
             nxt, full_logp = self._pick(logits, temperature, top_k, top_p, allowed, generator)
@@ -330,7 +341,7 @@ class LocalEngine:
         if self.record_routing and moe_replay_available():
             tokens, positions, mask, resp_mask, _ = pad_batch(prompt_ids, responses, self.pad_id)
             with routing_record() as rr:
-                logits = self.forward_logits(tokens, positions, mask)
+                logits = self.forward_logits(tokens, positions, mask, pixel_values=pixel_values)
                 routing = [t.detach().cpu().reshape(tokens.shape[1], tokens.shape[0], -1)
                            for t in rr.get_recorded_data()]
             # the rollout log-probs of the recorded forward (identical to sampling-time ones up to batch shape)
@@ -340,10 +351,16 @@ class LocalEngine:
                 logps[i] = lp[i, idx].tolist()
         return responses, logps, done, routing
 
-    def _generate_cached(self, prompt_ids, max_new_tokens, temperature, top_p, top_k, allowed_tokens, generator):
-        """KV-cached path (Megatron-Core static inference context); routing recorded per forward when asked."""
+    def _generate_cached(self, prompt_ids, max_new_tokens, temperature, top_p, top_k, allowed_tokens, generator,
+                         row_pixels=None):
+        """KV-cached path (Megatron-Core static inference context); routing recorded per forward when asked.
+        Images enter with the prefill only (their keys / values are then in the cache)."""
         from megatron.core.inference.contexts import StaticInferenceContext
         from megatron.core.inference.utils import InferenceMode
+
+        from megatron_s1.rl.multimodal import batch_pixels
+
+        pixel_values = batch_pixels(row_pixels, range(len(prompt_ids)))
 
         n = len(prompt_ids)
         responses = [[] for _ in prompt_ids]
@@ -364,7 +381,8 @@ class LocalEngine:
         try:
             for step in range(max_new_tokens):
                 with routing_record() if record else contextlib.nullcontext() as rr:
-                    logits = self.forward_logits(tokens, positions, mask, inference_context=ctx)[:, -1]
+                    logits = self.forward_logits(tokens, positions, mask, inference_context=ctx,
+                                                 pixel_values=pixel_values if step == 0 else None)[:, -1]
                     if record:
                         per_step.append([t.detach().cpu().reshape(tokens.shape[1], n, -1)
                                          for t in rr.get_recorded_data()])
@@ -433,7 +451,9 @@ class OpenAIEngine:
         return int(str(tok).split(":", 1)[1]) if str(tok).startswith("token_id:") else int(tok)
 
     def generate(self, prompts: list, n: int, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
-                 top_k: int = 0, allowed_tokens: Optional[list] = None, generator=None) -> Rollout:
+                 top_k: int = 0, allowed_tokens: Optional[list] = None, generator=None, pixels=None) -> Rollout:
+        if pixels is not None and any(p is not None for p in pixels):
+            raise ValueError("the OpenAI engine client sends token ids only; image prompts need rl.engine=local")
         payload = {"model": self.model, "prompt": [list(p) for p in prompts], "n": n, "max_tokens": max_new_tokens,
                    "temperature": temperature, "top_p": top_p, "logprobs": 0, "return_tokens_as_token_ids": True}
         if top_k:

@@ -12,6 +12,9 @@ Per step:
   5. ``rl.mini_batches`` policy updates over the kept samples (IcePop / GRPO / OREAL (+ KL-Cov)), each followed
      by the optimizer step with the grad-norm filter (``train.skip_grad_norm_above``).
 
+Image prompts (jsonl records with ``images``) run through InternS1Model when ``vision.preset`` is set
+(megatron_s1/rl/multimodal.py); ``rl.freeze_vision`` freezes its vision tower.
+
 Metrics go to ``run.dir/rl_metrics.jsonl``; checkpoints use the training checkpoint format.
 
 Parallelism: data, expert and tensor parallelism; pipeline parallel = 1 (ConfigError otherwise: the RL step has
@@ -47,11 +50,22 @@ from megatron_s1.training.tasks import register_task
 
 @register_task("rl")
 class RLTask:
-    """Model provider of RL runs: routing replay hooks on, router / vision frozen on request."""
+    """Model provider of RL runs: routing replay hooks on, router / vision frozen on request. With
+    ``vision.preset`` set the policy is InternS1Model (image prompts), else the text model."""
 
     def __init__(self, trainer):
         self.trainer = trainer
-        self.cfg = trainer.cfg
+        self.cfg = cfg = trainer.cfg
+        self.media = None
+        if cfg.vision.preset is not None:
+            from megatron_s1.data.multimodal.tokens import resolve_media_tokens
+
+            self.media = resolve_media_tokens(trainer.tokenizer)
+            need = max(self.media.all()) + 1
+            if cfg.model.vocab_size < need:
+                raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} does not cover the media tokens (ids up "
+                                  f"to {need - 1}, reserved after the tokenizer's vocabulary); set "
+                                  f"model.vocab_size >= {need}")
 
     def build_model(self, tconfig, pre_process: bool, post_process: bool, vp_stage=None):
         if self.cfg.model.num_moe_experts is not None:
@@ -60,9 +74,17 @@ class RLTask:
             if vp_stage in (None, 0):  # replay instances are process-global: one model per process
                 RouterReplay.clear_global_router_replay_instances()
             tconfig.moe_enable_routing_replay = True
-        model = build_language_model(self.cfg, tconfig, pre_process, post_process, vp_stage=vp_stage)
+        if self.media is not None:
+            from megatron_s1.models.interns1.model import build_interns1_model
+
+            model = build_interns1_model(self.cfg, tconfig, pre_process, post_process, vp_stage=vp_stage,
+                                         token_ids=self.media)
+            if self.cfg.rl.freeze_vision and model.vision_model is not None:
+                model.vision_model.requires_grad_(False)
+        else:
+            model = build_language_model(self.cfg, tconfig, pre_process, post_process, vp_stage=vp_stage)
         if self.cfg.rl.fp32_lm_head:
-            install_fp32_lm_head(model)
+            install_fp32_lm_head(getattr(model, "language_model", model))
         if self.cfg.rl.freeze_router:
             for name, p in model.named_parameters():
                 if ".router." in name:
@@ -154,11 +176,24 @@ class RLTrainer:
             self.mixer = RewardMixer(cfg.rl.reward_weights, cfg.rl.reward_normalisation)
         except (ValueError, OSError) as err:
             raise ConfigError(str(err)) from None
+        if self.source.has_images and cfg.vision.preset is None:
+            raise ConfigError(f"the prompts of rl.task={cfg.rl.task} have images; set vision.preset (InternS1Model) "
+                              "and a model.vocab_size that covers the media tokens")
+        if self.source.has_images and cfg.rl.engine != "local":
+            raise ConfigError("image prompts need rl.engine=local (the OpenAI engine client sends token ids only)")
         self.t = Trainer(cfg)
         self.tok = self.t.tokenizer
         self.device = self.t.env.device
         self.model = self.t.model[0]
+        from megatron_s1.rl.multimodal import PromptEncoder
+
+        media = self.t.task.media
+        self.encode = PromptEncoder(self.tok, media, cfg.vision if media is not None else None)
         self.allowed_list = self.source.allowed_tokens(self.tok)
+        if media is not None:  # a sampled media token would need an image behind it: never sample them
+            banned = set(media.all())
+            pool = range(cfg.model.vocab_size) if self.allowed_list is None else self.allowed_list
+            self.allowed_list = [t for t in pool if t not in banned]
         self.allowed = None
         if self.allowed_list is not None:
             self.allowed = torch.zeros(cfg.model.vocab_size, dtype=torch.bool, device=self.device)
@@ -188,12 +223,13 @@ class RLTrainer:
         self.metrics_path = os.path.join(cfg.run.dir, "rl_metrics.jsonl")
 
     # ------------------------------------------------------------------ pieces
-    def _train_logprobs(self, batch, routing, grad: bool):
+    def _train_logprobs(self, batch, routing, grad: bool, pixel_values=None):
         """Log-probs of the training forward; with tensor parallelism from the vocab-parallel logits."""
         tokens, positions, mask = (x.to(self.device) for x in batch[:3])
         ctx = torch.enable_grad() if grad else torch.no_grad()
+        extra = {} if pixel_values is None else {"pixel_values": pixel_values.to(self.device)}
         with ctx, routing_replay(self._sequence_shard(routing)):
-            logits = self.model(tokens, positions, mask)
+            logits = self.model(tokens, positions, mask, **extra)
             return token_logprobs(logits, tokens, self.cfg.rl.temperature, self.allowed, vocab_parallel=self.tp > 1)
 
     def _batch_len(self, prompt_ids, response_ids) -> int:
@@ -222,13 +258,15 @@ class RLTrainer:
             out.append(t.cpu().reshape(length, rows, -1))
         return out
 
-    def _generate(self, prompt_ids, n, allowed_list):
+    def _generate(self, prompt_ids, n, allowed_list, pixels=None):
         """Rollout of this model replica. An external engine is asked once per replica (TP rank 0, broadcast);
         the colocated engine runs on every TP rank and must sample the same tokens everywhere (checked)."""
         from megatron.core import parallel_state
 
         r = self.cfg.rl
         args = (prompt_ids, n, r.max_new_tokens, r.temperature, r.top_p, r.top_k, allowed_list, self.gen)
+        if pixels is not None and any(p is not None for p in pixels):
+            args = (*args, pixels)
         if self.tp == 1:
             return self.engine.generate(*args)
         group = parallel_state.get_tensor_model_parallel_group()
@@ -329,8 +367,11 @@ class RLTrainer:
         cfg, r = self.cfg, self.cfg.rl
         t0 = time.perf_counter()
         prompts = self.source.sample(r.prompts_per_step, self.rng)
-        prompt_ids = [self.tok.encode(p["prompt"]) for p in prompts]
-        rollout = self._generate(prompt_ids, r.samples_per_prompt, self.allowed_list)
+        prompt_ids, pixels = zip(*map(self.encode, prompts))
+        rollout = self._generate(list(prompt_ids), r.samples_per_prompt, self.allowed_list, list(pixels))
+        from megatron_s1.rl.multimodal import batch_pixels
+
+        row_pixels = rollout.meta.get("pixels")
         t_roll = time.perf_counter() - t0
         G = r.samples_per_prompt
         texts, degen = [], []
@@ -360,21 +401,22 @@ class RLTrainer:
         length = self._batch_len(rollout.prompt_ids, rollout.response_ids)
         full = pad_batch(rollout.prompt_ids, rollout.response_ids, self.pad, length)
         roll_all = self._rollout_matrix(rollout, all_rows, length)
+        all_pixels = batch_pixels(row_pixels, all_rows)
         if rollout.routing is not None:
             from megatron_s1.rl.rollout import routing_record
 
             rollout.routing = pad_routing(rollout.routing, length)
             with routing_record() as rr:
-                lp_plain = self._train_logprobs(full, None, grad=False).cpu()
+                lp_plain = self._train_logprobs(full, None, grad=False, pixel_values=all_pixels).cpu()
                 own = self._recorded_routing(rr, length, len(texts))
             record["routing_mismatch"] = routing_mismatch(
                 own, rollout.routing, routed_positions(rollout.prompt_ids, rollout.response_ids, length))
         else:
-            lp_plain = self._train_logprobs(full, None, grad=False).cpu()
+            lp_plain = self._train_logprobs(full, None, grad=False, pixel_values=all_pixels).cpu()
         record["kl_train_rollout"] = losses.sampled_kl(lp_plain, roll_all, full[3])
         record["logp_train_rollout_maxdiff"] = float(((lp_plain - roll_all).abs() * full[3]).max())
         if rollout.routing is not None:
-            lp_replay = self._train_logprobs(full, rollout.routing, grad=False).cpu()
+            lp_replay = self._train_logprobs(full, rollout.routing, grad=False, pixel_values=all_pixels).cpu()
             record["kl_train_rollout_replay"] = losses.sampled_kl(lp_replay, roll_all, full[3])
         old_all = lp_replay if (rollout.routing is not None and r.routing_replay) else lp_plain
 
@@ -406,7 +448,7 @@ class RLTrainer:
                 chunk.zero_grad_buffer()
             self.t.optimizer.zero_grad()
             logp = self._train_logprobs(batch, select_routing(rollout.routing, mb) if r.routing_replay else None,
-                                        grad=True)
+                                        grad=True, pixel_values=batch_pixels(row_pixels, mb))
             loss, stats = self._policy_loss(logp, old, roll, mask, a, pos, (n_pos, n_neg), seq_scale, weight)
             loss.backward()
             from megatron.core.distributed import finalize_model_grads
@@ -448,7 +490,8 @@ class RLTrainer:
         rates = []
         for start in range(0, len(records), prompts_per_batch):
             chunk = records[start:start + prompts_per_batch]
-            roll = self._generate([self.tok.encode(rec["prompt"]) for rec in chunk], n, self.allowed_list)
+            ids, pixels = zip(*map(self.encode, chunk))
+            roll = self._generate(list(ids), n, self.allowed_list, list(pixels))
             for j, rec in enumerate(chunk):
                 fn = get_reward(rec["task"])
                 wins = 0
