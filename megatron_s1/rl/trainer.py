@@ -449,6 +449,8 @@ class RLTrainer:
             self.t.optimizer.zero_grad()
             logp = self._train_logprobs(batch, select_routing(rollout.routing, mb) if r.routing_replay else None,
                                         grad=True, pixel_values=batch_pixels(row_pixels, mb))
+            if k == 0 and weight > 0:  # no update yet: pi_new must equal pi_old position by position
+                record["first_update_logp_maxdiff"] = float(((logp.detach() - old).abs() * mask).max())
             loss, stats = self._policy_loss(logp, old, roll, mask, a, pos, (n_pos, n_neg), seq_scale, weight)
             loss.backward()
             from megatron.core.distributed import finalize_model_grads

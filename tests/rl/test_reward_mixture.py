@@ -12,7 +12,8 @@ RECIPE = os.path.join(REPO, "examples/rl/tiny_cpu.yaml")
 def _prompts(path):
     with open(path, "w") as f:
         for d in range(10):
-            f.write(json.dumps({"prompt": f"copy {d}=", "reference": str(d), "task": "toy_copy"}) + "\n")
+            prompt = "copy " + "the digit " * (d % 3) + f"{d}="  # three prompt lengths
+            f.write(json.dumps({"prompt": prompt, "reference": str(d), "task": "toy_copy"}) + "\n")
         for a, b in [(1, 2), (3, 4), (2, 2), (5, 1), (0, 7)]:
             f.write(json.dumps({"prompt": f"{a}+{b}=", "reference": str(a + b), "task": "toy_add"}) + "\n")
     return path
@@ -37,6 +38,9 @@ def test_mixed_task_run_logs_per_task_rewards(tmp_path):
         if "toy_add" in n:  # weight 2, no normalisation
             assert rec["reward_combined/toy_add"] == pytest.approx(2 * rec["reward_mean/toy_add"])
     assert saw_both
+    # Prompts of two lengths: the update's log-probs line up with pi_old (the kept rows are taken from the full
+    # batch's padded layout; re-padding a subset without the longest prompt would shift them).
+    assert all(rec.get("first_update_logp_maxdiff", 0.0) < 1e-5 for rec in records)
     # Step 1: toy_copy's running normaliser has seen only this batch, so its z-scores average to zero.
     first = records[0]
     if "samples/toy_copy" in first and 0 < first["reward_mean/toy_copy"] < 1:
