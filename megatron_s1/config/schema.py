@@ -239,10 +239,15 @@ class RLConfig:
     engine: str = "local"  # local (colocated Megatron-Core sampling) | openai (external server)
     engine_url: Optional[str] = None
     routing_replay: bool = False  # replay rollout expert choices in the training forward (MoE)
+    kv_cache: bool = True  # colocated engine: KV-cached decoding (false: re-forward the sequence per token)
     online_filter: bool = True  # drop all-correct / all-wrong groups and degenerate responses
     freeze_router: bool = False
-    freeze_vision: bool = True
+    freeze_vision: bool = True  # image prompts (InternS1Model): no gradients into the vision tower
     fp32_lm_head: bool = False
+    # Mixture of rewards (prompts of several tasks in one batch): task -> weight of its reward (default 1), and
+    # none | running (per-task running z-normalisation) for every task, or a mapping task -> none | running.
+    reward_weights: dict = field(default_factory=dict)
+    reward_normalisation: Any = "none"
 
 
 @dataclass
@@ -323,6 +328,10 @@ def _coerce(value: Any, annotation: Any, dotted: str) -> Any:
     if annotation is list or origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"config key {dotted!r} expects a list, got {value!r}")
+        return value
+    if annotation is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {dotted!r} expects a mapping (e.g. {{math: 1.0}}), got {value!r}")
         return value
     return value
 

@@ -172,7 +172,9 @@ class PositionIdRotary(torch.nn.Module):
 
     Megatron's GPTModel applies RoPE by sequence index unless a THD packed sequence (TE) tells it where
     documents start. Without TE, packed documents carry restarting `position_ids`; this wrapper makes RoPE
-    follow them, so a document in a pack is encoded exactly as it would be alone.
+    follow them, so a document in a pack is encoded exactly as it would be alone. Rows whose positions differ
+    (left-padded RL batches, packs with different boundaries) get one table each ([s, b, 1, d], which
+    Megatron's rotary application broadcasts like the usual [s, 1, 1, d]).
     """
 
     def __init__(self, inner):
@@ -186,9 +188,11 @@ class PositionIdRotary(torch.nn.Module):
     def forward(self, max_seq_len, *args, **kwargs):
         if self.position_ids is None:
             return self.inner(max_seq_len, *args, **kwargs)
-        positions = self.position_ids[0]
-        table = self.inner(max(int(max_seq_len), int(positions.max()) + 1), *args, **kwargs)
-        return table[positions]
+        positions = self.position_ids
+        table = self.inner(max(int(max_seq_len), int(positions.max()) + 1), *args, **kwargs)  # [S, 1, 1, d]
+        if bool((positions == positions[:1]).all()):
+            return table[positions[0]]
+        return table[:, 0, 0][positions.t()].unsqueeze(2)
 
 
 class LanguageModel(GPTModel):
@@ -196,7 +200,17 @@ class LanguageModel(GPTModel):
 
     def forward(self, input_ids, position_ids, attention_mask, *args, **kwargs):
         if isinstance(getattr(self, "rotary_pos_emb", None), PositionIdRotary):
-            self.rotary_pos_emb.position_ids = position_ids
+            rope_positions = position_ids
+            ctx = kwargs.get("inference_context")
+            if ctx is not None and position_ids is not None and ctx.is_static_batching():
+                # Megatron's static KV cache slices the RoPE table by cache index ([offset, offset + s) for the new
+                # queries, [0, offset + s) for the cached keys), so give each row its position at every cache
+                # index: with left padding that is index - pad, read off this step's last position (pad indices
+                # clamp to 0, as pad_batch's do in a full forward).
+                end = ctx.sequence_len_offset + position_ids.shape[1]
+                index = torch.arange(ctx.max_sequence_length, device=position_ids.device)
+                rope_positions = (position_ids[:, -1:] - (end - 1) + index).clamp_min(0)
+            self.rotary_pos_emb.position_ids = rope_positions
         return super().forward(input_ids, position_ids, attention_mask, *args, **kwargs)
 
 

@@ -15,7 +15,9 @@ Verifiers
 - POLAR client: a reward model taking (prompt, reference, candidate) -> scalar, protocol
   ``POST {url}/v1/reward {"items": [{"prompt", "reference", "output"}, ...]}`` -> ``{"rewards": [float, ...]}``.
 
-``combine_rewards`` turns per-verifier scores into one scalar per sample with per-task normalisation.
+``combine_rewards`` turns per-verifier scores into one scalar per sample with per-task normalisation;
+``RewardMixer`` holds the RL loop's task weights and running normalisers (``rl.reward_weights``,
+``rl.reward_normalisation``).
 """
 from __future__ import annotations
 
@@ -284,6 +286,10 @@ def register_reward(task: str, fn: RewardFn) -> None:
     _REWARDS[task] = fn
 
 
+def known_tasks() -> list[str]:
+    return sorted(_REWARDS)
+
+
 def get_reward(task: str) -> RewardFn:
     """The reward callable of a task (``fn(prompt, response, reference=None, **meta) -> float``)."""
     if task not in _REWARDS:
@@ -312,14 +318,17 @@ class RunningNorm:
         return (v - self.mean) / (self.std + 1e-6) if self.n > 1 else v
 
 
-def combine_rewards(samples: list[dict], weights: Optional[dict] = None, norms: Optional[dict] = None) -> list[float]:
+def combine_rewards(samples: list[dict], weights: Optional[dict] = None, norms: Optional[dict] = None,
+                    task_weights: Optional[dict] = None) -> list[float]:
     """One scalar per sample from its per-verifier scores.
 
     Each sample is ``{"task": str, "scores": {verifier: value}}``. Scores of a task are z-normalised with that
     task's ``RunningNorm`` (updated with this batch first) when ``norms`` is given -- rule verifiers in {0, 1}
-    normally stay raw -- and weighted by ``weights[verifier]`` (default 1), then summed.
+    normally stay raw -- and weighted by ``weights[verifier]`` (default 1), then summed; the sum is multiplied by
+    ``task_weights[task]`` (default 1).
     """
     weights = weights or {}
+    task_weights = task_weights or {}
     if norms is not None:
         by_task: dict = {}
         for s in samples:
@@ -336,5 +345,68 @@ def combine_rewards(samples: list[dict], weights: Optional[dict] = None, norms: 
             if norms is not None and key in norms:
                 v = norms[key](v)
             total += weights.get(name, 1.0) * v
-        out.append(total)
+        out.append(task_weights.get(s["task"], 1.0) * total)
     return out
+
+
+def as_scores(task: str, value) -> dict:
+    """A reward's return value as named scores: a float is the task's single score; a dict (e.g. a rule verifier
+    plus a model judge) is kept as it is."""
+    if isinstance(value, dict):
+        bad = {k: v for k, v in value.items() if not isinstance(v, (int, float)) or isinstance(v, bool)}
+        if bad or not value:
+            raise TypeError(f"reward of task {task!r} returned {value!r}; a reward returns a number or a non-empty "
+                            "dict of named numbers")
+        return {str(k): float(v) for k, v in value.items()}
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"reward of task {task!r} returned {value!r}; a reward returns a number or a dict of them")
+    return {task: float(value)}
+
+
+NORMALISATIONS = ("none", "running")
+
+
+class RewardMixer:
+    """Mixture of rewards for RL batches that mix tasks: every sample's scores -> one scalar.
+
+    ``task_weights``: task -> weight (default 1). ``normalisation``: ``"none"`` | ``"running"`` for every task, or
+    a mapping task -> mode (tasks not named: none). ``running`` z-normalises each (task, score) with a
+    ``RunningNorm`` that persists across steps, so model-judge scores of different scales land on one scale while
+    the {0, 1} rule verifiers can stay raw.
+    """
+
+    def __init__(self, task_weights: Optional[dict] = None, normalisation="none", known_tasks=None):
+        known = set(_REWARDS if known_tasks is None else known_tasks)
+        self.task_weights = {}
+        for task, w in (task_weights or {}).items():
+            if task not in known:
+                raise ValueError(f"rl.reward_weights names task {task!r}, which has no registered reward; known: "
+                                 f"{', '.join(sorted(known))}")
+            if isinstance(w, bool) or not isinstance(w, (int, float)):
+                raise ValueError(f"rl.reward_weights.{task} must be a number, got {w!r}")
+            self.task_weights[task] = float(w)
+        if isinstance(normalisation, str):
+            self.default_mode, modes = normalisation, {}
+        elif isinstance(normalisation, dict):
+            self.default_mode, modes = "none", dict(normalisation)
+        else:
+            raise ValueError(f"rl.reward_normalisation must be none, running or a mapping task -> none|running, "
+                             f"got {normalisation!r}")
+        for task, mode in [("*", self.default_mode), *modes.items()]:
+            if mode not in NORMALISATIONS:
+                raise ValueError(f"rl.reward_normalisation for {task!r} must be none or running, got {mode!r}")
+            if task != "*" and task not in known:
+                raise ValueError(f"rl.reward_normalisation names task {task!r}, which has no registered reward; "
+                                 f"known: {', '.join(sorted(known))}")
+        self.modes = modes
+        self.norms: dict = {}
+
+    def mode(self, task: str) -> str:
+        return self.modes.get(task, self.default_mode)
+
+    def __call__(self, samples: list[dict]) -> list[float]:
+        for s in samples:
+            if self.mode(s["task"]) == "running":
+                for name in s["scores"]:
+                    self.norms.setdefault((s["task"], name), RunningNorm())
+        return combine_rewards(samples, norms=self.norms, task_weights=self.task_weights)

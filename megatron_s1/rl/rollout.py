@@ -64,8 +64,16 @@ def pad_batch(prompt_ids: list, response_ids: list, pad_id: int, total_len: Opti
 
 
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0,
-                   allowed: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """log pi(token_{t+1} | <= t) for every position t of [N, L] (last position 0), in fp32."""
+                   allowed: Optional[torch.Tensor] = None, vocab_parallel: bool = False) -> torch.Tensor:
+    """log pi(token_{t+1} | <= t) for every position t of [N, L] (last position 0), in fp32.
+
+    ``vocab_parallel``: ``logits`` hold this tensor-parallel rank's vocabulary shard ([N, L, V / TP], the
+    training forward's layout); log pi(target) = -vocab_parallel_cross_entropy (max, sum-exp and the target
+    logit are all-reduced over the TP group), so the full vocabulary is never gathered. ``allowed`` is over the
+    full vocabulary either way.
+    """
+    if vocab_parallel:
+        return _vocab_parallel_token_logprobs(logits, tokens, temperature, allowed)
     logits = logits.float() / temperature
     if allowed is not None:
         logits = logits.masked_fill(~allowed.to(logits.device), float("-inf"))
@@ -74,6 +82,58 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: floa
     out = logp.gather(-1, nxt[..., None]).squeeze(-1)
     out = torch.nan_to_num(out, neginf=-1e4)
     return torch.cat([out, torch.zeros_like(out[:, :1])], dim=1)
+
+
+def _vocab_parallel_token_logprobs(logits, tokens, temperature, allowed):
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+
+    v_local = logits.shape[-1]
+    start = parallel_state.get_tensor_model_parallel_rank() * v_local
+    logits = logits.float() / temperature
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed[start:start + v_local].to(logits.device), float("-inf"))
+    # (the cross entropy works in place on its input: hand it a fresh contiguous tensor)
+    nxt = tokens[:, 1:].to(logits.device)
+    out = -vocab_parallel_cross_entropy(logits[:, :-1].contiguous(), nxt)
+    out = torch.nan_to_num(out, neginf=-1e4)  # disallowed targets (padding) -> finite, as on one rank
+    return torch.cat([out, torch.zeros_like(out[:, :1])], dim=1)
+
+
+@contextlib.contextmanager
+def sequence_parallel_off(model):
+    """Run the block with sequence parallelism switched off (attributes restored exactly afterwards).
+
+    Generation forwards one token per step, which cannot be split over the sequence; with it off every TP rank
+    holds the whole (short) sequence. MoE layers stay correct: their tensor-parallel all-gather then duplicates
+    the tokens and the reduce-scatter hands every rank the full result (the same reasoning as Megatron-Core's
+    static inference, which switches sequence parallelism off for the non-MoE layers).
+    """
+    module = getattr(model, "module", model)
+    config = getattr(module, "config", None)
+    if config is None or not config.sequence_parallel:
+        yield
+        return
+    saved = []
+    for sub in module.modules():
+        for attr in ("sequence_parallel", "scatter_to_sequence_parallel", "reduce_scatter_embeddings"):
+            if isinstance(getattr(sub, attr, None), bool):
+                saved.append((sub, attr, getattr(sub, attr)))
+                setattr(sub, attr, False)
+    saved_configs = {}  # (usually one shared TransformerConfig; copies are switched too)
+    for sub in module.modules():
+        c = getattr(sub, "config", None)
+        if isinstance(getattr(c, "sequence_parallel", None), bool):
+            saved_configs[id(c)] = (c, c.sequence_parallel)
+    for c, _ in saved_configs.values():
+        c.sequence_parallel = False
+    try:
+        yield
+    finally:
+        for sub, attr, value in saved:
+            setattr(sub, attr, value)
+        for c, value in saved_configs.values():
+            c.sequence_parallel = value
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -131,6 +191,18 @@ def routing_replay(per_layer: Optional[list]):
         RouterReplay.clear_global_router_replay_action()
 
 
+def pad_routing(per_layer: Optional[list], length: int) -> Optional[list]:
+    """Extend [L, N, k]-per-layer expert ids to ``length`` positions (extra right padding: experts 0..k-1, which
+    only feed padded positions)."""
+    if per_layer is None or per_layer[0].shape[0] >= length:
+        return per_layer
+    out = []
+    for t in per_layer:
+        extra = torch.arange(t.shape[-1], dtype=t.dtype).expand(length - t.shape[0], t.shape[1], t.shape[-1])
+        out.append(torch.cat([t, extra]))
+    return out
+
+
 def select_routing(per_layer: Optional[list], rows) -> Optional[list]:
     if per_layer is None:
         return None
@@ -163,62 +235,113 @@ def routing_from_engine(per_sample: list, prompt_ids: list, response_ids: list) 
 
 
 class LocalEngine:
-    """Colocated generation with the training model itself (no KV cache: full re-forward per token; fine for the
-    short CPU demos, the production path is the external engine)."""
+    """Colocated generation with the training model itself.
+
+    ``kv_cache=True`` (default): Megatron-Core's ``StaticInferenceContext`` -- one prefill forward over the
+    left-padded prompts, then one forward per new token whose keys / values are appended to per-layer caches;
+    the padding mask of every step is passed explicitly (the local attention applies it; Megatron switches the
+    mask *type* to no_mask after the prefill). ``kv_cache=False`` re-forwards the whole sequence per token (the
+    reference path). Greedy decoding is ``top_k=1``.
+    """
 
     def __init__(self, model, eos_id: int, pad_id: int, rollout_dtype: Optional[torch.dtype] = None,
-                 record_routing: bool = False, device=None):
+                 record_routing: bool = False, device=None, kv_cache: bool = True):
         self.model = model
         self.eos_id = eos_id
         self.pad_id = pad_id
         self.rollout_dtype = rollout_dtype
         self.record_routing = record_routing
         self.device = device or torch.device("cpu")
+        self.kv_cache = kv_cache
 
     def _numerics(self):
         if self.rollout_dtype is None or self.rollout_dtype == torch.float32:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.rollout_dtype)
 
-    def forward_logits(self, tokens, positions, mask):
+    def forward_logits(self, tokens, positions, mask, inference_context=None, pixel_values=None):
+        # Sampling gathers the vocabulary shards of tensor parallelism (small vocabularies; Megatron's inference
+        # mode requires it too), so every TP rank holds the same logits and samples the same tokens.
+        kwargs = {"runtime_gather_output": True}
+        if inference_context is not None:
+            kwargs["inference_context"] = inference_context
+        if pixel_values is not None:  # (InternS1Model; text-only models take no such argument)
+            kwargs["pixel_values"] = pixel_values.to(self.device)
         with torch.no_grad(), self._numerics():
-            return self.model(tokens.to(self.device), positions.to(self.device), mask.to(self.device)).float()
+            return self.model(tokens.to(self.device), positions.to(self.device), mask.to(self.device),
+                              **kwargs).float()
+
+    @staticmethod
+    def _pick(logits, temperature, top_k, top_p, allowed, generator):
+        """Sample the next token of every row from last-position logits [N, V]; also the full log-softmax."""
+        logits = logits / temperature
+        if allowed is not None:
+            logits = logits.masked_fill(~allowed.to(logits.device), float("-inf"))
+        full_logp = torch.log_softmax(logits, dim=-1)
+        probs = torch.softmax(filter_logits(logits, top_k, top_p), dim=-1)
+        return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1), full_logp
 
     def generate(self, prompts: list, n: int, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
-                 top_k: int = 0, allowed_tokens: Optional[list] = None, generator=None) -> Rollout:
+                 top_k: int = 0, allowed_tokens: Optional[list] = None, generator=None,
+                 pixels: Optional[list] = None) -> Rollout:
+        """``pixels``: per prompt the image tiles of its <IMG_CONTEXT> tokens (or None); kept per sample in
+        ``Rollout.meta["pixels"]`` for the training forwards."""
         prompt_ids = [list(p) for p in prompts for _ in range(n)]
+        row_pixels = None if pixels is None or all(p is None for p in pixels) else \
+            [pixels[i // n] for i in range(len(prompt_ids))]
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            run = self._generate_cached if self.kv_cache else self._generate_full
+            with sequence_parallel_off(self.model):
+                responses, logps, done, routing = run(prompt_ids, max_new_tokens, temperature, top_p, top_k,
+                                                      allowed_tokens, generator, row_pixels)
+        finally:
+            if was_training:
+                self.model.train()
+        return Rollout(prompt_ids, responses, logps, done, routing, meta={"pixels": row_pixels})
+
+    @staticmethod
+    def _allowed_mask(allowed_tokens, vocab: int, device):
+        if allowed_tokens is None:
+            return None
+        allowed = torch.zeros(vocab, dtype=torch.bool)
+        allowed[torch.tensor(allowed_tokens)] = True
+        return allowed.to(device)
+
+    def _append(self, nxt, full_logp, responses, logps, done) -> None:
+        for i in range(len(responses)):
+            if done[i]:
+                continue
+            tok = int(nxt[i])
+            responses[i].append(tok)
+            logps[i].append(float(full_logp[i, tok]))
+            done[i] = tok == self.eos_id
+
+    def _generate_full(self, prompt_ids, max_new_tokens, temperature, top_p, top_k, allowed_tokens, generator,
+                       row_pixels=None):
+        """Reference path: the whole padded batch is re-forwarded for every new token (images every time)."""
+        from megatron_s1.rl.multimodal import batch_pixels
+
+        pixel_values = batch_pixels(row_pixels, range(len(prompt_ids)))
         responses = [[] for _ in prompt_ids]
         logps = [[] for _ in prompt_ids]
         done = [False] * len(prompt_ids)
         allowed = None
-        was_training = self.model.training
-        self.model.eval()
         for _ in range(max_new_tokens):
             tokens, positions, mask, _, _ = pad_batch(prompt_ids, responses, self.pad_id)
-            logits = self.forward_logits(tokens, positions, mask)[:, -1] / temperature
-            if allowed_tokens is not None:
-                if allowed is None:
-                    allowed = torch.zeros(logits.shape[-1], dtype=torch.bool)
-                    allowed[torch.tensor(allowed_tokens)] = True
-                    allowed = allowed.to(logits.device)
-                logits = logits.masked_fill(~allowed, float("-inf"))
-            full_logp = torch.log_softmax(logits, dim=-1)
-            probs = torch.softmax(filter_logits(logits, top_k, top_p), dim=-1)
-            nxt = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1)
-            for i in range(len(prompt_ids)):
-                if done[i]:
-                    continue
-                tok = int(nxt[i])
-                responses[i].append(tok)
-                logps[i].append(float(full_logp[i, tok]))
-                done[i] = tok == self.eos_id
+            logits = self.forward_logits(tokens, positions, mask, pixel_values=pixel_values)[:, -1]
+            if allowed is None:
+                allowed = self._allowed_mask(allowed_tokens, logits.shape[-1], logits.device)
+            nxt, full_logp = self._pick(logits, temperature, top_k, top_p, allowed, generator)
+            self._append(nxt, full_logp, responses, logps, done)
             if all(done):
                 break
         routing = None
         if self.record_routing and moe_replay_available():
             tokens, positions, mask, resp_mask, _ = pad_batch(prompt_ids, responses, self.pad_id)
             with routing_record() as rr:
-                logits = self.forward_logits(tokens, positions, mask)
+                logits = self.forward_logits(tokens, positions, mask, pixel_values=pixel_values)
                 routing = [t.detach().cpu().reshape(tokens.shape[1], tokens.shape[0], -1)
                            for t in rr.get_recorded_data()]
             # the rollout log-probs of the recorded forward (identical to sampling-time ones up to batch shape)
@@ -226,9 +349,73 @@ class LocalEngine:
             for i in range(len(prompt_ids)):
                 idx = resp_mask[i].nonzero().squeeze(-1)
                 logps[i] = lp[i, idx].tolist()
-        if was_training:
-            self.model.train()
-        return Rollout(prompt_ids, responses, logps, done, routing)
+        return responses, logps, done, routing
+
+    def _generate_cached(self, prompt_ids, max_new_tokens, temperature, top_p, top_k, allowed_tokens, generator,
+                         row_pixels=None):
+        """KV-cached path (Megatron-Core static inference context); routing recorded per forward when asked.
+        Images enter with the prefill only (their keys / values are then in the cache)."""
+        from megatron.core.inference.contexts import StaticInferenceContext
+        from megatron.core.inference.utils import InferenceMode
+
+        from megatron_s1.rl.multimodal import batch_pixels
+
+        pixel_values = batch_pixels(row_pixels, range(len(prompt_ids)))
+
+        n = len(prompt_ids)
+        responses = [[] for _ in prompt_ids]
+        logps = [[] for _ in prompt_ids]
+        done = [False] * n
+        tokens, positions, mask, _, max_p = pad_batch(prompt_ids, responses, self.pad_id)
+        total = max_p + max_new_tokens
+        ctx = StaticInferenceContext(max_batch_size=n, max_sequence_length=total)
+        # valid[i, j]: cache index j of row i holds a real token (False: left padding, tokens after EOS).
+        valid = torch.zeros(n, total, dtype=torch.bool)
+        for i, p in enumerate(prompt_ids):
+            valid[i, max_p - len(p):max_p] = True
+        record = self.record_routing and moe_replay_available()
+        per_step = []  # per forward: per MoE layer [s_step, N, k]
+        allowed = None
+        was_active = InferenceMode.is_active()
+        InferenceMode.set_active()  # GPTModel then computes logits of the last position only
+        try:
+            for step in range(max_new_tokens):
+                with routing_record() if record else contextlib.nullcontext() as rr:
+                    logits = self.forward_logits(tokens, positions, mask, inference_context=ctx,
+                                                 pixel_values=pixel_values if step == 0 else None)[:, -1]
+                    if record:
+                        per_step.append([t.detach().cpu().reshape(tokens.shape[1], n, -1)
+                                         for t in rr.get_recorded_data()])
+                ctx.sequence_len_offset += tokens.shape[1]
+                if step == 0:
+                    ctx.enable_decode_mode()
+                if allowed is None:
+                    allowed = self._allowed_mask(allowed_tokens, logits.shape[-1], logits.device)
+                nxt, full_logp = self._pick(logits, temperature, top_k, top_p, allowed, generator)
+                was_done = list(done)
+                self._append(nxt, full_logp, responses, logps, done)
+                if all(done) or step == max_new_tokens - 1:
+                    break
+                # Next input: the sampled token (padding for finished rows) at cache index `idx`.
+                idx = ctx.sequence_len_offset
+                valid[:, idx] = ~torch.tensor(was_done)
+                tokens = torch.tensor([[self.pad_id if d else int(t)] for t, d in zip(nxt, was_done)])
+                positions = positions[:, -1:] + 1
+                # Keys the new query may see: the row's real tokens; a padding query sees only itself (as in
+                # pad_batch, so no row attends to nothing).
+                keys = valid[:, :idx + 1].clone()
+                keys[:, idx] = True
+                mask = ~keys[:, None, None, :]
+        finally:
+            if not was_active:
+                InferenceMode.unset_active()
+        routing = None
+        if record:
+            # [L, N, k] in pad_batch's layout: the last sampled token is never forwarded, its slot gets experts
+            # 0..k-1 (like an external engine's; it feeds no loss position).
+            layers = [torch.cat([step[layer] for step in per_step]) for layer in range(len(per_step[0]))]
+            routing = pad_routing(layers, max_p + max(len(r) for r in responses))
+        return responses, logps, done, routing
 
     def update_weights(self, *_args, **_kwargs) -> None:
         """Colocated: the engine reads the training weights directly."""
@@ -264,7 +451,9 @@ class OpenAIEngine:
         return int(str(tok).split(":", 1)[1]) if str(tok).startswith("token_id:") else int(tok)
 
     def generate(self, prompts: list, n: int, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
-                 top_k: int = 0, allowed_tokens: Optional[list] = None, generator=None) -> Rollout:
+                 top_k: int = 0, allowed_tokens: Optional[list] = None, generator=None, pixels=None) -> Rollout:
+        if pixels is not None and any(p is not None for p in pixels):
+            raise ValueError("the OpenAI engine client sends token ids only; image prompts need rl.engine=local")
         payload = {"model": self.model, "prompt": [list(p) for p in prompts], "n": n, "max_tokens": max_new_tokens,
                    "temperature": temperature, "top_p": top_p, "logprobs": 0, "return_tokens_as_token_ids": True}
         if top_k:

@@ -1,19 +1,24 @@
 """Prompt sources for RL: built-in verifiable toy tasks and jsonl prompt sets.
 
 A prompt record is ``{"prompt": str, "reference": str, "task": str}``; ``task`` selects the reward in
-megatron_s1/rl/rewards.py. Toy tasks also restrict decoding to the tokens that can form an answer
+megatron_s1/rl/rewards.py, so one source may mix tasks (the RL loop combines their rewards, see
+``rewards.RewardMixer``). Toy tasks also restrict decoding to the tokens that can form an answer
 (``allowed_tokens``), like an inference engine's guided decoding, so a randomly initialised tiny model already
-gets a non-zero reward and RL has a signal to amplify; the training log-probs use the same restriction.
+gets a non-zero reward and RL has a signal to amplify; the training log-probs use the same restriction. A jsonl
+source restricts decoding only when every task in it does (to the union of their token sets). jsonl prompts may
+carry images (``"images": [...]``, ``<image>`` markers; see megatron_s1/rl/multimodal.py).
 """
 from __future__ import annotations
 
 import json
+import os
 import random
 from typing import Optional
 
 
 class PromptSource:
     task = "exact"
+    has_images = False
 
     def sample(self, n: int, rng: random.Random) -> list[dict]:
         raise NotImplementedError
@@ -59,23 +64,67 @@ class ToyCopy(PromptSource):
         return _digit_tokens(tokenizer)
 
 
+# Tasks whose answers are drawn from a fixed token set (guided decoding): task -> tokenizer -> token ids.
+TASK_ALLOWED_TOKENS = {"toy_add": _digit_tokens, "toy_copy": _digit_tokens}
+
+
 class JsonlPrompts(PromptSource):
     """One JSON object per line with prompt / reference (answer) / task (reward name; default ``default_task``)."""
 
     def __init__(self, path: str, default_task: str = "math"):
+        from megatron_s1.rl.rewards import known_tasks
+
         self.records = []
+        known = known_tasks()
         with open(path, encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
                     rec = json.loads(line)
-                    rec.setdefault("task", default_task)
-                    rec.setdefault("reference", rec.get("answer"))
-                    self.records.append(rec)
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}:{n}: not valid JSON ({err.msg}); one JSON object per line") from None
+                if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str):
+                    raise ValueError(f"{path}:{n}: a prompt record needs a string field \"prompt\"")
+                rec.setdefault("task", default_task)
+                if rec["task"] not in known:
+                    raise ValueError(f"{path}:{n}: task {rec['task']!r} has no registered reward; use one of "
+                                     f"{', '.join(sorted(known))} (or register_reward it)")
+                rec.setdefault("reference", rec.get("answer"))
+                self._check_images(rec, path, n)
+                self.records.append(rec)
         if not self.records:
             raise ValueError(f"{path} holds no prompts")
+        self.tasks = sorted({rec["task"] for rec in self.records})
+
+    @staticmethod
+    def _check_images(rec: dict, path: str, n: int) -> None:
+        """Image paths resolve against the prompt file's folder; the <image> markers (if any) match them."""
+        images = rec.get("images")
+        if images is None:
+            return
+        if not isinstance(images, list) or not all(isinstance(p, str) for p in images):
+            raise ValueError(f"{path}:{n}: \"images\" must be a list of image paths")
+        base = os.path.dirname(os.path.abspath(path))
+        rec["images"] = [p if os.path.isabs(p) else os.path.join(base, p) for p in images]
+        for p in rec["images"]:
+            if not os.path.exists(p):
+                raise ValueError(f"{path}:{n}: image {p!r} does not exist (paths are relative to the prompt file)")
+        markers = rec["prompt"].count("<image>")
+        if markers and markers != len(images):
+            raise ValueError(f"{path}:{n}: the prompt has {markers} <image> markers but {len(images)} images")
+
+    @property
+    def has_images(self) -> bool:
+        return any(rec.get("images") for rec in self.records)
 
     def sample(self, n, rng):
         return [rng.choice(self.records) for _ in range(n)]
+
+    def allowed_tokens(self, tokenizer):
+        if not all(t in TASK_ALLOWED_TOKENS for t in self.tasks):
+            return None
+        return sorted({i for t in self.tasks for i in TASK_ALLOWED_TOKENS[t](tokenizer)})
 
 
 def build_prompt_source(task: str) -> PromptSource:

@@ -1,16 +1,29 @@
 """`megatron-s1 rl`: the RL driver (rollout -> reward -> filter -> policy update), on the `Trainer` pieces.
 
 Per step:
-  1. sample ``rl.prompts_per_step`` prompts, G = ``rl.samples_per_prompt`` responses each (rollout engine);
-  2. reward every response (megatron_s1/rl/rewards.py), online filtering (all-equal groups, degenerate responses);
+  1. sample ``rl.prompts_per_step`` prompts, G = ``rl.samples_per_prompt`` responses each (rollout engine; the
+     colocated one decodes with Megatron-Core's static KV cache unless ``rl.kv_cache=false``);
+  2. reward every response with its prompt's task reward (megatron_s1/rl/rewards.py) and combine the scores of
+     all tasks into one scalar (``rl.reward_weights``, per-task ``rl.reward_normalisation``; per-task raw means
+     are logged), online filtering (all-equal groups, degenerate responses);
   3. advantages: leave-one-out (Pro Eq. 6) or GRPO; OREAL uses the positive/negative split instead;
   4. log-probs of the rollout under the training engine (pi_old), with routing replay when enabled, and the
      train/rollout KL with and without replay;
   5. ``rl.mini_batches`` policy updates over the kept samples (IcePop / GRPO / OREAL (+ KL-Cov)), each followed
      by the optimizer step with the grad-norm filter (``train.skip_grad_norm_above``).
 
+Image prompts (jsonl records with ``images``) run through InternS1Model when ``vision.preset`` is set
+(megatron_s1/rl/multimodal.py); ``rl.freeze_vision`` freezes its vision tower.
+
 Metrics go to ``run.dir/rl_metrics.jsonl``; checkpoints use the training checkpoint format.
-Scope: pipeline parallel = 1 and tensor parallel = 1 for the colocated engine (log-probs from full logits).
+
+Parallelism: data, expert and tensor parallelism; pipeline parallel = 1 (ConfigError otherwise: the RL step has
+no pipeline schedule). With tensor parallelism the training log-probs come from the vocab-parallel logits
+(-vocab_parallel_cross_entropy: the vocabulary is never gathered), the rollout gathers logits for sampling
+(small vocabularies), every TP rank of a data-parallel group draws prompts and tokens from the same seeds and
+the driver checks every step that they sampled the same tokens. Sequence parallelism (forced for MoE + TP) is
+switched off for generation and kept for the training forwards (lengths padded to a multiple of TP, routing
+replay sliced to each rank's sequence shard).
 """
 from __future__ import annotations
 
@@ -19,6 +32,7 @@ import math
 import os
 import random
 import time
+import zlib
 from typing import Optional
 
 import torch
@@ -27,19 +41,31 @@ import torch.distributed as dist
 from megatron_s1.config.schema import ConfigError, ExperimentConfig
 from megatron_s1.models.language import build_language_model
 from megatron_s1.rl import filtering, losses
-from megatron_s1.rl.rewards import get_reward
-from megatron_s1.rl.rollout import LocalEngine, OpenAIEngine, pad_batch, routing_replay, select_routing, token_logprobs
+from megatron_s1.rl.rewards import RewardMixer, as_scores, get_reward
+from megatron_s1.rl.rollout import (LocalEngine, OpenAIEngine, pad_batch, pad_routing, routing_replay,
+                                     select_routing, token_logprobs)
 from megatron_s1.rl.tasks import build_prompt_source
 from megatron_s1.training.tasks import register_task
 
 
 @register_task("rl")
 class RLTask:
-    """Model provider of RL runs: routing replay hooks on, router / vision frozen on request."""
+    """Model provider of RL runs: routing replay hooks on, router / vision frozen on request. With
+    ``vision.preset`` set the policy is InternS1Model (image prompts), else the text model."""
 
     def __init__(self, trainer):
         self.trainer = trainer
-        self.cfg = trainer.cfg
+        self.cfg = cfg = trainer.cfg
+        self.media = None
+        if cfg.vision.preset is not None:
+            from megatron_s1.data.multimodal.tokens import resolve_media_tokens
+
+            self.media = resolve_media_tokens(trainer.tokenizer)
+            need = max(self.media.all()) + 1
+            if cfg.model.vocab_size < need:
+                raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} does not cover the media tokens (ids up "
+                                  f"to {need - 1}, reserved after the tokenizer's vocabulary); set "
+                                  f"model.vocab_size >= {need}")
 
     def build_model(self, tconfig, pre_process: bool, post_process: bool, vp_stage=None):
         if self.cfg.model.num_moe_experts is not None:
@@ -48,9 +74,17 @@ class RLTask:
             if vp_stage in (None, 0):  # replay instances are process-global: one model per process
                 RouterReplay.clear_global_router_replay_instances()
             tconfig.moe_enable_routing_replay = True
-        model = build_language_model(self.cfg, tconfig, pre_process, post_process, vp_stage=vp_stage)
+        if self.media is not None:
+            from megatron_s1.models.interns1.model import build_interns1_model
+
+            model = build_interns1_model(self.cfg, tconfig, pre_process, post_process, vp_stage=vp_stage,
+                                         token_ids=self.media)
+            if self.cfg.rl.freeze_vision and model.vision_model is not None:
+                model.vision_model.requires_grad_(False)
+        else:
+            model = build_language_model(self.cfg, tconfig, pre_process, post_process, vp_stage=vp_stage)
         if self.cfg.rl.fp32_lm_head:
-            install_fp32_lm_head(model)
+            install_fp32_lm_head(getattr(model, "language_model", model))
         if self.cfg.rl.freeze_router:
             for name, p in model.named_parameters():
                 if ".router." in name:
@@ -64,15 +98,32 @@ class RLTask:
 def install_fp32_lm_head(model) -> None:
     """Compute the output projection in fp32 (fp32 copies of the activations and the bf16 weight), so logits and
     log-probs of bf16 models carry no bf16 rounding; gradients flow back to the weight through the cast.
-    TP=1 only (the RL driver's layout): a plain matmul replaces the column-parallel linear."""
+
+    A plain fp32 matmul replaces the column-parallel linear's; with tensor parallelism it keeps that layer's
+    communication: the input is all-gathered over the sequence (sequence parallel; gradient reduce-scattered)
+    or copied (gradient all-reduced), the output stays this rank's vocabulary shard unless gathered."""
+    from megatron.core.tensor_parallel.mappings import (copy_to_tensor_model_parallel_region,
+                                                        gather_from_sequence_parallel_region,
+                                                        gather_from_tensor_model_parallel_region)
+
     layer = getattr(model, "output_layer", None)
     if layer is None:  # not the last pipeline stage
         return
+    group = getattr(layer, "tp_group", None)
+    tp = dist.get_world_size(group) if group is not None and dist.is_initialized() else 1
 
     def forward(input_, weight=None, runtime_gather_output=None):
         w = layer.weight if weight is None else weight
         bias = getattr(layer, "bias", None)
+        if tp > 1:  # (attributes read per call: generation switches sequence parallelism off)
+            if layer.sequence_parallel:
+                input_ = gather_from_sequence_parallel_region(input_, tensor_parallel_output_grad=True, group=group)
+            else:
+                input_ = copy_to_tensor_model_parallel_region(input_, group=group)
         out = torch.nn.functional.linear(input_.float(), w.float(), None if bias is None else bias.float())
+        gather = layer.gather_output if runtime_gather_output is None else runtime_gather_output
+        if tp > 1 and gather:
+            out = gather_from_tensor_model_parallel_region(out, group=group)
         return out, None
 
     layer.forward = forward
@@ -82,43 +133,82 @@ def _rollout_dtype(name: str) -> Optional[torch.dtype]:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
-def routing_mismatch(a: list, b: list) -> float:
-    """Fraction of (layer, token) routing decisions whose top-k expert *sets* differ between two recordings."""
+def routing_mismatch(a: list, b: list, where: Optional[torch.Tensor] = None) -> float:
+    """Fraction of (layer, token) routing decisions whose top-k expert *sets* differ between two recordings
+    ([L, N, k] per layer), over the positions marked in ``where`` [L, N] (default all)."""
     diff, total = 0, 0
     for x, y in zip(a, b):
-        xs, ys = x.sort(-1).values, y.sort(-1).values
-        diff += int((xs != ys).any(-1).sum())
-        total += xs.shape[0] * xs.shape[1]
+        differs = (x.sort(-1).values != y.sort(-1).values).any(-1)
+        if where is not None:
+            differs = differs[where]
+        diff += int(differs.sum())
+        total += differs.numel()
     return diff / max(total, 1)
+
+
+def routed_positions(prompt_ids: list, response_ids: list, length: int) -> torch.Tensor:
+    """[L, N] positions (pad_batch layout) whose routing reaches the loss: real tokens except each row's last
+    one (a cached engine never forwards it and its output predicts nothing); padding is excluded."""
+    max_p = max(map(len, prompt_ids))
+    out = torch.zeros(length, len(prompt_ids), dtype=torch.bool)
+    for i, (p, r) in enumerate(zip(prompt_ids, response_ids)):
+        out[max_p - len(p):max_p + len(r) - 1, i] = True
+    return out
 
 
 class RLTrainer:
     def __init__(self, cfg: ExperimentConfig, rollout_dtype: str = "bf16"):
         from megatron_s1.training.loop import Trainer
 
-        if cfg.parallel.pipeline != 1 or cfg.parallel.tensor != 1:
-            raise ConfigError("megatron-s1 rl supports parallel.pipeline=1 and parallel.tensor=1 (use data/expert "
-                              "parallelism); larger layouts need the external engine + a pipeline-aware loss")
+        if cfg.parallel.pipeline != 1 or cfg.parallel.virtual_pipeline:
+            raise ConfigError(f"megatron-s1 rl needs parallel.pipeline=1 (got {cfg.parallel.pipeline}): the RL step "
+                              "has no pipeline schedule; use tensor, expert or data parallelism instead")
+        if cfg.parallel.context != 1:
+            raise ConfigError(f"megatron-s1 rl needs parallel.context=1 (got {cfg.parallel.context}); use tensor, "
+                              "expert or data parallelism instead")
         if cfg.rl.algorithm not in ("icepop", "grpo", "oreal"):
             raise ConfigError(f"rl.algorithm must be icepop, grpo or oreal, got {cfg.rl.algorithm!r}")
         cfg.train.task = "rl"
         self.cfg = cfg
+        # Prompt source and reward mixture first: bad input fails before the model is built.
+        try:
+            self.source = build_prompt_source(cfg.rl.task)
+            self.mixer = RewardMixer(cfg.rl.reward_weights, cfg.rl.reward_normalisation)
+        except (ValueError, OSError) as err:
+            raise ConfigError(str(err)) from None
+        if self.source.has_images and cfg.vision.preset is None:
+            raise ConfigError(f"the prompts of rl.task={cfg.rl.task} have images; set vision.preset (InternS1Model) "
+                              "and a model.vocab_size that covers the media tokens")
+        if self.source.has_images and cfg.rl.engine != "local":
+            raise ConfigError("image prompts need rl.engine=local (the OpenAI engine client sends token ids only)")
         self.t = Trainer(cfg)
         self.tok = self.t.tokenizer
         self.device = self.t.env.device
         self.model = self.t.model[0]
-        self.source = build_prompt_source(cfg.rl.task)
+        from megatron_s1.rl.multimodal import PromptEncoder
+
+        media = self.t.task.media
+        self.encode = PromptEncoder(self.tok, media, cfg.vision if media is not None else None)
         self.allowed_list = self.source.allowed_tokens(self.tok)
+        if media is not None:  # a sampled media token would need an image behind it: never sample them
+            banned = set(media.all())
+            pool = range(cfg.model.vocab_size) if self.allowed_list is None else self.allowed_list
+            self.allowed_list = [t for t in pool if t not in banned]
         self.allowed = None
         if self.allowed_list is not None:
             self.allowed = torch.zeros(cfg.model.vocab_size, dtype=torch.bool, device=self.device)
             self.allowed[torch.tensor(self.allowed_list)] = True
         self.eos = self.tok.eod_id
         self.pad = self.tok.eod_id
+        from megatron.core import parallel_state
+
+        self.tp = parallel_state.get_tensor_model_parallel_world_size()
+        self.tp_rank = parallel_state.get_tensor_model_parallel_rank()
+        self.sp = bool(self.t.tconfig.sequence_parallel) and self.tp > 1
         r = cfg.rl
         if r.engine == "local":
             self.engine = LocalEngine(self.model, self.eos, self.pad, _rollout_dtype(rollout_dtype),
-                                      record_routing=r.routing_replay, device=self.device)
+                                      record_routing=r.routing_replay, device=self.device, kv_cache=r.kv_cache)
         elif r.engine == "openai":
             if not r.engine_url:
                 raise ConfigError("rl.engine=openai needs rl.engine_url (e.g. http://host:8000)")
@@ -126,18 +216,72 @@ class RLTrainer:
                                        return_routing=r.routing_replay and cfg.model.num_moe_experts is not None)
         else:
             raise ConfigError(f"rl.engine must be local or openai, got {r.engine!r}")
+        # Seeds per data-parallel rank: the TP ranks of one model replica draw the same prompts and tokens.
         self.rng = random.Random(cfg.run.seed + 17 * self.t.dp_rank)
         self.gen = torch.Generator().manual_seed(cfg.run.seed + 1000 + self.t.dp_rank)
         self.is_moe = cfg.model.num_moe_experts is not None
         self.metrics_path = os.path.join(cfg.run.dir, "rl_metrics.jsonl")
 
     # ------------------------------------------------------------------ pieces
-    def _train_logprobs(self, batch, routing, grad: bool):
+    def _train_logprobs(self, batch, routing, grad: bool, pixel_values=None):
+        """Log-probs of the training forward; with tensor parallelism from the vocab-parallel logits."""
         tokens, positions, mask = (x.to(self.device) for x in batch[:3])
         ctx = torch.enable_grad() if grad else torch.no_grad()
-        with ctx, routing_replay(routing):
-            logits = self.model(tokens, positions, mask)
-            return token_logprobs(logits, tokens, self.cfg.rl.temperature, self.allowed)
+        extra = {} if pixel_values is None else {"pixel_values": pixel_values.to(self.device)}
+        with ctx, routing_replay(self._sequence_shard(routing)):
+            logits = self.model(tokens, positions, mask, **extra)
+            return token_logprobs(logits, tokens, self.cfg.rl.temperature, self.allowed, vocab_parallel=self.tp > 1)
+
+    def _batch_len(self, prompt_ids, response_ids) -> int:
+        """Padded length of a training batch: sequence parallelism splits it over the TP ranks."""
+        length = max(map(len, prompt_ids)) + max((len(r) for r in response_ids), default=0)
+        return -(-length // self.tp) * self.tp if self.sp else length
+
+    def _sequence_shard(self, per_layer):
+        """Replay data of this rank's sequence shard (sequence parallelism routes [L / TP, N] tokens per rank)."""
+        if per_layer is None or not self.sp:
+            return per_layer
+        n = per_layer[0].shape[0] // self.tp
+        return [t[self.tp_rank * n:(self.tp_rank + 1) * n] for t in per_layer]
+
+    def _recorded_routing(self, rr, length: int, rows: int) -> list:
+        """Expert ids recorded in the training forward, as [L, N, k] per layer (gathered over sequence shards)."""
+        from megatron.core import parallel_state
+
+        out = []
+        for t in rr.get_recorded_data():
+            t = t.detach()
+            if self.sp:
+                parts = [torch.empty_like(t) for _ in range(self.tp)]
+                dist.all_gather(parts, t.contiguous(), group=parallel_state.get_tensor_model_parallel_group())
+                t = torch.cat(parts)
+            out.append(t.cpu().reshape(length, rows, -1))
+        return out
+
+    def _generate(self, prompt_ids, n, allowed_list, pixels=None):
+        """Rollout of this model replica. An external engine is asked once per replica (TP rank 0, broadcast);
+        the colocated engine runs on every TP rank and must sample the same tokens everywhere (checked)."""
+        from megatron.core import parallel_state
+
+        r = self.cfg.rl
+        args = (prompt_ids, n, r.max_new_tokens, r.temperature, r.top_p, r.top_k, allowed_list, self.gen)
+        if pixels is not None and any(p is not None for p in pixels):
+            args = (*args, pixels)
+        if self.tp == 1:
+            return self.engine.generate(*args)
+        group = parallel_state.get_tensor_model_parallel_group()
+        if isinstance(self.engine, OpenAIEngine):
+            box = [self.engine.generate(*args) if self.tp_rank == 0 else None]
+            dist.broadcast_object_list(box, src=parallel_state.get_tensor_model_parallel_src_rank(), group=group)
+            return box[0]
+        rollout = self.engine.generate(*args)
+        digest = torch.tensor([zlib.crc32(json.dumps(rollout.response_ids).encode())], dtype=torch.long)
+        seen = [torch.zeros_like(digest) for _ in range(self.tp)]
+        dist.all_gather(seen, digest, group=group)
+        if len({int(x) for x in seen}) != 1:
+            raise RuntimeError("tensor-parallel ranks sampled different tokens for the same rollout; the colocated "
+                               "engine needs identical gathered logits and generator seeds on every TP rank")
+        return rollout
 
     def _rollout_matrix(self, rollout, rows, length):
         """Rollout log-probs scattered into the [n, L] layout of pad_batch (response positions only)."""
@@ -169,11 +313,53 @@ class RLTrainer:
             loss = loss + losses.per_sequence_mean(pen, mask) * seq_scale
         return loss, stats
 
+    def _gather_dp(self, items: list) -> list:
+        """Every data-parallel rank's items, in rank order (small Python objects)."""
+        from megatron.core import parallel_state
+
+        if self.t.dp_size == 1:
+            return list(items)
+        out = [None] * self.t.dp_size
+        dist.all_gather_object(out, items, group=parallel_state.get_data_parallel_group())
+        return [x for part in out for x in part]
+
+    def _mix_rewards(self, prompts: list, texts: list) -> tuple[list, list, dict]:
+        """Rewards of this rank's responses -> (combined reward, raw reward) per response, plus batch metrics.
+
+        Each prompt's ``task`` picks its reward; ``rl.reward_weights`` / ``rl.reward_normalisation`` combine the
+        scores of all tasks into one scalar (``RewardMixer``). The mixer sees the samples of every data-parallel
+        rank, so running normalisers stay identical across ranks. "Raw" is the sum of a response's unweighted,
+        unnormalised scores: pass rate and OREAL's positive / negative split use it.
+        """
+        G = self.cfg.rl.samples_per_prompt
+        samples = []
+        for i, text in enumerate(texts):
+            rec = prompts[i // G]
+            task = rec.get("task", self.source.task)
+            samples.append({"task": task, "scores": as_scores(task, get_reward(task)(rec["prompt"], text,
+                                                                                    rec.get("reference")))})
+        everyone = self._gather_dp(samples)
+        combined_all = self.mixer(everyone)
+        start = self.t.dp_rank * len(samples)  # equal shares: every rank samples prompts_per_step x G
+        raw_all = [sum(s["scores"].values()) for s in everyone]
+        n = len(everyone)
+        metrics = {"reward_mean": sum(raw_all) / n, "pass_rate": sum(r > 0.5 for r in raw_all) / n,
+                   "reward_combined_mean": sum(combined_all) / n}
+        for task in sorted({s["task"] for s in everyone}):
+            idx = [j for j, s in enumerate(everyone) if s["task"] == task]
+            metrics[f"reward_mean/{task}"] = sum(raw_all[j] for j in idx) / len(idx)
+            metrics[f"reward_combined/{task}"] = sum(combined_all[j] for j in idx) / len(idx)
+            metrics[f"samples/{task}"] = len(idx)
+        return combined_all[start:start + len(samples)], raw_all[start:start + len(samples)], metrics
+
     def _all_sum(self, values: list) -> list:
+        """Sum over data-parallel ranks (TP ranks of a replica hold the same values and are not summed)."""
+        from megatron.core import parallel_state
+
         t = torch.tensor(values, dtype=torch.float64)
-        if dist.get_world_size() > 1:
+        if self.t.dp_size > 1:
             t = t.to(self.device)
-            dist.all_reduce(t)
+            dist.all_reduce(t, group=parallel_state.get_data_parallel_group())
         return t.cpu().tolist()
 
     # ------------------------------------------------------------------ one step
@@ -181,50 +367,56 @@ class RLTrainer:
         cfg, r = self.cfg, self.cfg.rl
         t0 = time.perf_counter()
         prompts = self.source.sample(r.prompts_per_step, self.rng)
-        prompt_ids = [self.tok.encode(p["prompt"]) for p in prompts]
-        rollout = self.engine.generate(prompt_ids, r.samples_per_prompt, r.max_new_tokens, r.temperature, r.top_p,
-                                       r.top_k, self.allowed_list, self.gen)
+        prompt_ids, pixels = zip(*map(self.encode, prompts))
+        rollout = self._generate(list(prompt_ids), r.samples_per_prompt, self.allowed_list, list(pixels))
+        from megatron_s1.rl.multimodal import batch_pixels
+
+        row_pixels = rollout.meta.get("pixels")
         t_roll = time.perf_counter() - t0
         G = r.samples_per_prompt
-        texts, rewards, degen = [], [], []
-        for i, resp in enumerate(rollout.response_ids):
-            rec = prompts[i // G]
+        texts, degen = [], []
+        for resp in rollout.response_ids:
             body = resp[:-1] if resp[-1:] == [self.eos] else resp
             text = self.tok.decode(body)
             texts.append(text)
-            rewards.append(get_reward(rec.get("task", self.source.task))(rec["prompt"], text, rec.get("reference")))
             degen.append(r.online_filter and filtering.degenerate(text, body))
-        R = torch.tensor(rewards, dtype=torch.float32).view(len(prompts), G)
+        combined, raw, reward_metrics = self._mix_rewards(prompts, texts)
+        R = torch.tensor(combined, dtype=torch.float32).view(len(prompts), G)
         if r.online_filter:
             keep_groups, keep = filtering.online_filter(R, torch.tensor(degen).view_as(R))
         else:
             keep_groups, keep = torch.ones(len(prompts), dtype=torch.bool), torch.ones_like(R, dtype=torch.bool)
         adv = losses.group_advantages(R, r.baseline).reshape(-1)
-        positive = (R.reshape(-1) > 0.5)
+        positive = torch.tensor(raw) > 0.5
         rows = keep.reshape(-1).nonzero().squeeze(-1).tolist()
 
-        tot = self._all_sum([float(R.sum()), float((R > 0.5).sum()), float(R.numel()), float(keep_groups.sum())])
-        record = {"step": self.t.state["step"] + 1, "reward_mean": tot[0] / tot[2],
-                  "pass_rate": tot[1] / tot[2], "kept_groups": int(tot[3]),
+        kept_groups = self._all_sum([float(keep_groups.sum())])[0]
+        record = {"step": self.t.state["step"] + 1, **reward_metrics, "kept_groups": int(kept_groups),
+                  # checksum of the sampled token ids (this data-parallel rank) to compare runs / layouts
+                  "rollout_crc": zlib.crc32(json.dumps(rollout.response_ids).encode()),
                   "kept_samples": len(rows), "response_len": sum(map(len, rollout.response_ids)) / len(texts),
                   "rollout_s": t_roll}
         # Train/rollout mismatch on the whole batch: with and without replaying the rollout's routing.
         all_rows = list(range(len(texts)))
-        full = pad_batch(rollout.prompt_ids, rollout.response_ids, self.pad)
-        length = full[0].shape[1]
+        length = self._batch_len(rollout.prompt_ids, rollout.response_ids)
+        full = pad_batch(rollout.prompt_ids, rollout.response_ids, self.pad, length)
         roll_all = self._rollout_matrix(rollout, all_rows, length)
+        all_pixels = batch_pixels(row_pixels, all_rows)
         if rollout.routing is not None:
             from megatron_s1.rl.rollout import routing_record
 
+            rollout.routing = pad_routing(rollout.routing, length)
             with routing_record() as rr:
-                lp_plain = self._train_logprobs(full, None, grad=False).cpu()
-                own = [t.detach().cpu().reshape(length, len(texts), -1) for t in rr.get_recorded_data()]
-            record["routing_mismatch"] = routing_mismatch(own, rollout.routing)
+                lp_plain = self._train_logprobs(full, None, grad=False, pixel_values=all_pixels).cpu()
+                own = self._recorded_routing(rr, length, len(texts))
+            record["routing_mismatch"] = routing_mismatch(
+                own, rollout.routing, routed_positions(rollout.prompt_ids, rollout.response_ids, length))
         else:
-            lp_plain = self._train_logprobs(full, None, grad=False).cpu()
+            lp_plain = self._train_logprobs(full, None, grad=False, pixel_values=all_pixels).cpu()
         record["kl_train_rollout"] = losses.sampled_kl(lp_plain, roll_all, full[3])
+        record["logp_train_rollout_maxdiff"] = float(((lp_plain - roll_all).abs() * full[3]).max())
         if rollout.routing is not None:
-            lp_replay = self._train_logprobs(full, rollout.routing, grad=False).cpu()
+            lp_replay = self._train_logprobs(full, rollout.routing, grad=False, pixel_values=all_pixels).cpu()
             record["kl_train_rollout_replay"] = losses.sampled_kl(lp_replay, roll_all, full[3])
         old_all = lp_replay if (rollout.routing is not None and r.routing_replay) else lp_plain
 
@@ -240,8 +432,9 @@ class RLTrainer:
             weight = 1.0
             if not mb:
                 mb, weight = [0], 0.0
-            batch = pad_batch([rollout.prompt_ids[i] for i in mb], [rollout.response_ids[i] for i in mb],
-                              self.pad, length)
+            # Rows of the full batch's layout: pi_old, the rollout log-probs and the replayed routing are indexed
+            # in it (re-padding the subset would shift positions when its longest prompt is shorter).
+            batch = tuple(x[mb] for x in full[:4])
             mask = batch[3].to(self.device)
             old = old_all[mb].to(self.device)
             roll = roll_all[mb].to(self.device)
@@ -255,7 +448,9 @@ class RLTrainer:
                 chunk.zero_grad_buffer()
             self.t.optimizer.zero_grad()
             logp = self._train_logprobs(batch, select_routing(rollout.routing, mb) if r.routing_replay else None,
-                                        grad=True)
+                                        grad=True, pixel_values=batch_pixels(row_pixels, mb))
+            if k == 0 and weight > 0:  # no update yet: pi_new must equal pi_old position by position
+                record["first_update_logp_maxdiff"] = float(((logp.detach() - old).abs() * mask).max())
             loss, stats = self._policy_loss(logp, old, roll, mask, a, pos, (n_pos, n_neg), seq_scale, weight)
             loss.backward()
             from megatron.core.distributed import finalize_model_grads
@@ -290,18 +485,22 @@ class RLTrainer:
 
         self.t._maybe_resume()
         r = self.cfg.rl
-        records = JsonlPrompts(in_path, default_task=self.source.task if r.task.startswith("toy") else "math").records
+        try:
+            records = JsonlPrompts(in_path, default_task=self.source.task if r.task.startswith("toy") else "math").records
+        except (ValueError, OSError) as err:
+            raise ConfigError(str(err)) from None
         rates = []
         for start in range(0, len(records), prompts_per_batch):
             chunk = records[start:start + prompts_per_batch]
-            roll = self.engine.generate([self.tok.encode(rec["prompt"]) for rec in chunk], n, r.max_new_tokens,
-                                        r.temperature, r.top_p, r.top_k, self.allowed_list, self.gen)
+            ids, pixels = zip(*map(self.encode, chunk))
+            roll = self._generate(list(ids), n, self.allowed_list, list(pixels))
             for j, rec in enumerate(chunk):
                 fn = get_reward(rec["task"])
                 wins = 0
                 for resp in roll.response_ids[j * n:(j + 1) * n]:
                     body = resp[:-1] if resp[-1:] == [self.eos] else resp
-                    wins += fn(rec["prompt"], self.tok.decode(body), rec.get("reference")) > 0.5
+                    score = fn(rec["prompt"], self.tok.decode(body), rec.get("reference"))
+                    wins += sum(as_scores(rec["task"], score).values()) > 0.5
                 rates.append(wins / n)
         kept = filtering.offline_filter(records, rates, low, high)
         if self.t.env.is_main:
@@ -331,6 +530,7 @@ class RLTrainer:
                     if rec["step"] % cfg.train.log_interval == 0:
                         keys = ("step", "reward_mean", "kept_groups", "loss", "grad_norm", "kl_train_rollout",
                                 "kl_train_rollout_replay", "routing_mismatch", "step_s")
+                        keys += tuple(k for k in rec if k.startswith("reward_mean/"))
                         print("[rl] " + " | ".join(f"{k} {rec[k]:.4g}" if isinstance(rec[k], float) else f"{k} {rec[k]}"
                                                    for k in keys if k in rec), flush=True)
                 step = self.t.state["step"]
@@ -338,7 +538,9 @@ class RLTrainer:
                 if cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0:
                     saved = self.t.save()
                 if isinstance(self.engine, OpenAIEngine):
-                    self.engine.update_weights(saved or self.t.save())
+                    path = saved or self.t.save()  # (collective)
+                    if self.tp_rank == 0:
+                        self.engine.update_weights(path)
             saved_last = cfg.checkpoint.interval and self.t.state["step"] % cfg.checkpoint.interval == 0
             if cfg.checkpoint.save_final and not saved_last:
                 self.t.save()

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 
 from megatron_s1.rl import rewards as R
@@ -61,3 +63,40 @@ def test_combine_rewards_per_task_norm():
     out = R.combine_rewards(samples, weights={"format": 0.5}, norms=norms)
     # polar z-scores: mean 3, std 1 -> -1, +1 (format weighted 0.5, rule raw)
     assert out == pytest.approx([-1 + 0.5, 1.0, 1.0], abs=1e-5)
+
+
+def test_combine_rewards_task_weights():
+    samples = [{"task": "math", "scores": {"math": 1.0}}, {"task": "chat", "scores": {"polar": 0.5, "fmt": 1.0}}]
+    # math x 2; chat: (0.5 + 0.25 * 1.0) x 4
+    assert R.combine_rewards(samples, weights={"fmt": 0.25}, task_weights={"math": 2.0, "chat": 4.0}) == \
+        pytest.approx([2.0, 3.0])
+
+
+def test_reward_mixer_hand_computed():
+    mixer = R.RewardMixer({"toy_add": 2.0}, {"toy_copy": "running"})
+    batch1 = [{"task": "toy_add", "scores": R.as_scores("toy_add", 1.0)},
+              {"task": "toy_add", "scores": R.as_scores("toy_add", 0.0)},
+              {"task": "toy_copy", "scores": R.as_scores("toy_copy", 1.0)},
+              {"task": "toy_copy", "scores": R.as_scores("toy_copy", 0.0)},
+              {"task": "toy_copy", "scores": R.as_scores("toy_copy", 0.0)},
+              {"task": "toy_copy", "scores": R.as_scores("toy_copy", 1.0)}]
+    # toy_add: raw x 2. toy_copy: mean 0.5, std 0.5 (population) -> z = +-1 (eps 1e-6 in the denominator).
+    assert mixer(batch1) == pytest.approx([2.0, 0.0, 1.0, -1.0, -1.0, 1.0], abs=1e-5)
+    # The toy_copy normaliser persists: after [1, 0, 0, 1, 1, 1] mean 2/3, std sqrt(2)/3 -> 1 = (1/3)/(sqrt2/3).
+    batch2 = [{"task": "toy_copy", "scores": {"toy_copy": 1.0}}, {"task": "toy_copy", "scores": {"toy_copy": 1.0}}]
+    assert mixer(batch2) == pytest.approx([1 / math.sqrt(2)] * 2, abs=1e-5)
+    # "running" for every task: a single value per (task, score) stays raw until a second one arrives.
+    everyone = R.RewardMixer(normalisation="running")
+    assert everyone([{"task": "math", "scores": {"math": 3.0}}]) == [3.0]
+
+
+def test_reward_mixer_rejects_bad_config():
+    with pytest.raises(ValueError, match="rl.reward_weights names task 'maths'"):
+        R.RewardMixer({"maths": 1.0})
+    with pytest.raises(ValueError, match="must be none or running"):
+        R.RewardMixer(normalisation={"math": "zscore"})
+    with pytest.raises(ValueError, match="must be a number"):
+        R.RewardMixer({"math": "high"})
+    with pytest.raises(TypeError, match="returns a number"):
+        R.as_scores("math", "1")
+    assert R.as_scores("chat", {"polar": 1, "fmt": 0.5}) == {"polar": 1.0, "fmt": 0.5}

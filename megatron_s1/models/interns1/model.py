@@ -119,16 +119,18 @@ class InternS1Model(MegatronModule):
         return emb.transpose(0, 1).contiguous()
 
     def forward(self, input_ids, position_ids, attention_mask, labels=None, pixel_values=None, ts_values=None,
-                ts_rates=None, packed_seq_params=None):
+                ts_rates=None, packed_seq_params=None, **lm_kwargs):
         """A packed row (several samples) runs with a block-diagonal mask and restarting position ids (local
-        spec) or with THD `packed_seq_params` (TE); media rows are merged in order over the whole row either way."""
+        spec) or with THD `packed_seq_params` (TE); media rows are merged in order over the whole row either way.
+        ``lm_kwargs`` go to the language model (e.g. ``inference_context`` / ``runtime_gather_output`` of
+        KV-cached generation: images enter with the prefill, decode steps carry text tokens only)."""
         decoder_input = None
         if self.pre_process:
             decoder_input = self.embed(input_ids, pixel_values, ts_values, ts_rates)
             if self.config.sequence_parallel:
                 decoder_input = tensor_parallel.scatter_to_sequence_parallel_region(decoder_input)
         return self.language_model(input_ids, position_ids, attention_mask, decoder_input=decoder_input,
-                                   labels=labels, packed_seq_params=packed_seq_params)
+                                   labels=labels, packed_seq_params=packed_seq_params, **lm_kwargs)
 
 
 def build_interns1_model(cfg, config, pre_process, post_process, vp_stage=None, token_ids=None) -> InternS1Model:

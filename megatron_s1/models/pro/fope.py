@@ -145,18 +145,19 @@ _ATTN_SIG = inspect.signature(SelfAttention.forward)
 
 
 def _positions_from_rotary(rotary_pos_emb, packed_seq_params, inference_context) -> Optional[torch.Tensor]:
-    """Token positions [s] or [s, b]... from Megatron's RoPE angle table (column 0 is 1.0 * t)."""
+    """Token positions [s, 1] (one table for the batch) or [s, b] (per-row tables, e.g. left-padded rows) from
+    Megatron's RoPE angle table (column 0 is 1.0 * t)."""
     if rotary_pos_emb is None:
         return None
     table = rotary_pos_emb[0] if isinstance(rotary_pos_emb, tuple) else rotary_pos_emb
-    positions = table[..., 0].reshape(table.shape[0], -1)[:, 0]  # [s]
+    positions = table[..., 0].reshape(table.shape[0], -1)  # [s, 1 or b]
     if packed_seq_params is not None and packed_seq_params.qkv_format == "thd":
         cu = packed_seq_params.cu_seqlens_q_padded
         cu = packed_seq_params.cu_seqlens_q if cu is None else cu
         total = int(cu[-1])
         idx = torch.arange(total, device=cu.device)
         doc = torch.searchsorted(cu[1:], idx, right=True)
-        return (idx - cu[doc]).to(positions.dtype)
+        return (idx - cu[doc]).to(positions.dtype)[:, None]
     if inference_context is not None:
         if not inference_context.is_static_batching():
             raise NotImplementedError("FoPE supports static-batching inference only")
@@ -199,9 +200,8 @@ class FoPESelfAttention(SelfAttention):
         seq = query.shape[0]
         positions = self._fope_positions
         if positions is None:
-            positions = torch.arange(seq, device=query.device, dtype=torch.float32) + self._fope_offset
+            positions = (torch.arange(seq, device=query.device, dtype=torch.float32) + self._fope_offset)[:, None]
         elif positions.shape[0] != seq:
             positions = positions[self._fope_offset:self._fope_offset + seq]
-        cos, sin = self.fope(positions.to(query.device))  # [s, H_kv_local, hd]
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # broadcast over the batch
+        cos, sin = self.fope(positions.to(query.device))  # [s, 1 or b, H_kv_local, hd]: broadcast over the batch
         return (apply_fope(query, cos, sin), apply_fope(key, cos, sin), *out[2:])
