@@ -40,6 +40,7 @@ import torch.distributed as dist
 
 from megatron_s1.config.schema import ConfigError, ExperimentConfig
 from megatron_s1.models.language import build_language_model
+from megatron_s1.models.precision import use_fp32_output_layer
 from megatron_s1.rl import filtering, losses
 from megatron_s1.rl.rewards import RewardMixer, as_scores, get_reward
 from megatron_s1.rl.rollout import (LocalEngine, OpenAIEngine, pad_batch, pad_routing, routing_replay,
@@ -83,8 +84,8 @@ class RLTask:
                 model.vision_model.requires_grad_(False)
         else:
             model = build_language_model(self.cfg, tconfig, pre_process, post_process, vp_stage=vp_stage)
-        if self.cfg.rl.fp32_lm_head:
-            install_fp32_lm_head(getattr(model, "language_model", model))
+        if self.cfg.rl.fp32_lm_head and not self.cfg.model.fp32_lm_head:  # (the model option already applied it)
+            use_fp32_output_layer(getattr(model, "language_model", model))
         if self.cfg.rl.freeze_router:
             for name, p in model.named_parameters():
                 if ".router." in name:
@@ -93,40 +94,6 @@ class RLTask:
 
     def build_datasets(self, *_):
         return None, None, None
-
-
-def install_fp32_lm_head(model) -> None:
-    """Compute the output projection in fp32 (fp32 copies of the activations and the bf16 weight), so logits and
-    log-probs of bf16 models carry no bf16 rounding; gradients flow back to the weight through the cast.
-
-    A plain fp32 matmul replaces the column-parallel linear's; with tensor parallelism it keeps that layer's
-    communication: the input is all-gathered over the sequence (sequence parallel; gradient reduce-scattered)
-    or copied (gradient all-reduced), the output stays this rank's vocabulary shard unless gathered."""
-    from megatron.core.tensor_parallel.mappings import (copy_to_tensor_model_parallel_region,
-                                                        gather_from_sequence_parallel_region,
-                                                        gather_from_tensor_model_parallel_region)
-
-    layer = getattr(model, "output_layer", None)
-    if layer is None:  # not the last pipeline stage
-        return
-    group = getattr(layer, "tp_group", None)
-    tp = dist.get_world_size(group) if group is not None and dist.is_initialized() else 1
-
-    def forward(input_, weight=None, runtime_gather_output=None):
-        w = layer.weight if weight is None else weight
-        bias = getattr(layer, "bias", None)
-        if tp > 1:  # (attributes read per call: generation switches sequence parallelism off)
-            if layer.sequence_parallel:
-                input_ = gather_from_sequence_parallel_region(input_, tensor_parallel_output_grad=True, group=group)
-            else:
-                input_ = copy_to_tensor_model_parallel_region(input_, group=group)
-        out = torch.nn.functional.linear(input_.float(), w.float(), None if bias is None else bias.float())
-        gather = layer.gather_output if runtime_gather_output is None else runtime_gather_output
-        if tp > 1 and gather:
-            out = gather_from_tensor_model_parallel_region(out, group=group)
-        return out, None
-
-    layer.forward = forward
 
 
 def _rollout_dtype(name: str) -> Optional[torch.dtype]:

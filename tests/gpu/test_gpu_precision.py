@@ -54,10 +54,10 @@ def test_fp8_experts_recipe_trains(tmp_path, train_args):
 
 
 def test_cuda_graphs_match_eager(tmp_path, train_args):
-    """Per-layer CUDA graphs of attention + router: same losses as eager (bf16 kernel tolerance)."""
+    """Per-layer CUDA graphs of the attention blocks: same losses as eager (bf16 kernel tolerance)."""
     common = ["train.steps=6", "model.spec=te", *GPU_MODEL]
     run_cli(train_args(str(tmp_path / "eager"), *common))
-    run_cli(train_args(str(tmp_path / "graphs"), *common, "model.cuda_graph=attn,moe_router,moe_preprocess"))
+    run_cli(train_args(str(tmp_path / "graphs"), *common, "model.cuda_graph=attn"))
     eager, graphs = losses(str(tmp_path / "eager")), losses(str(tmp_path / "graphs"))
     assert sorted(graphs) == list(range(1, 7))
     for step in eager:

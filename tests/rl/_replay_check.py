@@ -42,11 +42,11 @@ def main():
         with routing_replay(select_routing(rec, rows)):
             sub = model(*pad_batch([roll.prompt_ids[i] for i in rows], [roll.response_ids[i] for i in rows], rl.pad,
                                    batch[0].shape[1])[:3])
-    from megatron_s1.rl.trainer import install_fp32_lm_head
+    from megatron_s1.models.precision import use_fp32_output_layer
 
     head = rl.model.module.output_layer
     orig_forward = head.forward
-    install_fp32_lm_head(rl.model.module)
+    use_fp32_output_layer(rl.model.module)
     with torch.no_grad(), routing_replay(rec):
         fp32_head = model(*batch[:3])
     head.forward = orig_forward
