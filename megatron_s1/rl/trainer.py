@@ -319,6 +319,12 @@ class RLTrainer:
             metrics[f"samples/{task}"] = len(idx)
         return combined_all[start:start + len(samples)], raw_all[start:start + len(samples)], metrics
 
+    @staticmethod
+    def _clock() -> float:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
     def _all_sum(self, values: list) -> list:
         """Sum over data-parallel ranks (TP ranks of a replica hold the same values and are not summed)."""
         from megatron.core import parallel_state
@@ -332,14 +338,14 @@ class RLTrainer:
     # ------------------------------------------------------------------ one step
     def step(self) -> dict:
         cfg, r = self.cfg, self.cfg.rl
-        t0 = time.perf_counter()
+        t0 = self._clock()
         prompts = self.source.sample(r.prompts_per_step, self.rng)
         prompt_ids, pixels = zip(*map(self.encode, prompts))
         rollout = self._generate(list(prompt_ids), r.samples_per_prompt, self.allowed_list, list(pixels))
         from megatron_s1.rl.multimodal import batch_pixels
 
         row_pixels = rollout.meta.get("pixels")
-        t_roll = time.perf_counter() - t0
+        t_roll = self._clock() - t0
         G = r.samples_per_prompt
         texts, degen = [], []
         for resp in rollout.response_ids:
@@ -386,6 +392,7 @@ class RLTrainer:
             lp_replay = self._train_logprobs(full, rollout.routing, grad=False, pixel_values=all_pixels).cpu()
             record["kl_train_rollout_replay"] = losses.sampled_kl(lp_replay, roll_all, full[3])
         old_all = lp_replay if (rollout.routing is not None and r.routing_replay) else lp_plain
+        t_logprob = self._clock()
 
         loss_sum, stepped_any, grad_norms, icepop = 0.0, False, [], []
         order = rows[:]
@@ -438,7 +445,11 @@ class RLTrainer:
         self.t.state["step"] += 1
         self.t.state["consumed_samples"] += len(texts)
         record.update({"loss": loss_sum, "grad_norm": max(grad_norms) if grad_norms else 0.0, "stepped": stepped_any,
-                       "lr": self.t.optimizer.param_groups[0]["lr"], "step_s": time.perf_counter() - t0})
+                       "lr": self.t.optimizer.param_groups[0]["lr"]})
+        # Step time split (rollout / log-probs of pi_old incl. the KL probes / policy updates), GPU-synchronised.
+        end = self._clock()
+        record.update({"step_s": end - t0, "logprob_s": t_logprob - t0 - t_roll, "update_s": end - t_logprob,
+                       "rollout_tokens_per_s": sum(map(len, rollout.response_ids)) / max(t_roll, 1e-9)})
         if icepop:
             record["icepop_masked_frac"] = sum(icepop) / len(icepop)
         return record
@@ -496,7 +507,8 @@ class RLTrainer:
                     f.flush()
                     if rec["step"] % cfg.train.log_interval == 0:
                         keys = ("step", "reward_mean", "kept_groups", "loss", "grad_norm", "kl_train_rollout",
-                                "kl_train_rollout_replay", "routing_mismatch", "step_s")
+                                "kl_train_rollout_replay", "routing_mismatch", "step_s", "rollout_s", "logprob_s",
+                                "update_s", "rollout_tokens_per_s")
                         keys += tuple(k for k in rec if k.startswith("reward_mean/"))
                         print("[rl] " + " | ".join(f"{k} {rec[k]:.4g}" if isinstance(rec[k], float) else f"{k} {rec[k]}"
                                                    for k in keys if k in rec), flush=True)
