@@ -75,6 +75,9 @@ class RLTask:
             if vp_stage in (None, 0):  # replay instances are process-global: one model per process
                 RouterReplay.clear_global_router_replay_instances()
             tconfig.moe_enable_routing_replay = True
+            # Megatron's fused (TE) top-k returns before consulting RouterReplay: nothing would be recorded or
+            # replayed (found on the H100 with the TE spec), so the RL policy routes with the unfused top-k.
+            tconfig.moe_router_fusion = False
         if self.media is not None:
             from megatron_s1.models.interns1.model import build_interns1_model
 
