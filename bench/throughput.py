@@ -10,7 +10,7 @@ trainer's own metrics.jsonl (median over the timed steps), the HF numbers from C
 
     python bench/throughput.py --shape probe-moe --runs hf,ours-untuned,ours-bf16,ours-fp8-blockwise
     python bench/throughput.py --shape probe-moe --nproc 2 --parallel parallel.expert=2 --runs ours-bf16
-    python bench/throughput.py --runs hf,ours-bf16,graphs --variant 'graphs:model.cuda_graph=attn' --profile-dir /tmp/p
+    python bench/throughput.py --accum 2 --runs hf,ours-bf16,mbs4 --variant 'mbs4:data.micro_batch_size=4' --profile-dir /tmp/p
 
 A variant NAME:KEY=VALUE;... is ours-bf16 plus those overrides. --profile-dir saves, per run, the kernel table of
 two steps after the warm-up (torch.profiler; our runs use train.profile_steps).

@@ -63,8 +63,6 @@ class ModelConfig:
     # linears only, BF16 elsewhere: the Intern-S1-Pro selection).
     fp8_modules: str = "all"
     fp32_lm_head: bool = False  # output projection + logits in fp32 (Intern-S1-Pro keeps the LM head in FP32)
-    # Per-layer CUDA graphs (TE spec, Megatron-Core "local" graphs): null | attn | "attn,moe_router,moe_preprocess"
-    cuda_graph: Optional[str] = None
     recompute: Optional[str] = None  # None | selective | full
     # TE-spec fusions (RoPE, MoE permute and router, fused cross-entropy, TE wgrad accumulation into main_grad):
     # measured faster on H100 and numerically equivalent, so on by default (docs/performance.md).

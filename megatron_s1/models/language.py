@@ -141,30 +141,8 @@ def build_transformer_config(cfg: ExperimentConfig) -> TransformerConfig:
         if resolve_spec_kind(m.spec) != "te":
             raise ConfigError("model.fp8 needs the TransformerEngine spec (a CUDA GPU with TE installed)")
         kwargs.update(fp8="e4m3" if m.fp8 == "blockwise" else "hybrid", fp8_recipe=_FP8_RECIPES[m.fp8])
-    if m.cuda_graph is not None:
-        kwargs.update(cuda_graph_options(m))
     return TransformerConfig(**kwargs)
 
-
-_GRAPH_MODULES = ("attn", "mlp", "moe_router", "moe_preprocess")
-
-
-def cuda_graph_options(m: ModelConfig) -> dict:
-    """model.cuda_graph -> Megatron-Core's per-layer ("local") CUDA graph settings.
-
-    Dropless MoE has data-dependent shapes after routing, so only the parts before the token dispatch
-    (attention, router, preprocessing) can be captured; "mlp" is for dense layers.
-    """
-    if resolve_spec_kind(m.spec) != "te" or not torch.cuda.is_available():
-        raise ConfigError("model.cuda_graph needs the TransformerEngine spec on a CUDA GPU; set model.cuda_graph=null")
-    modules = [x.strip() for x in str(m.cuda_graph).split(",") if x.strip()]
-    bad = [x for x in modules if x not in _GRAPH_MODULES]
-    if bad or not modules:
-        raise ConfigError(f"model.cuda_graph={m.cuda_graph!r}: give a comma list of {', '.join(_GRAPH_MODULES)} "
-                          "(e.g. attn or attn,moe_router,moe_preprocess) or null")
-    if "mlp" in modules and m.num_moe_experts is not None:
-        raise ConfigError("model.cuda_graph: 'mlp' captures dense MLPs; for MoE use moe_router,moe_preprocess")
-    return dict(cuda_graph_impl="local", cuda_graph_modules=modules, use_te_rng_tracker=True)
 
 
 class PositionIdRotary(torch.nn.Module):

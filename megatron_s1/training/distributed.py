@@ -80,14 +80,12 @@ def initialize_model_parallel(cfg: ExperimentConfig) -> None:
     )
 
 
-def seed_everything(seed: int, te_rng_tracker: bool = False) -> None:
-    """Same seed on every rank: with CPU initialisation every TP/PP/EP layout starts from one weight set.
-
-    te_rng_tracker: TE's graph-safe RNG tracker (needed by CUDA graphs)."""
+def seed_everything(seed: int) -> None:
+    """Same seed on every rank: with CPU initialisation every TP/PP/EP layout starts from one weight set."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    model_parallel_cuda_manual_seed(seed, te_rng_tracker=te_rng_tracker)
+    model_parallel_cuda_manual_seed(seed)
 
 
 def rng_state() -> dict:

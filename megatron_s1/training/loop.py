@@ -41,7 +41,7 @@ class Trainer:
         self.env = init_distributed()
         validate_model_parallel(cfg.model, cfg.parallel, self.env.world_size)
         initialize_model_parallel(cfg)
-        seed_everything(cfg.run.seed, te_rng_tracker=cfg.model.cuda_graph is not None and torch.cuda.is_available())
+        seed_everything(cfg.run.seed)
         self.dp_size = parallel_state.get_data_parallel_world_size()
         self.dp_rank = parallel_state.get_data_parallel_rank()
         self.tokenizer = load_tokenizer(cfg.data.tokenizer)

@@ -1,11 +1,11 @@
-"""GPU checks of the numerics options: FP8 on routed experts only + FP32 LM head (Intern-S1-Pro selection), CUDA
-graphs, and TE fused weight-gradient accumulation. Skipped without CUDA + TransformerEngine."""
+"""GPU checks of the numerics options: FP8 on routed experts only + FP32 LM head (Intern-S1-Pro selection) and
+TE fused weight-gradient accumulation. Skipped without CUDA + TransformerEngine."""
 import importlib.util
 
 import pytest
 import torch
 
-from tests.conftest import losses, read_metrics, run_cli
+from tests.conftest import read_metrics, run_cli
 from tests.gpu.test_gpu_training import GPU_MODEL
 
 pytestmark = pytest.mark.skipif(
@@ -51,17 +51,6 @@ def test_fp8_experts_recipe_trains(tmp_path, train_args):
     records = read_metrics(str(tmp_path))
     assert len(records) == 8 and all(torch.isfinite(torch.tensor(r["loss"])) for r in records)
     assert records[-1]["loss"] < records[0]["loss"]
-
-
-def test_cuda_graphs_match_eager(tmp_path, train_args):
-    """Per-layer CUDA graphs of the attention blocks: same losses as eager (bf16 kernel tolerance)."""
-    common = ["train.steps=6", "model.spec=te", *GPU_MODEL]
-    run_cli(train_args(str(tmp_path / "eager"), *common))
-    run_cli(train_args(str(tmp_path / "graphs"), *common, "model.cuda_graph=attn"))
-    eager, graphs = losses(str(tmp_path / "eager")), losses(str(tmp_path / "graphs"))
-    assert sorted(graphs) == list(range(1, 7))
-    for step in eager:
-        assert abs(graphs[step] - eager[step]) < 2e-2, (step, graphs[step], eager[step])
 
 
 def test_fused_wgrad_accumulation_matches_unfused(tmp_path, train_args):
