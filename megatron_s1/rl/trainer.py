@@ -59,14 +59,9 @@ class RLTask:
         self.cfg = cfg = trainer.cfg
         self.media = None
         if cfg.vision.preset is not None:
-            from megatron_s1.data.multimodal.tokens import resolve_media_tokens
+            from megatron_s1.data.multimodal.tokens import media_tokens_for_model
 
-            self.media = resolve_media_tokens(trainer.tokenizer)
-            need = max(self.media.all()) + 1
-            if cfg.model.vocab_size < need:
-                raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} does not cover the media tokens (ids up "
-                                  f"to {need - 1}, reserved after the tokenizer's vocabulary); set "
-                                  f"model.vocab_size >= {need}")
+            self.media = media_tokens_for_model(trainer.tokenizer, cfg.model.vocab_size)
 
     def build_model(self, tconfig, pre_process: bool, post_process: bool, vp_stage=None):
         if self.cfg.model.num_moe_experts is not None:

@@ -1,3 +1,4 @@
+import json
 import os
 import socket
 import subprocess
@@ -8,6 +9,17 @@ import urllib.request
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+
+
+def run_check(script: str, *args: str) -> dict:
+    """Run tests/rl/<script> in a fresh process (its own torch.distributed world) and parse its RESULT line."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")}
+    res = subprocess.run([sys.executable, os.path.join(HERE, script), *map(str, args)],
+                         env=dict(env, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"), capture_output=True,
+                         text=True, timeout=300, cwd=REPO)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads(res.stdout.split("RESULT ")[-1])
 
 
 @pytest.fixture(scope="session")

@@ -1,20 +1,9 @@
 """KV-cached colocated decoding (Megatron-Core static inference context) reproduces the full re-forward."""
-import json
-import os
-import subprocess
-import sys
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(os.path.dirname(HERE))
+from tests.rl.conftest import run_check
 
 
 def test_kv_cache_matches_full_reforward(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")}
-    res = subprocess.run([sys.executable, os.path.join(HERE, "_kv_cache_check.py"), str(tmp_path)],
-                         env=dict(env, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"), capture_output=True,
-                         text=True, timeout=300, cwd=REPO)
-    assert res.returncode == 0, res.stderr[-3000:]
-    out = json.loads(res.stdout.split("RESULT ")[-1])
+    out = run_check("_kv_cache_check.py", tmp_path)
     for model in ("moe", "fope"):  # tiny MoE with RoPE; tiny dense with FoPE (Intern-S1-Pro)
         # left-padded rows see their own positions (per-row RoPE / FoPE tables)
         assert out[f"{model}_padded_vs_alone"] < 1e-5

@@ -1,21 +1,15 @@
 """RL with image prompts through InternS1Model (tiny MoE language model + tiny ViT, CPU)."""
 import json
 import os
-import subprocess
-import sys
 
 from tests.conftest import REPO, run_cli
+from tests.rl.conftest import run_check
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def test_image_prompts_in_the_rl_loop(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")}
-    res = subprocess.run([sys.executable, os.path.join(HERE, "_mm_rl_check.py"), str(tmp_path)],
-                         env=dict(env, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"), capture_output=True,
-                         text=True, timeout=300, cwd=REPO)
-    assert res.returncode == 0, res.stderr[-3000:]
-    out = json.loads(res.stdout.split("RESULT ")[-1])
+    out = run_check("_mm_rl_check.py", tmp_path)
     assert out["model"] == "InternS1Model"
     assert out["media_banned"]  # digits only; media tokens are never sampled
     # tiles per image (56x56 tiles, thumbnail) and one <IMG_CONTEXT> per image token (4 per tile)

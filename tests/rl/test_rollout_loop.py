@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from megatron_s1.rl.rollout import OpenAIEngine, filter_logits, pad_batch, token_logprobs
+from tests.rl.conftest import run_check
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -67,10 +68,7 @@ def test_openai_engine_routing(fake_server):
 
 
 def test_routing_replay_generation_and_external_engine(tmp_path, fake_server):
-    res = subprocess.run([sys.executable, os.path.join(HERE, "_replay_check.py"), str(tmp_path), fake_server],
-                         env=_env(), capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert res.returncode == 0, res.stderr[-3000:]
-    out = json.loads(res.stdout.split("RESULT ")[-1])
+    out = run_check("_replay_check.py", tmp_path, fake_server)
     assert out["n"] == 6 and out["lens_ok"] and out["digits_only"]
     assert out["routing_shape"][0][1:] == [6, 2] and len(out["routing_shape"]) == 2
     assert out["fp32_head_diff"] < 1e-4  # fp32 model: the fp32 head computes the same logits

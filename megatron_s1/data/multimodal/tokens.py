@@ -37,3 +37,15 @@ def resolve_media_tokens(tokenizer) -> MediaTokenIds:
             value, next_id = next_id, next_id + 1
         ids[field] = value
     return MediaTokenIds(**ids)
+
+
+def media_tokens_for_model(tokenizer, vocab_size: int) -> MediaTokenIds:
+    """resolve_media_tokens, checking that the model's embedding table covers the reserved ids."""
+    from megatron_s1.config.schema import ConfigError
+
+    media = resolve_media_tokens(tokenizer)
+    need = max(media.all()) + 1
+    if vocab_size < need:
+        raise ConfigError(f"model.vocab_size={vocab_size} does not cover the media tokens (ids up to {need - 1}, "
+                          f"reserved after the tokenizer's vocabulary); set model.vocab_size >= {need}")
+    return media

@@ -14,7 +14,7 @@ import torch
 
 from megatron_s1.config.schema import ConfigError
 from megatron_s1.data.multimodal.dataset import MultimodalJsonlDataset, MultimodalSamples, collate
-from megatron_s1.data.multimodal.tokens import resolve_media_tokens
+from megatron_s1.data.multimodal.tokens import media_tokens_for_model
 from megatron_s1.data.packed import MaskedPackedData, PackedData, SamplePacks, check_packing, train_schedule
 from megatron_s1.models.interns1.model import build_interns1_model
 from megatron_s1.models.specs import resolve_spec_kind
@@ -36,12 +36,7 @@ class MultimodalPretrainTask:
     def __init__(self, trainer):
         self.trainer = trainer
         self.cfg = cfg = trainer.cfg
-        self.media = resolve_media_tokens(trainer.tokenizer)
-        need = max(self.media.all()) + 1
-        if cfg.model.vocab_size < need:
-            raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} does not cover the media tokens "
-                              f"(ids up to {need - 1}, reserved after the tokenizer's vocabulary); set "
-                              f"model.vocab_size >= {need}")
+        self.media = media_tokens_for_model(trainer.tokenizer, cfg.model.vocab_size)
         if cfg.vision.preset is None and cfg.timeseries.preset is None:
             raise ConfigError("train.task=mm_pretrain needs vision.preset and/or timeseries.preset")
         sample_weights([], cfg.mm.loss_weighting)  # validates the mode early
