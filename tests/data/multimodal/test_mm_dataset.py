@@ -65,3 +65,15 @@ def test_truncation_drops_media_that_does_not_fit(setup):
     s = ds[1]
     assert media.img_context not in s["tokens"].tolist() and s["pixel_values"] is None
     assert int(s["loss_mask"].sum()) == ds.loss_tokens(1) == n_text  # text labels + EOD
+
+
+def test_media_tokens_must_fit_the_model_vocabulary():
+    from megatron_s1.config import ConfigError
+    from megatron_s1.data.multimodal.tokens import media_tokens_for_model
+    from megatron_s1.tokenizer import load_tokenizer
+
+    tok = load_tokenizer()
+    media = media_tokens_for_model(tok, tok.vocab_size + 6)  # six reserved ids right after the vocabulary
+    assert sorted(media.all()) == list(range(tok.vocab_size, tok.vocab_size + 6))
+    with pytest.raises(ConfigError, match=rf"set model.vocab_size >= {tok.vocab_size + 6}"):
+        media_tokens_for_model(tok, tok.vocab_size + 5)
