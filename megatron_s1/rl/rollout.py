@@ -245,8 +245,12 @@ class LocalEngine:
     """
 
     def __init__(self, model, eos_id: int, pad_id: int, rollout_dtype: Optional[torch.dtype] = None,
-                 record_routing: bool = False, device=None, kv_cache: bool = True):
+                 record_routing: bool = False, device=None, kv_cache: bool = True, sync_group=None):
         self.model = model
+        # Ranks whose forwards are collective across *different* rollouts (expert parallelism: every MoE layer
+        # is an all-to-all over the EP group) must run the same number of decode forwards: a rank stops only
+        # when every rank of ``sync_group`` is done (finished rows are fed padding meanwhile, as within a rank).
+        self.sync_group = sync_group
         self.eos_id = eos_id
         self.pad_id = pad_id
         self.rollout_dtype = rollout_dtype
@@ -270,6 +274,17 @@ class LocalEngine:
         with torch.no_grad(), self._numerics():
             return self.model(tokens.to(self.device), positions.to(self.device), mask.to(self.device),
                               **kwargs).float()
+
+    def _all_finished(self, done: list) -> bool:
+        """True when every row is done on this rank and on every rank of ``sync_group`` (collective there: call it
+        on every rank at the same step)."""
+        if self.sync_group is None:
+            return all(done)
+        import torch.distributed as dist
+
+        flag = torch.tensor([int(all(done))], dtype=torch.int32, device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=self.sync_group)
+        return bool(flag.item())
 
     @staticmethod
     def _pick(logits, temperature, top_k, top_p, allowed, generator):
@@ -335,7 +350,7 @@ class LocalEngine:
                 allowed = self._allowed_mask(allowed_tokens, logits.shape[-1], logits.device)
             nxt, full_logp = self._pick(logits, temperature, top_k, top_p, allowed, generator)
             self._append(nxt, full_logp, responses, logps, done)
-            if all(done):
+            if self._all_finished(done):
                 break
         routing = None
         if self.record_routing and moe_replay_available():
@@ -394,7 +409,8 @@ class LocalEngine:
                 nxt, full_logp = self._pick(logits, temperature, top_k, top_p, allowed, generator)
                 was_done = list(done)
                 self._append(nxt, full_logp, responses, logps, done)
-                if all(done) or step == max_new_tokens - 1:
+                # (the last-step test first: every rank of sync_group takes the collective at the same steps)
+                if step == max_new_tokens - 1 or self._all_finished(done):
                     break
                 # Next input: the sampled token (padding for finished rows) at cache index `idx`.
                 idx = ctx.sequence_len_offset
@@ -413,8 +429,10 @@ class LocalEngine:
         if record:
             # [L, N, k] in pad_batch's layout: the last sampled token is never forwarded, its slot gets experts
             # 0..k-1 (like an external engine's; it feeds no loss position).
-            layers = [torch.cat([step[layer] for step in per_step]) for layer in range(len(per_step[0]))]
-            routing = pad_routing(layers, max_p + max(len(r) for r in responses))
+            # Forwards run only to keep pace with other EP ranks (all rows here done) lie beyond that layout: cut.
+            length = max_p + max(len(r) for r in responses)
+            layers = [torch.cat([step[layer] for step in per_step])[:length] for layer in range(len(per_step[0]))]
+            routing = pad_routing(layers, length)
         return responses, logps, done, routing
 
     def update_weights(self, *_args, **_kwargs) -> None:

@@ -23,7 +23,9 @@ no pipeline schedule). With tensor parallelism the training log-probs come from 
 (small vocabularies), every TP rank of a data-parallel group draws prompts and tokens from the same seeds and
 the driver checks every step that they sampled the same tokens. Sequence parallelism (forced for MoE + TP) is
 switched off for generation and kept for the training forwards (lengths padded to a multiple of TP, routing
-replay sliced to each rank's sequence shard).
+replay sliced to each rank's sequence shard). With expert parallelism the EP ranks are data-parallel ranks (own
+prompts and seeds) whose MoE layers all-to-all with each other, so the colocated engine keeps them decoding in
+step until all are done (LocalEngine.sync_group).
 """
 from __future__ import annotations
 
@@ -171,9 +173,14 @@ class RLTrainer:
         self.tp_rank = parallel_state.get_tensor_model_parallel_rank()
         self.sp = bool(self.t.tconfig.sequence_parallel) and self.tp > 1
         r = cfg.rl
+        self.ep = parallel_state.get_expert_model_parallel_world_size()
         if r.engine == "local":
+            # Expert parallelism: the EP ranks are data-parallel ranks with their own prompts, yet each MoE layer
+            # forward is an all-to-all over them, so they stop decoding together (LocalEngine.sync_group).
+            sync = parallel_state.get_expert_model_parallel_group() if self.ep > 1 else None
             self.engine = LocalEngine(self.model, self.eos, self.pad, _rollout_dtype(rollout_dtype),
-                                      record_routing=r.routing_replay, device=self.device, kv_cache=r.kv_cache)
+                                      record_routing=r.routing_replay, device=self.device, kv_cache=r.kv_cache,
+                                      sync_group=sync)
         elif r.engine == "openai":
             if not r.engine_url:
                 raise ConfigError("rl.engine=openai needs rl.engine_url (e.g. http://host:8000)")
