@@ -8,16 +8,22 @@ import urllib.request
 
 import pytest
 
+from tests.conftest import free_port, run_cli
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
+RL_RECIPE = os.path.join(REPO, "examples/rl/tiny_cpu.yaml")
 
 
-def run_check(script: str, *args: str) -> dict:
-    """Run tests/rl/<script> in a fresh process (its own torch.distributed world) and parse its RESULT line."""
+def run_check(script: str, *args: str, nproc: int = 1, timeout: int = 300) -> dict:
+    """Run tests/rl/<script> in a fresh process (its own torch.distributed world; ``nproc`` > 1: torchrun, gloo)
+    and parse its RESULT line."""
     env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")}
-    res = subprocess.run([sys.executable, os.path.join(HERE, script), *map(str, args)],
+    launch = [sys.executable] if nproc == 1 else \
+        [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--master-port={free_port()}"]
+    res = subprocess.run([*launch, os.path.join(HERE, script), *map(str, args)],
                          env=dict(env, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"), capture_output=True,
-                         text=True, timeout=300, cwd=REPO)
+                         text=True, timeout=timeout, cwd=REPO)
     assert res.returncode == 0, res.stderr[-3000:]
     return json.loads(res.stdout.split("RESULT ")[-1])
 
@@ -42,3 +48,26 @@ def fake_server():
     yield url
     proc.terminate()
     proc.wait(timeout=10)
+
+
+# ------------------------------------------------------------------ parallel-layout comparisons (real CLI runs)
+
+
+def rl_records(run_dir) -> list:
+    return [json.loads(line) for line in open(os.path.join(run_dir, "rl_metrics.jsonl"))]
+
+
+def run_rl(run_dir, init_ckpt: str, *overrides: str, nproc: int = 1) -> list:
+    """`megatron-s1 rl` on the tiny recipe from ``init_ckpt`` with an fp32 rollout (torchrun + gloo when nproc > 1;
+    later overrides win); returns the rl_metrics.jsonl records."""
+    run_cli(["rl", "--config", RL_RECIPE, "--rollout-dtype", "fp32", f"checkpoint.pretrained={init_ckpt}",
+             "checkpoint.save_final=false", *overrides, f"run.dir={run_dir}"], nproc=nproc)
+    return rl_records(run_dir)
+
+
+@pytest.fixture(scope="session")
+def init_ckpt(tmp_path_factory):
+    """Initial weights of the tiny recipe's model, shared by the runs that compare parallel layouts."""
+    run_dir = tmp_path_factory.mktemp("rl_init")
+    run_cli(["rl", "--config", RL_RECIPE, f"run.dir={run_dir}", "train.steps=0", "checkpoint.save_final=true"])
+    return str(run_dir / "checkpoints")

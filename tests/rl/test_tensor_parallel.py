@@ -1,31 +1,15 @@
 """Tensor parallelism in the RL loop: TP=2 runs (torchrun, gloo) reproduce TP=1 runs from the same weights."""
 import json
-import os
 
 import pytest
 
-from tests.conftest import REPO, run_cli
-
-RECIPE = os.path.join(REPO, "examples/rl/tiny_cpu.yaml")
-
-
-def _records(run_dir):
-    return [json.loads(line) for line in open(os.path.join(run_dir, "rl_metrics.jsonl"))]
-
-
-@pytest.fixture(scope="module")
-def init_ckpt(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("rl_init")
-    run_cli(["rl", "--config", RECIPE, f"run.dir={run_dir}", "train.steps=0", "checkpoint.save_final=true"])
-    return str(run_dir / "checkpoints")
+from tests.conftest import run_cli
+from tests.rl.conftest import RL_RECIPE as RECIPE, run_rl
 
 
 def _pair(tmp_path, init_ckpt, common, tp2_extra=()):
-    args = ["rl", "--config", RECIPE, "--rollout-dtype", "fp32", f"checkpoint.pretrained={init_ckpt}",
-            "checkpoint.save_final=false", *common]
-    run_cli([*args, f"run.dir={tmp_path}/tp1"])
-    run_cli([*args, f"run.dir={tmp_path}/tp2", "parallel.tensor=2", *tp2_extra], nproc=2)
-    return _records(f"{tmp_path}/tp1"), _records(f"{tmp_path}/tp2")
+    return (run_rl(tmp_path / "tp1", init_ckpt, *common),
+            run_rl(tmp_path / "tp2", init_ckpt, *common, "parallel.tensor=2", *tp2_extra, nproc=2))
 
 
 def test_tp2_training_matches_tp1(tmp_path, init_ckpt):
