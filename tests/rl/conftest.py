@@ -21,11 +21,22 @@ def run_check(script: str, *args: str, nproc: int = 1, timeout: int = 300) -> di
     env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")}
     launch = [sys.executable] if nproc == 1 else \
         [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--master-port={free_port()}"]
-    res = subprocess.run([*launch, os.path.join(HERE, script), *map(str, args)],
-                         env=dict(env, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"), capture_output=True,
-                         text=True, timeout=timeout, cwd=REPO)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return json.loads(res.stdout.split("RESULT ")[-1])
+    proc = subprocess.Popen([*launch, os.path.join(HERE, script), *map(str, args)],
+                            env=dict(env, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        # (e.g. ranks hung in a collective) SIGTERM: torchrun passes it on to its workers, which run in sessions
+        # of their own (a SIGKILL of torchrun would leave them hanging)
+        proc.terminate()
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        raise
+    assert proc.returncode == 0, stderr[-3000:]
+    return json.loads(stdout.split("RESULT ")[-1])
 
 
 @pytest.fixture(scope="session")
