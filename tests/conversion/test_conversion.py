@@ -7,24 +7,13 @@ and the bad-input errors (one line, nothing left behind).
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from tests.conftest import REPO, RECIPE, free_port, run_cli
+from tests.conftest import RECIPE, run_cli
+from tests.conversion.checks import FULL, TOLERANCE, assert_same_hf_checkpoint, convert, hf_tensors, verify
 from tests.conversion.hf_models import make_hf_model
-
-TOLERANCE = 1e-4
-# The default run keeps to the CPU time budget; CONVERSION_FULL=1 adds the remaining layouts/architectures.
-FULL = pytest.mark.skipif(not os.environ.get("CONVERSION_FULL"), reason="set CONVERSION_FULL=1 for every layout")
-
-
-def _convert(hf_dir, out_dir, *extra):
-    proc = run_cli(["convert", "hf-to-mcore", "--hf", hf_dir, "--out", out_dir, *extra])
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")
@@ -37,21 +26,9 @@ def models(tmp_path_factory):
         with open(os.path.join(hf_dir, "tokenizer_config.json"), "w") as f:  # side files travel along
             json.dump({"model_max_length": 512}, f)
         ckpt = str(root / f"mcore_{kind}")
-        _convert(hf_dir, ckpt, "--tp", "2")
+        convert(hf_dir, ckpt, "--tp", "2")
         out[kind] = (hf_dir, ckpt)
     return out
-
-
-def _verify(hf_dir, ckpt, nproc, *layout):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    args = ["-m", "megatron_s1.conversion.verify", "--hf", hf_dir, "--ckpt", ckpt, *layout]
-    if nproc > 1:
-        args = ["-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--master-port={free_port()}", *args]
-    proc = subprocess.run([sys.executable, "-W", "ignore", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1]
-    return json.loads(line)
 
 
 @pytest.mark.parametrize("kind,nproc,layout", [
@@ -63,7 +40,7 @@ def _verify(hf_dir, ckpt, nproc, *layout):
 ], ids=["dense-tp1", "dense-tp2", "moe-tp1", "moe-tp2", "moe-ep2"])
 def test_logits_match_transformers(models, kind, nproc, layout):
     hf_dir, ckpt = models[kind]
-    result = _verify(hf_dir, ckpt, nproc, *layout)
+    result = verify(hf_dir, ckpt, nproc, *layout)
     print(kind, layout, result)
     assert result["logit_scale"] > 0.5  # logits are O(1): the tolerance is meaningful
     assert result["max_abs_diff"] <= TOLERANCE, result
@@ -85,26 +62,12 @@ def test_converted_checkpoint_contents(models):
     assert not [n for n in os.listdir(os.path.dirname(ckpt)) if ".tmp" in n]
 
 
-def _tensors(hf_dir):
-    with open(os.path.join(hf_dir, "model.safetensors.index.json")) as f:
-        files = sorted(set(json.load(f)["weight_map"].values()))
-    out = {}
-    for name in files:
-        out.update(load_file(os.path.join(hf_dir, name)))
-    return out
-
-
 @pytest.mark.parametrize("kind", [pytest.param("dense", marks=FULL), "moe"])
 def test_round_trip_is_bit_identical(models, kind, tmp_path):
     hf_dir, ckpt = models[kind]
     back = str(tmp_path / "hf_back")
     run_cli(["convert", "mcore-to-hf", "--ckpt", ckpt, "--out", back])
-    original, exported = _tensors(hf_dir), _tensors(back)
-    assert sorted(original) == sorted(exported)
-    for name, tensor in original.items():
-        assert exported[name].dtype == tensor.dtype and torch.equal(exported[name], tensor), name
-    with open(os.path.join(hf_dir, "config.json")) as a, open(os.path.join(back, "config.json")) as b:
-        assert json.load(a) == json.load(b)
+    assert_same_hf_checkpoint(hf_dir, back)
     assert os.path.exists(os.path.join(back, "tokenizer_config.json"))
     # The export loads with transformers unmodified and computes the same logits.
     import transformers
@@ -126,7 +89,7 @@ def test_finetune_from_converted_then_export(models, tmp_path, data_prefix):
              f"checkpoint.pretrained={ckpt}", "parallel.expert=2"], nproc=2)
     exported = str(tmp_path / "hf_trained")
     run_cli(["convert", "mcore-to-hf", "--ckpt", os.path.join(run_dir, "checkpoints"), "--out", exported])
-    trained, original = _tensors(exported), _tensors(hf_dir)
+    trained, original = hf_tensors(exported), hf_tensors(hf_dir)
     assert sorted(trained) == sorted(original)
     # Training moved the converted weights a little (Adam, 2 steps); a fresh init (std 0.02 in the recipe,
     # 0.1 in the HF model) would be far away: the pretrained weights were loaded under EP=2.

@@ -13,18 +13,10 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from tests.conftest import REPO, free_port, run_cli
+from tests.conftest import REPO, run_cli
+from tests.conversion.checks import FULL, TOLERANCE, assert_same_hf_checkpoint, convert, hf_tensors, verify
 from tests.conversion.hf_models import make_interns1_model, make_pro_model
-
-TOLERANCE = 1e-4
-FULL = pytest.mark.skipif(not os.environ.get("CONVERSION_FULL"), reason="set CONVERSION_FULL=1 for every variant")
-
-
-def _convert(hf_dir, out_dir, *extra):
-    proc = run_cli(["convert", "hf-to-mcore", "--hf", hf_dir, "--out", out_dir, *extra])
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +27,9 @@ def mm(tmp_path_factory):
     with open(os.path.join(hf_dir, "tokenizer_config.json"), "w") as f:
         json.dump({"model_max_length": 512}, f)
     out = {"hf": hf_dir, "tp1": str(root / "mcore_tp1"), "tp2": str(root / "mcore_tp2")}
-    summary = _convert(hf_dir, out["tp1"])
+    summary = convert(hf_dir, out["tp1"])
     assert summary["architecture"] == "InternS1ForConditionalGeneration"
-    _convert(hf_dir, out["tp2"], "--tp", "2")
+    convert(hf_dir, out["tp2"], "--tp", "2")
     return out
 
 
@@ -46,43 +38,14 @@ def pro(tmp_path_factory):
     root = tmp_path_factory.mktemp("pro")
     hf_dir = make_pro_model(str(root / "hf"))
     ckpt = str(root / "mcore")
-    _convert(hf_dir, ckpt, "--ep", "2")
+    convert(hf_dir, ckpt, "--ep", "2")
     return {"hf": hf_dir, "ckpt": ckpt}
-
-
-def _verify(hf_dir, ckpt, nproc, *layout):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    args = ["-m", "megatron_s1.conversion.verify", "--hf", hf_dir, "--ckpt", ckpt, *layout]
-    if nproc > 1:
-        args = ["-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--master-port={free_port()}", *args]
-    proc = subprocess.run([sys.executable, "-W", "ignore", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1])
-
-
-def _tensors(hf_dir):
-    with open(os.path.join(hf_dir, "model.safetensors.index.json")) as f:
-        files = sorted(set(json.load(f)["weight_map"].values()))
-    out = {}
-    for name in files:
-        out.update(load_file(os.path.join(hf_dir, name)))
-    return out
-
-
-def _same_checkpoint(a, b):
-    original, exported = _tensors(a), _tensors(b)
-    assert sorted(original) == sorted(exported)
-    for name, tensor in original.items():
-        assert exported[name].dtype == tensor.dtype and torch.equal(exported[name], tensor), name
-    with open(os.path.join(a, "config.json")) as fa, open(os.path.join(b, "config.json")) as fb:
-        assert json.load(fa) == json.load(fb)
 
 
 # ------------------------------------------------------------------------------------------- InternS1
 @pytest.mark.parametrize("which,nproc,layout", [("tp1", 1, []), ("tp2", 2, ["--tp", "2"])], ids=["tp1", "tp2"])
 def test_interns1_logits_with_images(mm, which, nproc, layout):
-    result = _verify(mm["hf"], mm[which], nproc, *layout)
+    result = verify(mm["hf"], mm[which], nproc, *layout)
     print(which, result)
     assert result["images"] == 2 and result["logit_scale"] > 0.5
     assert result["max_abs_diff"] <= TOLERANCE, result
@@ -109,7 +72,7 @@ def test_interns1_checkpoint_contents(mm):
 def test_interns1_round_trip_is_bit_identical(mm, which, tmp_path):
     back = str(tmp_path / "back")
     run_cli(["convert", "mcore-to-hf", "--ckpt", mm[which], "--out", back])
-    _same_checkpoint(mm["hf"], back)
+    assert_same_hf_checkpoint(mm["hf"], back)
     assert os.path.exists(os.path.join(back, "tokenizer_config.json"))
 
 
@@ -118,12 +81,12 @@ def test_interns1_moe_text(tmp_path):
     """Intern-S1 layout (Qwen3-MoE text): logits with images and the round trip."""
     hf_dir = make_interns1_model(str(tmp_path / "hf"), text="moe")
     ckpt = str(tmp_path / "mcore")
-    _convert(hf_dir, ckpt)
-    result = _verify(hf_dir, ckpt, 1)
+    convert(hf_dir, ckpt)
+    result = verify(hf_dir, ckpt, 1)
     assert result["max_abs_diff"] <= TOLERANCE, result
     back = str(tmp_path / "back")
     run_cli(["convert", "mcore-to-hf", "--ckpt", ckpt, "--out", back])
-    _same_checkpoint(hf_dir, back)
+    assert_same_hf_checkpoint(hf_dir, back)
 
 
 @FULL
@@ -132,12 +95,12 @@ def test_interns1_mini_style_vision(tmp_path):
     hf_dir = make_interns1_model(str(tmp_path / "hf"), vision_overrides=dict(
         norm_type="layer_norm", use_qk_norm=False, attention_bias=True))
     ckpt = str(tmp_path / "mcore")
-    _convert(hf_dir, ckpt, "--tp", "2")
-    result = _verify(hf_dir, ckpt, 2, "--tp", "2")
+    convert(hf_dir, ckpt, "--tp", "2")
+    result = verify(hf_dir, ckpt, 2, "--tp", "2")
     assert result["max_abs_diff"] <= TOLERANCE, result
     back = str(tmp_path / "back")
     run_cli(["convert", "mcore-to-hf", "--ckpt", ckpt, "--out", back])
-    _same_checkpoint(hf_dir, back)
+    assert_same_hf_checkpoint(hf_dir, back)
 
 
 @pytest.mark.slow
@@ -155,7 +118,7 @@ def test_train_mm_recipe_from_converted_then_export(mm, tmp_path):
              "train.eval_interval=0", "logging.tensorboard=false", f"checkpoint.pretrained={mm['tp1']}"])
     exported = str(tmp_path / "hf_trained")
     run_cli(["convert", "mcore-to-hf", "--ckpt", os.path.join(run_dir, "checkpoints"), "--out", exported])
-    trained, original = _tensors(exported), _tensors(mm["hf"])
+    trained, original = hf_tensors(exported), hf_tensors(mm["hf"])
     assert sorted(trained) == sorted(original)
     assert any(not torch.equal(trained[n], original[n]) for n in original)
     assert max((trained[n] - original[n]).abs().max().item() for n in original) < 0.01
@@ -191,18 +154,18 @@ def test_pro_config_mapping(pro):
 
 
 def test_pro_logits_match_reference(pro):
-    result = _verify(pro["hf"], pro["ckpt"], 1)
+    result = verify(pro["hf"], pro["ckpt"], 1)
     print(result)
     assert result["logit_scale"] > 0.5 and result["max_abs_diff"] <= TOLERANCE, result
 
 
 @pytest.mark.slow
 def test_pro_logits_ep2(pro):
-    result = _verify(pro["hf"], pro["ckpt"], 2, "--ep", "2")
+    result = verify(pro["hf"], pro["ckpt"], 2, "--ep", "2")
     assert result["max_abs_diff"] <= TOLERANCE, result
 
 
 def test_pro_round_trip_is_bit_identical(pro, tmp_path):
     back = str(tmp_path / "back")
     run_cli(["convert", "mcore-to-hf", "--ckpt", pro["ckpt"], "--out", back])
-    _same_checkpoint(pro["hf"], back)
+    assert_same_hf_checkpoint(pro["hf"], back)
