@@ -56,9 +56,9 @@ def _fp8_disabled(forward):
 
 def restrict_fp8_to_experts(model: torch.nn.Module) -> list[str]:
     """Run every TE linear except the routed experts' without FP8; returns the names switched to BF16."""
-    switched = []
+    switched, te_linears = [], _te_linear_types()
     for name, module in model.named_modules():
-        if isinstance(module, _te_linear_types()) and not is_routed_expert(name):
+        if isinstance(module, te_linears) and not is_routed_expert(name):
             module.forward = _fp8_disabled(module.forward)
             switched.append(name)
     return switched
@@ -68,11 +68,15 @@ def use_fp32_output_layer(model: torch.nn.Module) -> bool:
     """Compute the output projection (and so the logits) in fp32 from fp32 copies of the input and weight.
 
     Works at any TP/SP layout: the column-parallel layer's own forward runs, only on fp32 operands; the weight
-    gradient flows back through the cast to the stored (bf16) weight. Returns False on stages without the LM head.
+    gradient flows back through the cast to the stored (bf16) weight. Idempotent (the training and RL options may
+    both ask for it). Returns False on stages without the LM head.
     """
     layer = getattr(model, "output_layer", None)
     if layer is None:
         return False
+    if getattr(layer, "fp32_output", False):
+        return True
+    layer.fp32_output = True
     original = layer.forward
 
     @functools.wraps(original)
@@ -91,9 +95,9 @@ def enable_fused_wgrad_accumulation(model: torch.nn.Module) -> int:
     it on for the non-TE output layer, which needs apex's fused_weight_gradient_mlp_cuda. Call only on models
     wrapped by Megatron DDP (every trainable weight has `main_grad`). Returns the number of modules switched.
     """
-    count = 0
+    count, te_linears = 0, _te_linear_types()
     for module in model.modules():
-        if isinstance(module, _te_linear_types()) and hasattr(module, "fuse_wgrad_accumulation"):
+        if isinstance(module, te_linears) and hasattr(module, "fuse_wgrad_accumulation"):
             module.fuse_wgrad_accumulation = True
             count += 1
     return count

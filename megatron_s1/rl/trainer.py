@@ -84,7 +84,7 @@ class RLTask:
                 model.vision_model.requires_grad_(False)
         else:
             model = build_language_model(self.cfg, tconfig, pre_process, post_process, vp_stage=vp_stage)
-        if self.cfg.rl.fp32_lm_head and not self.cfg.model.fp32_lm_head:  # (the model option already applied it)
+        if self.cfg.rl.fp32_lm_head:
             use_fp32_output_layer(getattr(model, "language_model", model))
         if self.cfg.rl.freeze_router:
             for name, p in model.named_parameters():

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 
 def shapes(text_layers: int, text_hidden: int, vocab: int) -> dict:
-    v, f, heads = 1024, 4096, 16
+    v, f = 1024, 4096  # InternViT-300M width and MLP size
     out = {
         "model.vision_tower.embeddings.cls_token": (1, 1, v),
         "model.vision_tower.embeddings.patch_embeddings.projection.weight": (v, 3, 14, 14),

@@ -43,6 +43,8 @@ def test_fp32_lm_head_logits_and_grads(single_process):
     hidden = {}
     model.decoder.final_layernorm.register_forward_hook(lambda _m, _i, out: hidden.setdefault("h", out))
     assert use_fp32_output_layer(model)
+    wrapped = model.output_layer.forward
+    assert use_fp32_output_layer(model) and model.output_layer.forward is wrapped  # idempotent: wraps once
     b, s = 2, 8
     tokens = torch.randint(0, cfg.model.vocab_size, (b, s))
     positions = torch.arange(s).expand(b, s)

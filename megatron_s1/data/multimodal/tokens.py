@@ -7,6 +7,7 @@ vocab_size, vocab_size + 1, ... in the order of MEDIA_TOKENS (text never encodes
 """
 from __future__ import annotations
 
+from megatron_s1.config.schema import ConfigError
 from megatron_s1.models.interns1.model import MediaTokenIds
 
 MEDIA_TOKENS = ("<img>", "</img>", "<IMG_CONTEXT>", "<|ts|>", "<|/ts|>", "<TS_CONTEXT>")
@@ -41,8 +42,6 @@ def resolve_media_tokens(tokenizer) -> MediaTokenIds:
 
 def media_tokens_for_model(tokenizer, vocab_size: int) -> MediaTokenIds:
     """resolve_media_tokens, checking that the model's embedding table covers the reserved ids."""
-    from megatron_s1.config.schema import ConfigError
-
     media = resolve_media_tokens(tokenizer)
     need = max(media.all()) + 1
     if vocab_size < need:
