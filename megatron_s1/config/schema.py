@@ -45,7 +45,10 @@ class ModelConfig:
     moe_aux_loss_coeff: float = 1e-3
     moe_router_load_balancing_type: str = "aux_loss"
     moe_token_dispatcher_type: str = "alltoall"  # or allgather / flex
-    moe_grouped_gemm: bool = True  # TE spec only; the local spec uses a sequential expert loop
+    # Routed-expert implementation: auto | grouped_mm (torch grouped GEMM, device-side expert counts; BF16) | te (TE
+    # GroupedLinear; FP8, expert TP) | sequential (one MLP per expert). auto: grouped_mm on the TE spec in BF16, te
+    # when the experts run in FP8 or expert-TP > 1, sequential on the local (CPU) spec. docs/performance.md.
+    moe_experts: str = "auto"
     vocab_size: int = 2048
     max_position_embeddings: int = 512
     normalization: str = "RMSNorm"

@@ -112,6 +112,7 @@ def build_layout(cfg) -> Layout:
     values = cfg.to_dict()
     values["parallel"] = {}  # TP=PP=EP=1: the layout of the whole model in one process
     values["model"]["spec"] = "local"
+    values["model"]["moe_experts"] = "auto"  # SequentialMLP: the conversion rules name experts one by one
     values["model"]["params_dtype"] = "fp32"
     single = config_from_dict(values)
     initialize_model_parallel(single)

@@ -13,7 +13,8 @@ from megatron.core.transformer.transformer_block import get_num_layers_to_build
 
 from megatron_s1.config.schema import ConfigError, ExperimentConfig, ModelConfig, ParallelConfig
 from megatron_s1.models.precision import restrict_fp8_to_experts, use_fp32_output_layer, validate_precision_options
-from megatron_s1.models.specs import build_block_spec, resolve_spec_kind
+from megatron_s1.models.experts import keep_expert_counts_on_device
+from megatron_s1.models.specs import build_block_spec, resolve_experts_impl, resolve_spec_kind
 from megatron_s1.models.pro.spec import apply_pro_spec, validate_pro_options
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -131,7 +132,7 @@ def build_transformer_config(cfg: ExperimentConfig) -> TransformerConfig:
             moe_aux_loss_coeff=m.moe_aux_loss_coeff,
             moe_router_load_balancing_type=m.moe_router_load_balancing_type,
             moe_token_dispatcher_type=m.moe_token_dispatcher_type,
-            moe_grouped_gemm=m.moe_grouped_gemm and resolve_spec_kind(m.spec) == "te",
+            moe_grouped_gemm=resolve_experts_impl(cfg) == "te",
             moe_shared_expert_intermediate_size=m.moe_shared_expert_intermediate_size,
             moe_router_dtype="fp32",
         )
@@ -197,8 +198,8 @@ def build_language_model(cfg: ExperimentConfig, config: TransformerConfig, pre_p
     """Model provider for one pipeline stage (or virtual stage)."""
     kind = resolve_spec_kind(cfg.model.spec)
     num_local_layers = get_num_layers_to_build(config, vp_stage=vp_stage)
-    spec = build_block_spec(kind, cfg.model.num_moe_experts, cfg.model.qk_layernorm, config.moe_grouped_gemm,
-                            num_local_layers)
+    experts_impl = resolve_experts_impl(cfg)
+    spec = build_block_spec(kind, cfg.model.num_moe_experts, cfg.model.qk_layernorm, experts_impl, num_local_layers)
     spec = apply_pro_spec(cfg.model, spec)  # Intern-S1-Pro router / FoPE swaps (no-op otherwise)
     model = LanguageModel(
         config=config,
@@ -214,6 +215,8 @@ def build_language_model(cfg: ExperimentConfig, config: TransformerConfig, pre_p
     )
     if kind == "local":
         model.rotary_pos_emb = PositionIdRotary(model.rotary_pos_emb)
+    if experts_impl == "grouped_mm":
+        keep_expert_counts_on_device(model)
     if cfg.model.fp8 is not None and cfg.model.fp8_modules == "experts":
         restrict_fp8_to_experts(model)
     if cfg.model.fp32_lm_head:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 
 import torch
@@ -12,7 +13,11 @@ from megatron.core.models.gpt.gpt_layer_specs import (
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
 
+from megatron_s1.config.schema import ConfigError
+from megatron_s1.models.experts import GroupedMMExperts
 from megatron_s1.models.norms import RMSNorm
+
+MOE_EXPERTS_CHOICES = ("auto", "grouped_mm", "te", "sequential")
 
 
 def te_available() -> bool:
@@ -29,6 +34,54 @@ def resolve_spec_kind(requested: str) -> str:
         raise ValueError("model.spec=te needs TransformerEngine and a CUDA GPU; install the `gpu` extra or "
                          "set model.spec=local")
     return requested
+
+
+def resolve_experts_impl(cfg) -> str | None:
+    """model.moe_experts -> grouped_mm | te | sequential (None for a dense model); bad combinations -> ConfigError."""
+    m, p = cfg.model, cfg.parallel
+    if m.moe_experts not in MOE_EXPERTS_CHOICES:
+        raise ConfigError(f"model.moe_experts must be one of {', '.join(MOE_EXPERTS_CHOICES)}, got {m.moe_experts!r}")
+    if m.num_moe_experts is None:
+        return None
+    kind = resolve_spec_kind(m.spec)
+    fp8_experts = m.fp8 is not None  # fp8_modules=all and =experts both run the routed experts in FP8
+    expert_tp = p.expert_tensor or p.tensor
+    aligned = m.hidden_size % 8 == 0 and (m.moe_ffn_hidden_size or m.ffn_hidden_size) % 8 == 0
+    if m.moe_experts == "auto":
+        if kind == "local":
+            return "sequential"
+        bf16 = m.params_dtype in ("auto", "bf16")
+        return "grouped_mm" if bf16 and not fp8_experts and expert_tp == 1 and aligned else "te"
+    if m.moe_experts == "te" and kind != "te":
+        raise ConfigError("model.moe_experts=te needs the TransformerEngine spec (model.spec=te on a CUDA GPU); "
+                          "use grouped_mm or sequential")
+    if m.moe_experts == "grouped_mm":
+        if fp8_experts:
+            raise ConfigError("model.moe_experts=grouped_mm runs the experts in BF16 but model.fp8 is set; use "
+                              "model.moe_experts=te (or auto) for FP8 experts")
+        if expert_tp != 1:
+            raise ConfigError(f"model.moe_experts=grouped_mm needs expert tensor parallel size 1, got {expert_tp}; "
+                              "set parallel.expert_tensor=1 or model.moe_experts=te")
+        if not aligned:
+            raise ConfigError("model.moe_experts=grouped_mm needs model.hidden_size and the expert FFN size to be "
+                              "multiples of 8 (16-byte aligned GEMM strides); use model.moe_experts=sequential")
+    return m.moe_experts
+
+
+def with_moe_submodules(mlp, **changes):
+    """An MoE layer spec (functools.partial or ModuleSpec form) with some MoESubmodules replaced (router, experts)."""
+    if isinstance(mlp, functools.partial) and "submodules" in mlp.keywords:
+        subs = dataclasses.replace(mlp.keywords["submodules"], **changes)
+        return functools.partial(mlp.func, *mlp.args, **{**mlp.keywords, "submodules": subs})
+    if isinstance(mlp, ModuleSpec) and hasattr(mlp.submodules, "experts"):
+        return ModuleSpec(module=mlp.module, params=mlp.params, submodules=dataclasses.replace(mlp.submodules, **changes))
+    raise TypeError(f"cannot find the MoE submodules in layer spec {mlp!r}")
+
+
+def _with_grouped_mm_experts(layer: ModuleSpec) -> ModuleSpec:
+    mlp = with_moe_submodules(layer.submodules.mlp, experts=GroupedMMExperts)
+    return ModuleSpec(module=layer.module, params=layer.params,
+                      submodules=dataclasses.replace(layer.submodules, mlp=mlp))
 
 
 def _local_layer_spec(num_experts, qk_layernorm: bool) -> ModuleSpec:
@@ -56,12 +109,12 @@ def _local_layer_spec(num_experts, qk_layernorm: bool) -> ModuleSpec:
     return ModuleSpec(module=spec.module, params=spec.params, submodules=sub)
 
 
-def build_block_spec(kind: str, num_experts, qk_layernorm: bool, moe_grouped_gemm: bool,
+def build_block_spec(kind: str, num_experts, qk_layernorm: bool, experts_impl: str | None,
                      num_local_layers: int) -> TransformerBlockSubmodules:
-    """Block spec for the layers of one pipeline stage (or virtual stage)."""
+    """Block spec for the layers of one pipeline stage (or virtual stage); experts_impl from resolve_experts_impl."""
     if kind == "te":
         layer = get_gpt_layer_with_transformer_engine_spec(
-            num_experts=num_experts, moe_grouped_gemm=moe_grouped_gemm, qk_layernorm=qk_layernorm
+            num_experts=num_experts, moe_grouped_gemm=experts_impl == "te", qk_layernorm=qk_layernorm
         )
         from megatron.core.extensions.transformer_engine import TENorm
 
@@ -69,4 +122,6 @@ def build_block_spec(kind: str, num_experts, qk_layernorm: bool, moe_grouped_gem
     else:
         layer = _local_layer_spec(num_experts, qk_layernorm)
         final_norm = RMSNorm
+    if experts_impl == "grouped_mm":
+        layer = _with_grouped_mm_experts(layer)
     return TransformerBlockSubmodules(layer_specs=[layer] * num_local_layers, layer_norm=final_norm)

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing
 
 from megatron_s1.config.schema import ConfigError, ExperimentConfig
-from megatron_s1.models.specs import resolve_spec_kind
+from megatron_s1.models.specs import resolve_experts_impl, resolve_spec_kind
 from megatron_s1.training.distributed import rng_state, set_rng_state
 
 LATEST = "latest"
@@ -94,7 +94,7 @@ def _layout(cfg: ExperimentConfig) -> dict:
     return {"tensor": p.tensor, "pipeline": p.pipeline, "virtual_pipeline": p.virtual_pipeline,
             "expert": p.expert, "expert_tensor": p.expert_tensor or p.tensor, "context": p.context,
             "world_size": dist.get_world_size(), "distributed_optimizer": bool(_uses_distributed_optimizer(cfg)),
-            "spec": resolve_spec_kind(cfg.model.spec)}
+            "spec": resolve_spec_kind(cfg.model.spec), "experts": resolve_experts_impl(cfg)}
 
 
 def _uses_distributed_optimizer(cfg: ExperimentConfig) -> bool:
@@ -205,9 +205,10 @@ class Checkpointer:
         if state["step"] == 0:
             model_only = True  # a step-0 checkpoint holds initial weights; Adam has no state yet
         sharded = _model_sharded_state_dict(self.model_chunks)
-        # TE modules carry `_extra_state` (FP8 metadata) that a local-spec checkpoint (CPU training,
-        # conversion) does not have; across specs it is left at its fresh value.
-        cross_spec = state["layout"].get("spec", "local") != resolve_spec_kind(self.cfg.model.spec)
+        # TE modules carry `_extra_state` (FP8 metadata) that a local-spec or grouped_mm-experts checkpoint (CPU
+        # training, conversion) does not have; across implementations it is left at its fresh value.
+        here = _layout(self.cfg)
+        cross_spec = any(state["layout"].get(k, here[k]) != here[k] for k in ("spec", "experts"))
         if cross_spec:
             sharded = {key: {k: v for k, v in sd.items() if "_extra_state" not in k}
                        for key, sd in sharded.items()}

@@ -17,9 +17,11 @@ def reference(tmp_path_factory, train_args, init_checkpoint):
     ["parallel.tensor=2"],  # with MoE this turns sequence parallel on
     ["parallel.expert=2"],  # alltoall dispatcher
     ["parallel.expert=2", "model.moe_token_dispatcher_type=allgather"],
+    # grouped GEMM experts from the SequentialMLP init checkpoint, experts split over 2 ranks
+    ["parallel.expert=2", "model.moe_experts=grouped_mm"],
     ["parallel.pipeline=2"],
     [],  # plain data parallel: DP=2
-], ids=["tp2-sp", "ep2-alltoall", "ep2-allgather", "pp2", "dp2"])
+], ids=["tp2-sp", "ep2-alltoall", "ep2-allgather", "ep2-grouped-mm", "pp2", "dp2"])
 def test_layout_matches_single_process(layout, reference, tmp_path, train_args, init_checkpoint):
     run_cli(train_args(str(tmp_path), f"train.steps={STEPS}", f"checkpoint.pretrained={init_checkpoint}", *layout),
             nproc=2)

@@ -157,7 +157,7 @@ def expand_checkpoint(src: str, out: str, num_groups: int, experts_per_group: in
         setattr(cfg.parallel, name, 1)
     cfg.parallel.virtual_pipeline = None
     cfg.parallel.expert_tensor = None
-    m.spec, m.params_dtype = "local", "fp32"
+    m.spec, m.params_dtype, m.moe_experts = "local", "fp32", "auto"  # one state-dict entry per expert
     topk = topk or (m.moe_router_topk if m.moe_router_topk % num_groups == 0 else num_groups)
 
     model = _build(cfg)

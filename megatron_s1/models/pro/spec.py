@@ -10,6 +10,7 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron_s1.config.schema import ConfigError, ExperimentConfig, ModelConfig
 from megatron_s1.models.pro.fope import FoPEOptions, FoPESelfAttention
 from megatron_s1.models.pro.router import ProRouter
+from megatron_s1.models.specs import with_moe_submodules
 
 
 def uses_pro_router(m: ModelConfig) -> bool:
@@ -42,15 +43,6 @@ def validate_pro_options(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"model.fope_num_inv_freq must be in [1, kv_channels/2={m.kv_channels // 2}]")
 
 
-def _with_router(mlp, router):
-    """Replace the router builder of an MoE layer spec (functools.partial or ModuleSpec form)."""
-    if isinstance(mlp, functools.partial) and "submodules" in mlp.keywords:
-        subs = dataclasses.replace(mlp.keywords["submodules"], router=router)
-        return functools.partial(mlp.func, *mlp.args, **{**mlp.keywords, "submodules": subs})
-    if isinstance(mlp, ModuleSpec) and hasattr(mlp.submodules, "router"):
-        return ModuleSpec(module=mlp.module, params=mlp.params,
-                          submodules=dataclasses.replace(mlp.submodules, router=router))
-    raise TypeError(f"cannot find the MoE router in layer spec {mlp!r}")
 
 
 def apply_pro_spec(m: ModelConfig, block):
@@ -71,7 +63,7 @@ def apply_pro_spec(m: ModelConfig, block):
         sub = layer.submodules
         changes = {}
         if router is not None:
-            changes["mlp"] = _with_router(sub.mlp, router)
+            changes["mlp"] = with_moe_submodules(sub.mlp, router=router)
         if fope is not None:
             attn = sub.self_attention
             changes["self_attention"] = ModuleSpec(module=FoPESelfAttention, params={**attn.params, "fope": fope},

@@ -1,0 +1,138 @@
+"""Routed experts as two grouped GEMMs whose per-expert row counts stay on the GPU (`model.moe_experts=grouped_mm`).
+
+Why not TE's GroupedLinear for BF16: it takes the per-expert token counts as a host list, so each MoE layer first
+waits for a device->host copy of the counts (the dispatcher's stream sync) and then splits, launches and
+bookkeeps every expert from Python. On the H100 probe (32 local experts, docs/performance.md) that host work was
+~13 ms per layer and micro-batch, more than the layer's GPU time, so the step was host-bound. Here the counts
+become device offsets for `torch.nn.functional.grouped_mm` (one CUTLASS kernel per GEMM, forward and backward),
+and with EP=1 / expert-TP=1 the dispatcher never copies them to the host (`keep_expert_counts_on_device`).
+
+FP8 is left to TE (the `auto` choice picks TE's GroupedLinear whenever the experts run in FP8).
+
+Checkpoints: the weights of all local experts are one [experts, out, in] tensor per linear, stored under the same
+sharded keys and global shapes as Megatron's SequentialMLP / TEGroupedMLP (`...experts.linear_fc1.weight`, one
+expert axis), so a checkpoint loads into any of the three implementations.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from megatron.core.dist_checkpointing.mapping import ShardedTensor
+from megatron.core.fusions.fused_bias_swiglu import weighted_bias_swiglu_impl
+from megatron.core.process_groups_config import ProcessGroupCollection
+from megatron.core.tensor_parallel.random import get_cuda_rng_tracker, get_expert_parallel_rng_tracker_name
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.moe.token_dispatcher import MoEAlltoAllTokenDispatcher
+
+_grouped_mm = getattr(F, "grouped_mm", None) or torch._grouped_mm
+
+
+class _GroupedWeight(torch.nn.Module):
+    """Holds one [experts, out_features, in_features] weight, so state-dict names read `linear_fc1.weight`."""
+
+    def __init__(self, num_experts: int, out_features: int, in_features: int, dtype, device):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.empty(num_experts, out_features, in_features, dtype=dtype,
+                                                     device=device))
+
+
+class GroupedMMExperts(MegatronModule):
+    """Drop-in for Megatron's experts module (same constructor and forward contract as TEGroupedMLP)."""
+
+    def __init__(self, num_local_experts: int, config, submodules=None, pg_collection=None, name=None):
+        super().__init__(config=config)
+        if pg_collection is None:
+            pg_collection = ProcessGroupCollection.use_mpu_process_groups()
+        self.ep_group = pg_collection.ep
+        self.expt_tp_group = pg_collection.expt_tp
+        self.expt_dp_group = pg_collection.expt_dp
+        if self.expt_tp_group.size() > 1:
+            raise ValueError("model.moe_experts=grouped_mm needs expert tensor parallel size 1 "
+                             "(parallel.expert_tensor=1); use model.moe_experts=te for expert TP")
+        if config.add_bias_linear or config.moe_apply_probs_on_input:
+            raise ValueError("model.moe_experts=grouped_mm supports bias-free experts with router probabilities "
+                             "applied after the activation (the Qwen3-MoE layout); use model.moe_experts=te")
+        self.num_local_experts = num_local_experts
+        ffn = config.moe_ffn_hidden_size
+        fc1_out = 2 * ffn if config.gated_linear_unit else ffn
+        device = "cpu" if config.use_cpu_initialization else torch.cuda.current_device()
+        self.linear_fc1 = _GroupedWeight(num_local_experts, fc1_out, config.hidden_size, config.params_dtype, device)
+        self.linear_fc2 = _GroupedWeight(num_local_experts, config.hidden_size, ffn, config.params_dtype, device)
+        if config.perform_initialization:
+            with get_cuda_rng_tracker().fork(get_expert_parallel_rng_tracker_name()):
+                for e in range(num_local_experts):
+                    config.init_method(self.linear_fc1.weight.data[e])
+                    config.output_layer_init_method(self.linear_fc2.weight.data[e])
+        # Gradients reduce over the expert-data-parallel group when experts are split across ranks (as TE's
+        # expert linears); fc1 is column-, fc2 row-partitioned in Megatron's convention.
+        use_expert_groups = config.expert_model_parallel_size > 1 or (
+            config.expert_tensor_parallel_size != config.tensor_model_parallel_size)
+        for param, partition_dim in ((self.linear_fc1.weight, 1), (self.linear_fc2.weight, 2)):
+            param.allreduce = not use_expert_groups
+            param.tensor_model_parallel = True
+            param.partition_dim = partition_dim
+            param.partition_stride = 1
+
+    def activation(self, fc1_output: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        """act(fc1) * router probability, as TEGroupedMLP computes it (fused SwiGLU kernel when enabled)."""
+        cfg = self.config
+        if cfg.gated_linear_unit and cfg.activation_func is F.silu and cfg.bias_activation_fusion:
+            return weighted_bias_swiglu_impl(fc1_output, None, probs, cfg.activation_func_fp8_input_store)
+        if cfg.gated_linear_unit:
+            gate, linear = torch.chunk(fc1_output, 2, dim=-1)
+            hidden = cfg.activation_func(gate) * linear
+        else:
+            hidden = cfg.activation_func(fc1_output)
+        return (hidden * probs).to(fc1_output.dtype)
+
+    def forward(self, permuted_local_hidden_states: torch.Tensor, tokens_per_expert: torch.Tensor,
+                permuted_probs: torch.Tensor):
+        x = permuted_local_hidden_states
+        counts = torch.as_tensor(tokens_per_expert).to(device=x.device, non_blocking=True)
+        offsets = torch.cumsum(counts, 0, dtype=torch.int32)
+        fc1_output = _grouped_mm(x, self.linear_fc1.weight.transpose(1, 2), offs=offsets)
+        hidden = self.activation(fc1_output, permuted_probs.unsqueeze(-1))
+        return _grouped_mm(hidden, self.linear_fc2.weight.transpose(1, 2), offs=offsets), None
+
+    def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (), metadata=None):
+        """The SequentialMLP layout: key `{prefix}experts.linear_fcN.weight`, experts on the axis after the layers."""
+        if (metadata or {}).get("singleton_local_shards"):
+            raise NotImplementedError("model.moe_experts=grouped_mm does not write singleton_local_shards checkpoints")
+        expert_axis = len(sharded_offsets)
+        replica_id = (0, self.expt_tp_group.rank(), self.expt_dp_group.rank())
+        out = {}
+        for name in ("linear_fc1", "linear_fc2"):
+            weight = getattr(self, name).weight
+            out[f"{prefix}{name}.weight"] = ShardedTensor.from_rank_offsets(
+                f"{prefix}experts.{name}.weight", weight, *sharded_offsets,
+                (expert_axis, self.ep_group.rank(), self.ep_group.size()),
+                replica_id=replica_id, prepend_axis_num=len(sharded_offsets))
+        return out
+
+
+class DeviceCountsAlltoAllDispatcher(MoEAlltoAllTokenDispatcher):
+    """Megatron's all-to-all dispatcher minus its device->host copy of the per-expert counts.
+
+    Only installed where nothing on the host needs them: no expert/tensor parallel all-to-all splits, a static
+    permuted size (dropless, no quantisation padding) and fused permutation (whose chunk sort reads device counts).
+    """
+
+    def _maybe_dtoh_and_synchronize(self, point, tokens_per_expert=None):
+        return tokens_per_expert
+
+
+def keep_expert_counts_on_device(model: torch.nn.Module) -> int:
+    """Swap in DeviceCountsAlltoAllDispatcher on the MoE layers where that is safe; returns how many were swapped."""
+    swapped = 0
+    for module in model.modules():
+        dispatcher = getattr(module, "token_dispatcher", None)
+        if type(dispatcher) is not MoEAlltoAllTokenDispatcher or not isinstance(module.experts, GroupedMMExperts):
+            continue
+        cfg = dispatcher.config
+        host_free = (dispatcher.ep_size == 1 and dispatcher.tp_size == 1 and not dispatcher.drop_and_pad
+                     and cfg.moe_expert_capacity_factor is None and not cfg.moe_router_padding_for_quantization
+                     and (cfg.moe_permute_fusion or dispatcher.num_local_experts == 1))
+        if host_free:
+            dispatcher.__class__ = DeviceCountsAlltoAllDispatcher
+            swapped += 1
+    return swapped
