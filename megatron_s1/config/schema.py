@@ -70,6 +70,9 @@ class ModelConfig:
     # TE-spec fusions (RoPE, MoE permute and router, fused cross-entropy, TE wgrad accumulation into main_grad):
     # measured faster on H100 and numerically equivalent, so on by default (docs/performance.md).
     fusions: bool = True
+    # Token cross-entropy: auto (triton on the TE spec with model.fusions, else megatron) | triton (our two-pass
+    # kernel, models/cross_entropy.py) | megatron (Megatron-Core's; its fused version with model.fusions).
+    cross_entropy: str = "auto"
     # Intern-S1-Pro options (megatron_s1/models/pro, docs/intern_s1_pro.md).
     moe_router_groups: Optional[int] = None  # grouped router: G groups, top-(topk/G) in each (None = plain top-k)
     moe_router_ste: bool = False  # straight-through router gradient through the dense softmax (Pro Eq. 2-3)

@@ -5,6 +5,9 @@ CPU spec works, and the HF conversion tables stay simple).
 """
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import torch
 import torch.nn.functional as F
 from megatron.core.models.gpt import GPTModel
@@ -174,8 +177,34 @@ class PositionIdRotary(torch.nn.Module):
         return table[:, 0, 0][positions.t()].unsqueeze(2)
 
 
+def resolve_cross_entropy(m: ModelConfig) -> str:
+    """model.cross_entropy -> triton (models/cross_entropy.py) | megatron (Megatron-Core's, fused with model.fusions)."""
+    if m.cross_entropy not in ("auto", "triton", "megatron"):
+        raise ConfigError(f"model.cross_entropy must be auto, triton or megatron, got {m.cross_entropy!r}")
+    triton_runs = importlib.util.find_spec("triton") is not None and (
+        torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1")
+    if m.cross_entropy == "auto":
+        return "triton" if m.fusions and resolve_spec_kind(m.spec) == "te" and triton_runs else "megatron"
+    if m.cross_entropy == "triton" and not triton_runs:
+        raise ConfigError("model.cross_entropy=triton needs Triton and a CUDA GPU (or TRITON_INTERPRET=1 on the "
+                          "CPU); use model.cross_entropy=megatron")
+    return m.cross_entropy
+
+
 class LanguageModel(GPTModel):
-    """GPTModel whose RoPE follows `position_ids` on the local spec (packed documents on CPU)."""
+    """GPTModel whose RoPE follows `position_ids` on the local spec (packed documents on CPU) and whose loss can use
+    our two-pass Triton cross-entropy."""
+
+    cross_entropy_impl = "megatron"
+
+    def compute_language_model_loss(self, labels, logits):
+        if self.cross_entropy_impl != "triton":
+            return super().compute_language_model_loss(labels, logits)
+        from megatron_s1.models.cross_entropy import vocab_parallel_cross_entropy
+
+        tp = self.pg_collection.tp
+        loss = vocab_parallel_cross_entropy(logits, labels.transpose(0, 1), tp if tp.size() > 1 else None)
+        return loss.transpose(0, 1).contiguous()  # [s, b] -> [b, s], as Megatron's
 
     def forward(self, input_ids, position_ids, attention_mask, *args, **kwargs):
         if isinstance(getattr(self, "rotary_pos_emb", None), PositionIdRotary):
@@ -217,6 +246,7 @@ def build_language_model(cfg: ExperimentConfig, config: TransformerConfig, pre_p
         model.rotary_pos_emb = PositionIdRotary(model.rotary_pos_emb)
     if experts_impl == "grouped_mm":
         keep_expert_counts_on_device(model)
+    model.cross_entropy_impl = resolve_cross_entropy(cfg.model)
     if cfg.model.fp8 is not None and cfg.model.fp8_modules == "experts":
         restrict_fp8_to_experts(model)
     if cfg.model.fp32_lm_head:
