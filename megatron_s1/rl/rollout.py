@@ -242,10 +242,15 @@ class LocalEngine:
     the padding mask of every step is passed explicitly (the local attention applies it; Megatron switches the
     mask *type* to no_mask after the prefill). ``kv_cache=False`` re-forwards the whole sequence per token (the
     reference path). Greedy decoding is ``top_k=1``.
+
+    ``decode_mask_applied=False`` (TransformerEngine attention): TE's decode step ignores the explicit padding mask
+    (measured on an H100: a cached row attends to its left padding; greedy log-probs off by 0.13), so the cache is
+    used only for batches whose prompts have one length (no left padding); other batches take the full path.
     """
 
     def __init__(self, model, eos_id: int, pad_id: int, rollout_dtype: Optional[torch.dtype] = None,
-                 record_routing: bool = False, device=None, kv_cache: bool = True, sync_group=None):
+                 record_routing: bool = False, device=None, kv_cache: bool = True, sync_group=None,
+                 decode_mask_applied: bool = True):
         self.model = model
         # Ranks whose forwards are collective across *different* rollouts (expert parallelism: every MoE layer
         # is an all-to-all over the EP group) must run the same number of decode forwards: a rank stops only
@@ -257,6 +262,7 @@ class LocalEngine:
         self.record_routing = record_routing
         self.device = device or torch.device("cpu")
         self.kv_cache = kv_cache
+        self.decode_mask_applied = decode_mask_applied
 
     def _numerics(self):
         if self.rollout_dtype is None or self.rollout_dtype == torch.float32:
@@ -275,16 +281,25 @@ class LocalEngine:
             return self.model(tokens.to(self.device), positions.to(self.device), mask.to(self.device),
                               **kwargs).float()
 
-    def _all_finished(self, done: list) -> bool:
-        """True when every row is done on this rank and on every rank of ``sync_group`` (collective there: call it
-        on every rank at the same step)."""
+    def _everywhere(self, value: bool) -> bool:
+        """``value`` on this rank and on every rank of ``sync_group`` (collective there: all ranks call it together)."""
         if self.sync_group is None:
-            return all(done)
+            return value
         import torch.distributed as dist
 
-        flag = torch.tensor([int(all(done))], dtype=torch.int32, device=self.device)
+        flag = torch.tensor([int(value)], dtype=torch.int32, device=self.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=self.sync_group)
         return bool(flag.item())
+
+    def _all_finished(self, done: list) -> bool:
+        """True when every row is done on this rank and on every rank of ``sync_group``."""
+        return self._everywhere(all(done))
+
+    def uses_cache(self, prompt_ids: list) -> bool:
+        """Whether this batch decodes with the KV cache (see the class docstring); the same answer on all sync ranks."""
+        if not self.kv_cache:
+            return False
+        return self._everywhere(self.decode_mask_applied or len({len(p) for p in prompt_ids}) == 1)
 
     @staticmethod
     def _pick(logits, temperature, top_k, top_p, allowed, generator):
@@ -307,14 +322,15 @@ class LocalEngine:
         was_training = self.model.training
         self.model.eval()
         try:
-            run = self._generate_cached if self.kv_cache else self._generate_full
+            cached = self.uses_cache(prompt_ids)
+            run = self._generate_cached if cached else self._generate_full
             with sequence_parallel_off(self.model):
                 responses, logps, done, routing = run(prompt_ids, max_new_tokens, temperature, top_p, top_k,
                                                       allowed_tokens, generator, row_pixels)
         finally:
             if was_training:
                 self.model.train()
-        return Rollout(prompt_ids, responses, logps, done, routing, meta={"pixels": row_pixels})
+        return Rollout(prompt_ids, responses, logps, done, routing, meta={"pixels": row_pixels, "kv_cache": cached})
 
     @staticmethod
     def _allowed_mask(allowed_tokens, vocab: int, device):

@@ -43,6 +43,7 @@ import torch.distributed as dist
 from megatron_s1.config.schema import ConfigError, ExperimentConfig
 from megatron_s1.models.language import build_language_model
 from megatron_s1.models.precision import use_fp32_output_layer
+from megatron_s1.models.specs import resolve_spec_kind
 from megatron_s1.rl import filtering, losses
 from megatron_s1.rl.rewards import RewardMixer, as_scores, get_reward
 from megatron_s1.rl.rollout import (LocalEngine, OpenAIEngine, pad_batch, pad_routing, routing_replay,
@@ -135,6 +136,11 @@ class RLTrainer:
                               "expert or data parallelism instead")
         if cfg.rl.algorithm not in ("icepop", "grpo", "oreal"):
             raise ConfigError(f"rl.algorithm must be icepop, grpo or oreal, got {cfg.rl.algorithm!r}")
+        if cfg.model.position_embedding_type == "fope" and resolve_spec_kind(cfg.model.spec) == "te":
+            # Measured on an H100: a left-padded row's FoPE log-probs on the TE spec differ from the row alone
+            # (0.096), because FoPE there follows the sequence index, not the row's positions (RoPE is shift-invariant).
+            raise ConfigError("megatron-s1 rl with model.position_embedding_type=fope needs model.spec=local: "
+                              "left-padded prompts need per-row FoPE positions, which the TE spec does not apply")
         cfg.train.task = "rl"
         self.cfg = cfg
         # Prompt source and reward mixture first: bad input fails before the model is built.
@@ -180,7 +186,8 @@ class RLTrainer:
             sync = parallel_state.get_expert_model_parallel_group() if self.ep > 1 else None
             self.engine = LocalEngine(self.model, self.eos, self.pad, _rollout_dtype(rollout_dtype),
                                       record_routing=r.routing_replay, device=self.device, kv_cache=r.kv_cache,
-                                      sync_group=sync)
+                                      sync_group=sync,
+                                      decode_mask_applied=resolve_spec_kind(cfg.model.spec) == "local")
         elif r.engine == "openai":
             if not r.engine_url:
                 raise ConfigError("rl.engine=openai needs rl.engine_url (e.g. http://host:8000)")

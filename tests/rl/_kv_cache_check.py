@@ -10,9 +10,10 @@ def _trainer(run_dir, extra, first=None):
     from megatron_s1.config import load_config
     from megatron_s1.rl.trainer import RLTrainer
 
+    # extra command-line overrides (e.g. model.spec=te for the GPU run of tests/gpu) come last
     cfg = load_config(None, [f"run.dir={run_dir}", "model.params_dtype=fp32", "model.spec=local",
                              "logging.tensorboard=false", "rl.task=toy_copy", "data.seq_length=16",
-                             "checkpoint.save_final=false", *extra])
+                             "checkpoint.save_final=false", *extra, *sys.argv[2:]])
     if first is None:
         return RLTrainer(cfg, rollout_dtype="fp32")
     first.t.checkpointer.close()
@@ -54,9 +55,10 @@ def check(rl, prefix, out):
     prompts = [tok.encode(t) for t in ["copy 3=", "Once upon a time, in a land far", "The answer is"]]
     # (1) per-row RoPE positions: a left-padded row computes what it computes alone
     rl.model.eval()
+    device = next(rl.model.parameters()).device
     with torch.no_grad():
-        both = rl.model(*pad_batch(prompts, [[5]] * 3, rl.pad)[:3])
-        alone = rl.model(*pad_batch(prompts[0:1], [[5]], rl.pad)[:3])
+        both = rl.model(*(t.to(device) for t in pad_batch(prompts, [[5]] * 3, rl.pad)[:3]))
+        alone = rl.model(*(t.to(device) for t in pad_batch(prompts[0:1], [[5]], rl.pad)[:3]))
     out[prefix + "padded_vs_alone"] = float((both[0, -alone.shape[1]:] - alone[0]).abs().max())
     # (2) greedy (top_k=1): same tokens, same log-probs; EOS = row 0's 4th greedy token, so rows finish early
     eng.eos_id = rl.eos
@@ -72,6 +74,13 @@ def check(rl, prefix, out):
     full, cached = _both(eng, prompts, 2, 10)
     out[prefix + "sampled_same"] = full.response_ids == cached.response_ids
     out[prefix + "sampled_logp_diff"] = _logp_diff(full, cached)
+    # (4) prompts of one length (no left padding): the batches the TE spec decodes with the cache
+    same = [p[:4] for p in prompts]
+    full, cached = _both(eng, same, 2, 10, top_k=1)
+    out[prefix + "equal_used_cache"] = [full.meta["kv_cache"], cached.meta["kv_cache"]]
+    out[prefix + "equal_same"] = full.response_ids == cached.response_ids
+    out[prefix + "equal_logp_diff"] = _logp_diff(full, cached)
+    out[prefix + "padded_used_cache"] = _both(eng, prompts, 1, 2)[1].meta["kv_cache"]
     if full.routing is not None:
         out[prefix + "routing_shapes"] = [[list(t.shape) for t in x.routing] for x in (full, cached)]
         out[prefix + "routing_diff"] = list(_routing_diff(full, cached))
@@ -82,6 +91,9 @@ def main():
     out = {}
     moe = _trainer(run_dir + "/moe", ["model.preset=tiny-moe", "rl.routing_replay=true"])
     check(moe, "moe_", out)
+    if "model.spec=te" in sys.argv[2:]:  # FoPE RL is refused on the TE spec
+        print("RESULT " + json.dumps(out), flush=True)
+        return
     dense = _trainer(run_dir + "/fope", ["model.preset=tiny-dense", "model.position_embedding_type=fope"], moe)
     check(dense, "fope_", out)
     print("RESULT " + json.dumps(out), flush=True)

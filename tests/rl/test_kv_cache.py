@@ -14,6 +14,9 @@ def test_kv_cache_matches_full_reforward(tmp_path):
         assert out[f"{model}_greedy_logp_diff"] < 1e-5
         # fixed-seed sampling over the full vocabulary: identical tokens, log-probs within 1e-5 (fp32)
         assert out[f"{model}_sampled_same"] and out[f"{model}_sampled_logp_diff"] < 1e-5
+        # the local spec applies the padding mask in decode steps, so every batch uses the cache
+        assert out[f"{model}_padded_used_cache"] and out[f"{model}_equal_used_cache"] == [False, True]
+        assert out[f"{model}_equal_same"] and out[f"{model}_equal_logp_diff"] < 1e-5
     # MoE routing recorded during cached decoding (one forward per token) = the full forward's, on every
     # forwarded real token; same [L, N, k] layout per layer
     assert out["moe_routing_shapes"][0] == out["moe_routing_shapes"][1]
