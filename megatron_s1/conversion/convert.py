@@ -169,7 +169,8 @@ def hf_to_mcore(hf_dir: str, out_dir: str, tp: int = 1, pp: int = 1, ep: int = 1
         state = {
             "step": 0, "consumed_tokens": 0, "consumed_samples": 0, "skipped_steps": 0,
             "layout": {"tensor": 1, "pipeline": 1, "virtual_pipeline": None, "expert": 1, "expert_tensor": 1,
-                       "context": 1, "world_size": 1, "distributed_optimizer": False},
+                       "context": 1, "world_size": 1, "distributed_optimizer": False, "spec": "local",
+                       "experts": None if cfg.model.num_moe_experts is None else "sequential"},
             "config": cfg.to_dict(),
             "converted_from": {"format": "hf", "architecture": arch_name, "path": os.path.abspath(hf_dir),
                                "dtype": hf_io.torch_dtype_name(stored_dtype)},

@@ -207,8 +207,9 @@ class Checkpointer:
         sharded = _model_sharded_state_dict(self.model_chunks)
         # TE modules carry `_extra_state` (FP8 metadata) that a local-spec or grouped_mm-experts checkpoint (CPU
         # training, conversion) does not have; across implementations it is left at its fresh value.
-        here = _layout(self.cfg)
-        cross_spec = any(state["layout"].get(k, here[k]) != here[k] for k in ("spec", "experts"))
+        # (Checkpoints written by conversion or before the "experts" entry count as local-spec / unknown experts.)
+        here, saved = _layout(self.cfg), state["layout"]
+        cross_spec = saved.get("spec", "local") != here["spec"] or saved.get("experts") != here["experts"]
         if cross_spec:
             sharded = {key: {k: v for k, v in sd.items() if "_extra_state" not in k}
                        for key, sd in sharded.items()}
