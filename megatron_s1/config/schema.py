@@ -151,6 +151,11 @@ class OptimizerConfig:
     decay_tokens: Optional[int] = None  # total schedule length; default: tokens of train.steps
     wsd_decay_tokens: Optional[int] = None  # length of the final decay phase (WSD); default 10%
     wsd_decay_style: str = "linear"  # linear | cosine | exponential | minus_sqrt
+    # TE FusedAdam's precision-aware mode (Megatron-Core's use_precision_aware_optimizer; needs the distributed
+    # optimizer and TE): fp32 master weights kept as the bf16 parameter + 16-bit remainders, bf16 parameters written
+    # by the Adam kernel itself. moment_dtype=bf16 also stores Adam's two moments in bf16 (as DeepSeek-V3 does).
+    precision_aware: bool = False
+    moment_dtype: str = "fp32"  # fp32 | bf16 (needs precision_aware)
 
 
 @dataclass

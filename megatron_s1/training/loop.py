@@ -109,11 +109,21 @@ class Trainer:
 
     def _optimizer_config(self) -> MegatronOptimizerConfig:
         o = self.cfg.optimizer
+        distributed = _uses_distributed_optimizer(self.cfg)
+        if o.moment_dtype not in ("fp32", "bf16"):
+            raise ConfigError(f"optimizer.moment_dtype must be fp32 or bf16, got {o.moment_dtype!r}")
+        if o.moment_dtype == "bf16" and not o.precision_aware:
+            raise ConfigError("optimizer.moment_dtype=bf16 needs optimizer.precision_aware=true")
+        if o.precision_aware and not (distributed and torch.cuda.is_available()):
+            raise ConfigError("optimizer.precision_aware needs the distributed optimizer on a GPU with TE; set "
+                              "parallel.distributed_optimizer=true or optimizer.precision_aware=false")
+        moments = torch.bfloat16 if o.moment_dtype == "bf16" else torch.float32
         return MegatronOptimizerConfig(
             optimizer="adam", lr=o.lr, min_lr=o.min_lr, weight_decay=o.weight_decay, adam_beta1=o.adam_beta1,
             adam_beta2=o.adam_beta2, adam_eps=o.adam_eps, clip_grad=self.cfg.train.clip_grad,
             bf16=self.tconfig.bf16, params_dtype=self.tconfig.params_dtype,
-            use_distributed_optimizer=_uses_distributed_optimizer(self.cfg),
+            use_distributed_optimizer=distributed, use_precision_aware_optimizer=o.precision_aware,
+            exp_avg_dtype=moments, exp_avg_sq_dtype=moments,
         )
 
     def _install_router_hooks(self) -> None:

@@ -1,6 +1,8 @@
 import json
 import os
 
+import pytest
+
 from tests.conftest import read_metrics, run_cli
 
 
@@ -35,3 +37,14 @@ def test_unknown_key_on_cli_is_one_error_line(tmp_path, train_args):
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1
     assert lines[0].startswith("error: unknown config key 'optimizer.learning_rate'; valid keys: adam_beta1")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["optimizer.moment_dtype=bf16"], "optimizer.moment_dtype=bf16 needs optimizer.precision_aware=true"),
+    (["optimizer.precision_aware=true"], "optimizer.precision_aware needs the distributed optimizer on a GPU"),
+])
+def test_optimizer_precision_options_are_one_error_line(overrides, message, tmp_path, train_args):
+    proc = run_cli(train_args(str(tmp_path), *overrides), check=False)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
