@@ -445,7 +445,7 @@ class RLTrainer:
             stepped, gn = self.t._optimizer_step()
             stepped_any |= stepped
             grad_norms.append(gn)
-            loss_sum += self._all_sum([float(loss)])[0] / n_mb
+            loss_sum += self._all_sum([float(loss.detach())])[0] / n_mb
             if stats:
                 icepop.append(stats["icepop_masked_frac"])
             if not stepped:

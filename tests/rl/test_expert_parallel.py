@@ -1,4 +1,4 @@
-"""Expert parallelism in the RL loop (torchrun, 2 ranks, gloo, tiny MoE with 4 experts).
+"""Expert parallelism in the RL loop (torchrun, 2 or 4 ranks, gloo, tiny MoE with 4 experts).
 
 The EP ranks are data-parallel ranks of the dense parts, each sampling its own prompts, so an EP=2 run is compared
 with a DP=2, EP=1 run from the same init checkpoint: same seeds per data-parallel rank -> same prompts and tokens,
@@ -38,6 +38,20 @@ def test_ep2_training_matches_dp2(tmp_path, init_ckpt, replay):
         assert from_dp[0]["rollout_crc"] == from_ep[0]["rollout_crc"]
         for key in ("loss", "grad_norm"):
             assert from_ep[0][key] == pytest.approx(from_dp[0][key], rel=1e-5, abs=1e-7), key
+
+
+def test_tp2_ep2_training_matches_dp2(tmp_path, init_ckpt):
+    """TP=2 x EP=2 on 4 ranks (expert-TP 1: the 2 TP ranks of a DP rank split the experts' tokens) = DP=2."""
+    common = [*COMMON, "rl.routing_replay=true"]
+    dp2 = run_rl(tmp_path / "dp2", init_ckpt, *common, nproc=2)
+    tpep = run_rl(tmp_path / "tp2ep2", init_ckpt, *common, "parallel.tensor=2", "parallel.expert=2",
+                  "parallel.expert_tensor=1", nproc=4)
+    assert len(dp2) == len(tpep) == 3
+    for a, b in zip(dp2, tpep):
+        assert a["rollout_crc"] == b["rollout_crc"] and a["reward_mean"] == b["reward_mean"], a["step"]
+        for key in ("loss", "grad_norm"):
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), (a["step"], key)
+        assert b["routing_mismatch"] == 0.0 and b["kl_train_rollout_replay"] < 1e-9
 
 
 def test_ep2_generation_ranks_finish_at_different_steps(tmp_path):
