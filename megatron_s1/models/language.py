@@ -15,8 +15,8 @@ from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.transformer_block import get_num_layers_to_build
 
 from megatron_s1.config.schema import ConfigError, ExperimentConfig, ModelConfig, ParallelConfig
-from megatron_s1.models.precision import restrict_fp8_to_experts, use_fp32_output_layer, validate_precision_options
 from megatron_s1.models.experts import keep_expert_counts_on_device
+from megatron_s1.models.precision import restrict_fp8_to_experts, use_fp32_output_layer, validate_precision_options
 from megatron_s1.models.specs import build_block_spec, resolve_experts_impl, resolve_spec_kind
 from megatron_s1.models.pro.spec import apply_pro_spec, validate_pro_options
 
