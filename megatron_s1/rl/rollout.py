@@ -244,8 +244,10 @@ class LocalEngine:
     reference path). Greedy decoding is ``top_k=1``.
 
     ``decode_mask_applied=False`` (TransformerEngine attention): TE's decode step ignores the explicit padding mask
-    (measured on an H100: a cached row attends to its left padding; greedy log-probs off by 0.13), so the cache is
-    used only for batches whose prompts have one length (no left padding); other batches take the full path.
+    (measured on an H100: a cached row attends to its left padding; greedy log-probs off by 0.13), so the cache only
+    sees rows without left padding: a batch with several prompt lengths is decoded one equal-length group at a time
+    (the G samples of a prompt always share a group) and reassembled. With expert parallelism the ranks' forwards
+    must pair up, so there such a batch takes the full re-forward instead.
     """
 
     def __init__(self, model, eos_id: int, pad_id: int, rollout_dtype: Optional[torch.dtype] = None,
@@ -295,11 +297,14 @@ class LocalEngine:
         """True when every row is done on this rank and on every rank of ``sync_group``."""
         return self._everywhere(all(done))
 
-    def uses_cache(self, prompt_ids: list) -> bool:
-        """Whether this batch decodes with the KV cache (see the class docstring); the same answer on all sync ranks."""
+    def cache_mode(self, prompt_ids: list) -> str:
+        """How this batch decodes (see the class docstring): "batch" (KV cache, whole batch), "by_length" (KV cache per
+        group of equal prompt length) or "off" (full re-forward); the same answer on all sync ranks."""
         if not self.kv_cache:
-            return False
-        return self._everywhere(self.decode_mask_applied or len({len(p) for p in prompt_ids}) == 1)
+            return "off"
+        if self._everywhere(self.decode_mask_applied or len({len(p) for p in prompt_ids}) == 1):
+            return "batch"
+        return "off" if self.sync_group is not None else "by_length"
 
     @staticmethod
     def _pick(logits, temperature, top_k, top_p, allowed, generator):
@@ -322,15 +327,16 @@ class LocalEngine:
         was_training = self.model.training
         self.model.eval()
         try:
-            cached = self.uses_cache(prompt_ids)
-            run = self._generate_cached if cached else self._generate_full
+            mode = self.cache_mode(prompt_ids)
+            run = {"batch": self._generate_cached, "by_length": self._generate_by_length,
+                   "off": self._generate_full}[mode]
             with sequence_parallel_off(self.model):
                 responses, logps, done, routing = run(prompt_ids, max_new_tokens, temperature, top_p, top_k,
                                                       allowed_tokens, generator, row_pixels)
         finally:
             if was_training:
                 self.model.train()
-        return Rollout(prompt_ids, responses, logps, done, routing, meta={"pixels": row_pixels, "kv_cache": cached})
+        return Rollout(prompt_ids, responses, logps, done, routing, meta={"pixels": row_pixels, "kv_cache": mode})
 
     @staticmethod
     def _allowed_mask(allowed_tokens, vocab: int, device):
@@ -380,6 +386,29 @@ class LocalEngine:
             for i in range(len(prompt_ids)):
                 idx = resp_mask[i].nonzero().squeeze(-1)
                 logps[i] = lp[i, idx].tolist()
+        return responses, logps, done, routing
+
+    def _generate_by_length(self, prompt_ids, max_new_tokens, temperature, top_p, top_k, allowed_tokens, generator,
+                            row_pixels=None):
+        """KV-cached decoding of each group of equal prompt length (no left padding in any cache), reassembled in the
+        batch's order; routing goes back into the whole batch's layout through `routing_from_engine`."""
+        groups: dict = {}
+        for i, p in enumerate(prompt_ids):
+            groups.setdefault(len(p), []).append(i)
+        n = len(prompt_ids)
+        responses, logps, done, per_sample = [None] * n, [None] * n, [None] * n, [None] * n
+        recorded = False
+        for rows in groups.values():
+            pixels = None if row_pixels is None else [row_pixels[i] for i in rows]
+            r, lp, d, routing = self._generate_cached([prompt_ids[i] for i in rows], max_new_tokens, temperature,
+                                                      top_p, top_k, allowed_tokens, generator, pixels)
+            for j, i in enumerate(rows):
+                responses[i], logps[i], done[i] = r[j], lp[j], d[j]
+                if routing is not None:  # this row's tokens (no left padding in the group): [tokens, layers, k]
+                    tokens = len(prompt_ids[i]) + len(r[j])
+                    per_sample[i] = torch.stack([layer[:tokens, j] for layer in routing], dim=1).tolist()
+            recorded = routing is not None
+        routing = routing_from_engine(per_sample, prompt_ids, responses) if recorded else None
         return responses, logps, done, routing
 
     def _generate_cached(self, prompt_ids, max_new_tokens, temperature, top_p, top_k, allowed_tokens, generator,

@@ -74,6 +74,9 @@ def check(rl, prefix, out):
     full, cached = _both(eng, prompts, 2, 10)
     out[prefix + "sampled_same"] = full.response_ids == cached.response_ids
     out[prefix + "sampled_logp_diff"] = _logp_diff(full, cached)
+    if full.routing is not None:
+        out[prefix + "routing_shapes"] = [[list(t.shape) for t in x.routing] for x in (full, cached)]
+        out[prefix + "routing_diff"] = list(_routing_diff(full, cached))
     # (4) prompts of one length (no left padding): the batches the TE spec decodes with the cache
     same = [p[:4] for p in prompts]
     full, cached = _both(eng, same, 2, 10, top_k=1)
@@ -81,9 +84,18 @@ def check(rl, prefix, out):
     out[prefix + "equal_same"] = full.response_ids == cached.response_ids
     out[prefix + "equal_logp_diff"] = _logp_diff(full, cached)
     out[prefix + "padded_used_cache"] = _both(eng, prompts, 1, 2)[1].meta["kv_cache"]
+    # (5) the TE-spec rule forced here: prompts of three lengths decoded one equal-length group at a time, row 0
+    # stopping early at a forced EOS; tokens, log-probs and routing must equal the full re-forward of the batch
+    applied, eng.decode_mask_applied = eng.decode_mask_applied, False
+    eng.eos_id = ref.response_ids[0][3]
+    full, grouped = _both(eng, [prompts[1], prompts[0], prompts[2], prompts[0]], 2, 10, top_k=1)
+    eng.eos_id, eng.decode_mask_applied = rl.eos, applied
+    out[prefix + "grouped_mode"] = grouped.meta["kv_cache"]
+    out[prefix + "grouped_same"] = full.response_ids == grouped.response_ids
+    out[prefix + "grouped_lens"] = [len(r) for r in grouped.response_ids]
+    out[prefix + "grouped_logp_diff"] = _logp_diff(full, grouped)
     if full.routing is not None:
-        out[prefix + "routing_shapes"] = [[list(t.shape) for t in x.routing] for x in (full, cached)]
-        out[prefix + "routing_diff"] = list(_routing_diff(full, cached))
+        out[prefix + "grouped_routing_diff"] = list(_routing_diff(full, grouped))
 
 
 def main():
