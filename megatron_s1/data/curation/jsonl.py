@@ -49,7 +49,10 @@ def text_of(obj: dict, key: str, where: str) -> str:
 
 
 class JsonlWriter:
-    """Context manager writing one JSON object per line (UTF-8, no ASCII escaping); creates parent dirs."""
+    """Context manager writing one JSON object per line (UTF-8, no ASCII escaping); creates parent dirs.
+
+    Atomic: lines go to a temporary file next to `path`, renamed over it only when the block ends without an error,
+    so a failed run neither leaves a partial output nor destroys an existing one."""
 
     def __init__(self, path: str):
         self.path = path
@@ -58,15 +61,20 @@ class JsonlWriter:
     def __enter__(self):
         parent = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(parent, exist_ok=True)
-        self._f = open(self.path, "w", encoding="utf-8")
+        self._tmp = f"{self.path}.tmp-{os.getpid()}"
+        self._f = open(self._tmp, "w", encoding="utf-8")
         return self
 
     def write(self, obj: dict) -> None:
         self._f.write(json.dumps(obj, ensure_ascii=False) + "\n")
         self.count += 1
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, *exc):
         self._f.close()
+        if exc_type is None:
+            os.replace(self._tmp, self.path)
+        else:
+            os.remove(self._tmp)
         return False
 
 

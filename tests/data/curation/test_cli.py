@@ -1,5 +1,6 @@
 """`megatron-s1 data ...`: --help documents every option; bad input gives one clear error line."""
 import json
+import os
 import socket
 
 import pytest
@@ -62,30 +63,35 @@ def test_errors_are_one_line(tmp_path, capsys):
     good.write_text(json.dumps({"text": "light"}) + "\n")
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"text": "ok"}) + "\n{not json\n")
+    out = str(tmp_path / "out.jsonl")
+    with open(out, "w") as f:  # an earlier result: no failing command may touch it
+        f.write("keep\n")
 
-    err = _err(capsys, ["data", "dedup-minhash", "--input", str(tmp_path / "nope.jsonl"), "--output", "o"])
+    err = _err(capsys, ["data", "dedup-minhash", "--input", str(tmp_path / "nope.jsonl"), "--output", out])
     assert "nope.jsonl' does not exist" in err
     err = _err(capsys, ["data", "dedup-minhash", "--input", str(bad), "--output", str(tmp_path / "o.jsonl")])
     assert "bad.jsonl:2 is not valid JSON" in err and "one JSON object" in err
     err = _err(capsys, ["data", "dedup-minhash", "--input", str(good), "--output", str(tmp_path / "o.jsonl"),
                         "--threshold", "1.5"])
     assert "--threshold 1.5 is outside (0, 1]" in err
-    err = _err(capsys, ["data", "silver-label", "--taxonomy", str(tax), "--input", str(good), "--output", "o"])
+    err = _err(capsys, ["data", "silver-label", "--taxonomy", str(tax), "--input", str(good), "--output", out])
     assert "no LLM client given" in err and "--llm-url" in err
-    err = _err(capsys, ["data", "silver-label", "--taxonomy", str(tax), "--input", str(good), "--output", "o",
+    err = _err(capsys, ["data", "silver-label", "--taxonomy", str(tax), "--input", str(good), "--output", out,
                         "--llm-url", "http://127.0.0.1:9/v1"])
     assert "--llm-url needs --llm-model" in err
-    err = _err(capsys, ["data", "silver-label", "--taxonomy", str(tax), "--input", str(good), "--output", "o",
+    err = _err(capsys, ["data", "silver-label", "--taxonomy", str(tax), "--input", str(good), "--output", out,
                         "--llm-client", "no_such_module:make"])
     assert "cannot load --llm-client 'no_such_module:make'" in err
-    err = _err(capsys, ["data", "silver-label", "--taxonomy", str(tax), "--input", str(good), "--output", "o",
+    err = _err(capsys, ["data", "silver-label", "--taxonomy", str(tax), "--input", str(good), "--output", out,
                         "--llm-url", "localhost:8000", "--llm-model", "m"])
     assert "is not an http(s) URL" in err
-    err = _err(capsys, ["data", "silver-label", "--taxonomy", str(tax), "--input", str(good), "--output", "o",
+    err = _err(capsys, ["data", "silver-label", "--taxonomy", str(tax), "--input", str(good), "--output", out,
                         "--text-key", "body", "--llm-client", "tests.data.curation.test_cli:EchoClient"])
     assert "has no string field 'body'" in err and "--text-key" in err
-    err = _err(capsys, ["data", "filter", "--model", str(tmp_path), "--input", str(good), "--output", "o"])
+    err = _err(capsys, ["data", "filter", "--model", str(tmp_path), "--input", str(good), "--output", out])
     assert "model.bin' does not exist" in err
+    assert open(out).read() == "keep\n"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("out.jsonl")] == ["out.jsonl"]  # no temp left
 
 
 @pytest.mark.parametrize("content, message", [
