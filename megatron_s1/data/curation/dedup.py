@@ -13,6 +13,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -58,47 +59,44 @@ def minhash_dedup(input_path: str, output: str, *, text_key: str = "text", thres
     kept_sigs: dict[str, np.ndarray] = {}
     stats = Counter()
     t0 = time.perf_counter()
-    dup_writer = JsonlWriter(duplicates).__enter__() if duplicates else None
-    try:
-        with JsonlWriter(output) as out:
-            buf: list[dict] = []
+    with contextlib.ExitStack() as stack:  # the writers commit together, only if nothing failed
+        dup_writer = stack.enter_context(JsonlWriter(duplicates)) if duplicates else None
+        out = stack.enter_context(JsonlWriter(output))
+        buf: list[dict] = []
 
-            def flush():
-                sigs = signatures([d[text_key] for d in buf], ngram, num_perm, seed)
-                for doc, m in zip(buf, sigs):
-                    stats["documents"] += 1
-                    if m.is_empty():
-                        stats["kept"] += 1
-                        stats["empty"] += 1
-                        out.write(doc)
-                        continue
-                    best, best_key = 0.0, None
-                    for key in lsh.query(m):
-                        est = minhash_jaccard_estimate(m.hashvalues, kept_sigs[key])
-                        if est > best:
-                            best, best_key = est, key
-                    if best_key is not None and best >= threshold:
-                        stats["duplicates"] += 1
-                        if dup_writer:
-                            dup_writer.write({"index": stats["documents"] - 1, "id": doc.get("id"),
-                                              "duplicate_of": int(best_key), "similarity": round(best, 4)})
-                        continue
-                    key = str(stats["documents"] - 1)
-                    lsh.insert(key, m)
-                    kept_sigs[key] = m.hashvalues
+        def flush():
+            sigs = signatures([d[text_key] for d in buf], ngram, num_perm, seed)
+            for doc, m in zip(buf, sigs):
+                stats["documents"] += 1
+                if m.is_empty():
                     stats["kept"] += 1
+                    stats["empty"] += 1
                     out.write(doc)
-                buf.clear()
+                    continue
+                best, best_key = 0.0, None
+                for key in lsh.query(m):
+                    est = minhash_jaccard_estimate(m.hashvalues, kept_sigs[key])
+                    if est > best:
+                        best, best_key = est, key
+                if best_key is not None and best >= threshold:
+                    stats["duplicates"] += 1
+                    if dup_writer:
+                        dup_writer.write({"index": stats["documents"] - 1, "id": doc.get("id"),
+                                          "duplicate_of": int(best_key), "similarity": round(best, 4)})
+                    continue
+                key = str(stats["documents"] - 1)
+                lsh.insert(key, m)
+                kept_sigs[key] = m.hashvalues
+                stats["kept"] += 1
+                out.write(doc)
+            buf.clear()
 
-            for i, doc in enumerate(iter_jsonl(input_path), 1):
-                text_of(doc, text_key, f"{input_path} record {i}")
-                buf.append(doc)
-                if len(buf) >= batch:
-                    flush()
-            flush()
-    finally:
-        if dup_writer:
-            dup_writer.__exit__(None, None, None)
+        for i, doc in enumerate(iter_jsonl(input_path), 1):
+            text_of(doc, text_key, f"{input_path} record {i}")
+            buf.append(doc)
+            if len(buf) >= batch:
+                flush()
+        flush()
     seconds = time.perf_counter() - t0
     return {"documents": stats["documents"], "kept": stats["kept"], "duplicates": stats["duplicates"],
             "seconds": round(seconds, 3),

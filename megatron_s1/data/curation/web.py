@@ -26,6 +26,7 @@ Rule conditions: ``min_fraction``, ``max_fraction`` (inclusive bounds on the sha
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
 import re
@@ -224,28 +225,25 @@ def run_web_domains(input_path: str, output: str, client, taxonomy: Taxonomy, ru
             out.write({**page, text_key: text.strip(), "original_chars": len(page[text_key]), "rewritten": True})
         pending.clear()
 
-    disc = JsonlWriter(discarded).__enter__() if discarded else None
-    try:
-        with JsonlWriter(output) as out:
-            for i, doc in enumerate(iter_jsonl(input_path)):
-                domain = page_domains[i]
-                action = decisions[domain]["action"]
-                stats[action] += 1
-                doc = {**doc, "url_domain": domain, "curation_action": action}
-                if action == "keep":
-                    out.write(doc)
-                elif action == "rewrite" and rewrite_llm:
-                    pending.append(doc)
-                    if len(pending) >= 64:
-                        flush(out)
-                elif action == "rewrite":
-                    out.write(doc)
-                elif disc:
-                    disc.write(doc)
-            flush(out)
-    finally:
-        if disc:
-            disc.__exit__(None, None, None)
+    with contextlib.ExitStack() as stack:  # the writers commit together, only if nothing failed
+        disc = stack.enter_context(JsonlWriter(discarded)) if discarded else None
+        out = stack.enter_context(JsonlWriter(output))
+        for i, doc in enumerate(iter_jsonl(input_path)):
+            domain = page_domains[i]
+            action = decisions[domain]["action"]
+            stats[action] += 1
+            doc = {**doc, "url_domain": domain, "curation_action": action}
+            if action == "keep":
+                out.write(doc)
+            elif action == "rewrite" and rewrite_llm:
+                pending.append(doc)
+                if len(pending) >= 64:
+                    flush(out)
+            elif action == "rewrite":
+                out.write(doc)
+            elif disc:
+                disc.write(doc)
+        flush(out)
     summary = {"pages": len(page_domains), "domains": len(order), "sampled_pages": len(flat),
                "pages_by_action": {a: stats[a] for a in ACTIONS},
                "domains_by_action": dict(Counter(v["action"] for v in decisions.values()))}
