@@ -397,7 +397,6 @@ class LocalEngine:
             groups.setdefault(len(p), []).append(i)
         n = len(prompt_ids)
         responses, logps, done, per_sample = [None] * n, [None] * n, [None] * n, [None] * n
-        recorded = False
         for rows in groups.values():
             pixels = None if row_pixels is None else [row_pixels[i] for i in rows]
             r, lp, d, routing = self._generate_cached([prompt_ids[i] for i in rows], max_new_tokens, temperature,
@@ -407,9 +406,8 @@ class LocalEngine:
                 if routing is not None:  # this row's tokens (no left padding in the group): [tokens, layers, k]
                     tokens = len(prompt_ids[i]) + len(r[j])
                     per_sample[i] = torch.stack([layer[:tokens, j] for layer in routing], dim=1).tolist()
-            recorded = routing is not None
-        routing = routing_from_engine(per_sample, prompt_ids, responses) if recorded else None
-        return responses, logps, done, routing
+        # (None when nothing was recorded: routing_from_engine needs every sample's routing)
+        return responses, logps, done, routing_from_engine(per_sample, prompt_ids, responses)
 
     def _generate_cached(self, prompt_ids, max_new_tokens, temperature, top_p, top_k, allowed_tokens, generator,
                          row_pixels=None):

@@ -233,7 +233,7 @@ class Checkpointer:
             return state if state["step"] == 0 else None
         self.optimizer.load_state_dict(loaded["optimizer"])
         self.scheduler.load_state_dict(loaded["scheduler"])
-        if state["layout"] == _layout(self.cfg):
+        if saved == here:
             rng_path = os.path.join(ckpt_dir, "rng", f"rank_{dist.get_rank():05d}.pt")
             set_rng_state(torch.load(rng_path, weights_only=False))
         return state

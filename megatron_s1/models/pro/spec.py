@@ -43,8 +43,6 @@ def validate_pro_options(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"model.fope_num_inv_freq must be in [1, kv_channels/2={m.kv_channels // 2}]")
 
 
-
-
 def apply_pro_spec(m: ModelConfig, block):
     """Return `block` (TransformerBlockSubmodules) with ProRouter and/or FoPESelfAttention swapped in."""
     router = None
