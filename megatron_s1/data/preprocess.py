@@ -15,6 +15,7 @@ from typing import Iterator, Optional
 import numpy as np
 from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
+from megatron_s1.atomic import atomic_path
 from megatron_s1.tokenizer import load_tokenizer
 
 _WORKER_TOKENIZER = None
@@ -72,10 +73,7 @@ def preprocess(input_path: str, output_prefix: str, tokenizer_dir: Optional[str]
     if not os.path.exists(input_path):
         raise FileNotFoundError(f"input {input_path!r} does not exist; pass a jsonl file with --input")
     tokenizer = load_tokenizer(tokenizer_dir)
-    os.makedirs(os.path.dirname(os.path.abspath(output_prefix)), exist_ok=True)
-    # Write under temporary names and rename at the end: a crash never leaves a valid-looking pair.
-    tmp_bin, tmp_idx = output_prefix + ".bin.tmp", output_prefix + ".idx.tmp"
-    builder = IndexedDatasetBuilder(tmp_bin, dtype=token_dtype(tokenizer.vocab_size))
+    # Both files appear under their names only when complete: a crash never leaves a valid-looking pair.
     total_bytes = total_docs = total_tokens = 0
     start = time.perf_counter()
     bar = None
@@ -86,32 +84,27 @@ def preprocess(input_path: str, output_prefix: str, tokenizer_dir: Optional[str]
                    file=sys.stderr, disable=None)
     pool = mp.get_context("spawn").Pool(workers, _init_worker, (tokenizer_dir,)) if workers > 1 else None
     try:
-        if pool is None:
-            _init_worker(tokenizer_dir)
-            results = map(_tokenize_chunk, _chunks(input_path, json_key))
-        else:
-            results = pool.imap(_tokenize_chunk, _chunks(input_path, json_key), chunksize=4)
-        for docs, nbytes, ndocs in results:
-            for doc in docs:
-                builder.add_document(doc, [len(doc)])
-                total_tokens += len(doc)
-            total_bytes += nbytes
-            total_docs += ndocs
-            if bar is not None:
-                bar.update(nbytes)
-        builder.finalize(tmp_idx)
-    except BaseException:
-        for p in (tmp_bin, tmp_idx):
-            if os.path.exists(p):
-                os.remove(p)
-        raise
+        with atomic_path(output_prefix + ".bin") as tmp_bin, atomic_path(output_prefix + ".idx") as tmp_idx:
+            builder = IndexedDatasetBuilder(tmp_bin, dtype=token_dtype(tokenizer.vocab_size))
+            if pool is None:
+                _init_worker(tokenizer_dir)
+                results = map(_tokenize_chunk, _chunks(input_path, json_key))
+            else:
+                results = pool.imap(_tokenize_chunk, _chunks(input_path, json_key), chunksize=4)
+            for docs, nbytes, ndocs in results:
+                for doc in docs:
+                    builder.add_document(doc, [len(doc)])
+                    total_tokens += len(doc)
+                total_bytes += nbytes
+                total_docs += ndocs
+                if bar is not None:
+                    bar.update(nbytes)
+            builder.finalize(tmp_idx)
     finally:
         if pool is not None:
             pool.terminate()
         if bar is not None:
             bar.close()
-    os.replace(tmp_bin, output_prefix + ".bin")
-    os.replace(tmp_idx, output_prefix + ".idx")
     elapsed = time.perf_counter() - start
     return {"documents": total_docs, "tokens": total_tokens, "bytes": total_bytes, "seconds": elapsed,
             "mb_per_s": total_bytes / 1e6 / max(elapsed, 1e-9), "tokens_per_s": total_tokens / max(elapsed, 1e-9)}

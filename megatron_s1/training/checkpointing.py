@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing
 
+from megatron_s1.atomic import atomic_open
 from megatron_s1.config.schema import ConfigError, ExperimentConfig
 from megatron_s1.models.specs import resolve_experts_impl, resolve_spec_kind
 from megatron_s1.training.distributed import rng_state, set_rng_state
@@ -41,12 +42,8 @@ def iteration_dir_name(step: int) -> str:
 
 
 def _atomic_write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_open(path, fsync=True) as f:
         f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def find_latest(root: str) -> Optional[str]:

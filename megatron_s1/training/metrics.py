@@ -7,6 +7,8 @@ import os
 import sys
 from typing import Optional
 
+from megatron_s1.atomic import atomic_open
+
 
 def _fmt(value) -> str:
     if isinstance(value, float):
@@ -49,10 +51,8 @@ class MetricsLogger:
             return
         with open(self.path, encoding="utf-8") as f:
             kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
-        tmp = self.path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
+        with atomic_open(self.path) as f:
             f.writelines(kept)
-        os.replace(tmp, self.path)
 
     def log(self, record: dict, kind: str = "train") -> None:
         if not self.enabled:

@@ -33,7 +33,7 @@ def test_preprocess_round_trip(tmp_path):
         assert ids[-1] == tok.eod_id
         assert tok.decode(ids[:-1]) == TEXTS[i]
     assert stats["tokens"] == int(ds.sequence_lengths.sum())
-    assert not any(name.endswith(".tmp") for name in os.listdir(tmp_path))
+    assert not any(".tmp" in name for name in os.listdir(tmp_path))
 
 
 def test_preprocess_parallel_equals_serial(tmp_path):
@@ -46,12 +46,21 @@ def test_preprocess_parallel_equals_serial(tmp_path):
 
 
 def test_preprocess_bad_input(tmp_path):
+    """Bad input: one clear error, and an earlier output pair under the same prefix survives byte for byte."""
+    _write_jsonl(tmp_path / "good.jsonl", TEXTS[:3])
+    preprocess(str(tmp_path / "good.jsonl"), str(tmp_path / "kept"), progress=False)
+    kept = {s: (tmp_path / f"kept{s}").read_bytes() for s in (".bin", ".idx")}
+    (tmp_path / "half_bad.jsonl").write_text('{"text": "fine"}\n{"content": "no text key"}\n')
+    with pytest.raises(ValueError, match="no 'text' field"):
+        preprocess(str(tmp_path / "half_bad.jsonl"), str(tmp_path / "kept"), progress=False)
+    assert {s: (tmp_path / f"kept{s}").read_bytes() for s in (".bin", ".idx")} == kept
     with pytest.raises(FileNotFoundError, match="does not exist"):
         preprocess(str(tmp_path / "missing.jsonl"), str(tmp_path / "x"), progress=False)
     (tmp_path / "bad.jsonl").write_text('{"content": "no text key"}\n')
     with pytest.raises(ValueError, match="line 1: no 'text' field; pass --json-key"):
         preprocess(str(tmp_path / "bad.jsonl"), str(tmp_path / "x"), progress=False)
-    assert not (tmp_path / "x.bin").exists() and not (tmp_path / "x.bin.tmp").exists()
+    assert not (tmp_path / "x.bin").exists()
+    assert not any(".tmp" in name for name in os.listdir(tmp_path))
 
 
 def test_blend_parsing_and_missing_path(tmp_path):

@@ -15,6 +15,7 @@ import os
 
 import numpy as np
 
+from megatron_s1.atomic import atomic_open
 from megatron_s1.config.schema import ConfigError
 from megatron_s1.data.chat.dataset import ChatSamples
 from megatron_s1.data.chat.format import (ChatFormatError, ChatTokenizer, Media, Tokenized, apply_system_prefix,
@@ -102,11 +103,9 @@ class TokenTable:
         return cls(offsets, ids, mask, media)
 
     def save(self, path: str) -> None:
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "wb") as f:
+        with atomic_open(path, "wb") as f:
             np.savez(f, offsets=self.offsets, ids=self.ids, mask=self.mask,
                      media=np.frombuffer(json.dumps(self.media).encode(), dtype=np.uint8))
-        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: str) -> "TokenTable":

@@ -5,6 +5,7 @@ import json
 import os
 from collections.abc import Iterator
 
+from megatron_s1.atomic import atomic_open
 from megatron_s1.data.curation.errors import CurationError
 
 
@@ -59,28 +60,19 @@ class JsonlWriter:
         self.count = 0
 
     def __enter__(self):
-        parent = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(parent, exist_ok=True)
-        self._tmp = f"{self.path}.tmp-{os.getpid()}"
-        self._f = open(self._tmp, "w", encoding="utf-8")
+        self._file = atomic_open(self.path)
+        self._f = self._file.__enter__()
         return self
 
     def write(self, obj: dict) -> None:
         self._f.write(json.dumps(obj, ensure_ascii=False) + "\n")
         self.count += 1
 
-    def __exit__(self, exc_type, *exc):
-        self._f.close()
-        if exc_type is None:
-            os.replace(self._tmp, self.path)
-        else:
-            os.remove(self._tmp)
-        return False
+    def __exit__(self, *exc):
+        return self._file.__exit__(*exc)
 
 
 def write_json(path: str, obj) -> None:
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic_open(path) as f:
         json.dump(obj, f, indent=2, ensure_ascii=False)
         f.write("\n")
