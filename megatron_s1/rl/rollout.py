@@ -18,6 +18,7 @@ from typing import Optional
 
 import torch
 
+from megatron_s1.rl.pipeline import from_last_stage, run_microbatch
 
 @dataclass
 class Rollout:
@@ -203,6 +204,20 @@ def pad_routing(per_layer: Optional[list], length: int) -> Optional[list]:
     return out
 
 
+def stage_routing(per_layer: list) -> list:
+    """Of routing reported for every layer of the model ([L, N, k] per layer, an external engine's), the layers of
+    this pipeline stage, in the order of its RouterReplay instances (every layer of the policy is an MoE layer)."""
+    from megatron.core.transformer.moe.router_replay import RouterReplay
+
+    numbers = [inst.layer_number for inst in RouterReplay.global_router_replay_instances]
+    if len(numbers) == len(per_layer):
+        return per_layer
+    if any(n is None or n > len(per_layer) for n in numbers):
+        raise ValueError(f"the engine reported routing for {len(per_layer)} layers; this pipeline stage's MoE "
+                         f"layers are {numbers}: the engine must serve the same model as the policy")
+    return [per_layer[n - 1] for n in numbers]
+
+
 def select_routing(per_layer: Optional[list], rows) -> Optional[list]:
     if per_layer is None:
         return None
@@ -265,6 +280,7 @@ class LocalEngine:
         self.device = device or torch.device("cpu")
         self.kv_cache = kv_cache
         self.decode_mask_applied = decode_mask_applied
+        self._allowed_cache = None  # (token list, its [V] mask on the device)
 
     def _numerics(self):
         if self.rollout_dtype is None or self.rollout_dtype == torch.float32:
@@ -272,6 +288,7 @@ class LocalEngine:
         return torch.autocast(device_type=self.device.type, dtype=self.rollout_dtype)
 
     def forward_logits(self, tokens, positions, mask, inference_context=None, pixel_values=None):
+        """Logits of the batch on the last pipeline stage (None on the other stages: they pass hidden states on)."""
         # Sampling gathers the vocabulary shards of tensor parallelism (small vocabularies; Megatron's inference
         # mode requires it too), so every TP rank holds the same logits and samples the same tokens.
         kwargs = {"runtime_gather_output": True}
@@ -279,9 +296,11 @@ class LocalEngine:
             kwargs["inference_context"] = inference_context
         if pixel_values is not None:  # (InternS1Model; text-only models take no such argument)
             kwargs["pixel_values"] = pixel_values.to(self.device)
+        args = (tokens.to(self.device), positions.to(self.device), mask.to(self.device))
         with torch.no_grad(), self._numerics():
-            return self.model(tokens.to(self.device), positions.to(self.device), mask.to(self.device),
-                              **kwargs).float()
+            logits = run_microbatch(self.model, lambda model: model(*args, **kwargs), tokens.shape[1],
+                                    tokens.shape[0])
+        return None if logits is None else logits.float()
 
     def _everywhere(self, value: bool) -> bool:
         """``value`` on this rank and on every rank of ``sync_group`` (collective there: all ranks call it together)."""
@@ -306,15 +325,23 @@ class LocalEngine:
             return "batch"
         return "off" if self.sync_group is not None else "by_length"
 
-    @staticmethod
-    def _pick(logits, temperature, top_k, top_p, allowed, generator):
-        """Sample the next token of every row from last-position logits [N, V]; also the full log-softmax."""
-        logits = logits / temperature
-        if allowed is not None:
-            logits = logits.masked_fill(~allowed.to(logits.device), float("-inf"))
-        full_logp = torch.log_softmax(logits, dim=-1)
-        probs = torch.softmax(filter_logits(logits, top_k, top_p), dim=-1)
-        return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1), full_logp
+    def _pick(self, logits, rows, temperature, top_k, top_p, allowed_tokens, generator):
+        """Sample the next token of every row from the last stage's last-position logits [N, V] (None on other
+        pipeline stages); returns (token ids [N], their log-probs [N]) on every stage."""
+        picked = None
+        if logits is not None:
+            logits = logits / temperature
+            allowed = self._allowed_mask(allowed_tokens, logits.shape[-1], logits.device)
+            if allowed is not None:
+                logits = logits.masked_fill(~allowed, float("-inf"))
+            full_logp = torch.log_softmax(logits, dim=-1)
+            probs = torch.softmax(filter_logits(logits, top_k, top_p), dim=-1)
+            nxt = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1)
+            # (float64 carries both exactly: token ids, and the fp32 log-probs)
+            nxt_logp = full_logp.gather(-1, nxt[:, None].to(full_logp.device)).squeeze(-1).cpu()
+            picked = torch.stack([nxt.double(), nxt_logp.double()])
+        picked = from_last_stage(picked, (2, rows), torch.float64, self.device).cpu()
+        return picked[0].long(), picked[1]
 
     def generate(self, prompts: list, n: int, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
                  top_k: int = 0, allowed_tokens: Optional[list] = None, generator=None,
@@ -338,21 +365,24 @@ class LocalEngine:
                 self.model.train()
         return Rollout(prompt_ids, responses, logps, done, routing, meta={"pixels": row_pixels, "kv_cache": mode})
 
-    @staticmethod
-    def _allowed_mask(allowed_tokens, vocab: int, device):
+    def _allowed_mask(self, allowed_tokens, vocab: int, device):
+        """Boolean [V] mask of ``allowed_tokens`` (None: all), built once per token list."""
         if allowed_tokens is None:
             return None
-        allowed = torch.zeros(vocab, dtype=torch.bool)
-        allowed[torch.tensor(allowed_tokens)] = True
-        return allowed.to(device)
+        cached = self._allowed_cache
+        if cached is None or cached[0] is not allowed_tokens or cached[1].shape[0] != vocab:
+            allowed = torch.zeros(vocab, dtype=torch.bool)
+            allowed[torch.tensor(allowed_tokens)] = True
+            self._allowed_cache = cached = (allowed_tokens, allowed.to(device))
+        return cached[1]
 
-    def _append(self, nxt, full_logp, responses, logps, done) -> None:
+    def _append(self, nxt, nxt_logp, responses, logps, done) -> None:
         for i in range(len(responses)):
             if done[i]:
                 continue
             tok = int(nxt[i])
             responses[i].append(tok)
-            logps[i].append(float(full_logp[i, tok]))
+            logps[i].append(float(nxt_logp[i]))
             done[i] = tok == self.eos_id
 
     def _generate_full(self, prompt_ids, max_new_tokens, temperature, top_p, top_k, allowed_tokens, generator,
@@ -364,14 +394,12 @@ class LocalEngine:
         responses = [[] for _ in prompt_ids]
         logps = [[] for _ in prompt_ids]
         done = [False] * len(prompt_ids)
-        allowed = None
         for _ in range(max_new_tokens):
             tokens, positions, mask, _, _ = pad_batch(prompt_ids, responses, self.pad_id)
-            logits = self.forward_logits(tokens, positions, mask, pixel_values=pixel_values)[:, -1]
-            if allowed is None:
-                allowed = self._allowed_mask(allowed_tokens, logits.shape[-1], logits.device)
-            nxt, full_logp = self._pick(logits, temperature, top_k, top_p, allowed, generator)
-            self._append(nxt, full_logp, responses, logps, done)
+            logits = self.forward_logits(tokens, positions, mask, pixel_values=pixel_values)
+            nxt, nxt_logp = self._pick(None if logits is None else logits[:, -1], len(prompt_ids), temperature,
+                                       top_k, top_p, allowed_tokens, generator)
+            self._append(nxt, nxt_logp, responses, logps, done)
             if self._all_finished(done):
                 break
         routing = None
@@ -382,7 +410,11 @@ class LocalEngine:
                 routing = [t.detach().cpu().reshape(tokens.shape[1], tokens.shape[0], -1)
                            for t in rr.get_recorded_data()]
             # the rollout log-probs of the recorded forward (identical to sampling-time ones up to batch shape)
-            lp = token_logprobs(logits, tokens, temperature, allowed)
+            lp = None
+            if logits is not None:
+                lp = token_logprobs(logits, tokens, temperature,
+                                    self._allowed_mask(allowed_tokens, logits.shape[-1], logits.device))
+            lp = from_last_stage(lp, tokens.shape, torch.float32, self.device).cpu()
             for i in range(len(prompt_ids)):
                 idx = resp_mask[i].nonzero().squeeze(-1)
                 logps[i] = lp[i, idx].tolist()
@@ -433,25 +465,23 @@ class LocalEngine:
             valid[i, max_p - len(p):max_p] = True
         record = self.record_routing and moe_replay_available()
         per_step = []  # per forward: per MoE layer [s_step, N, k]
-        allowed = None
         was_active = InferenceMode.is_active()
         InferenceMode.set_active()  # GPTModel then computes logits of the last position only
         try:
             for step in range(max_new_tokens):
                 with routing_record() if record else contextlib.nullcontext() as rr:
                     logits = self.forward_logits(tokens, positions, mask, inference_context=ctx,
-                                                 pixel_values=pixel_values if step == 0 else None)[:, -1]
+                                                 pixel_values=pixel_values if step == 0 else None)
                     if record:
                         per_step.append([t.detach().cpu().reshape(tokens.shape[1], n, -1)
                                          for t in rr.get_recorded_data()])
                 ctx.sequence_len_offset += tokens.shape[1]
                 if step == 0:
                     ctx.enable_decode_mode()
-                if allowed is None:
-                    allowed = self._allowed_mask(allowed_tokens, logits.shape[-1], logits.device)
-                nxt, full_logp = self._pick(logits, temperature, top_k, top_p, allowed, generator)
+                nxt, nxt_logp = self._pick(None if logits is None else logits[:, -1], n, temperature, top_k, top_p,
+                                           allowed_tokens, generator)
                 was_done = list(done)
-                self._append(nxt, full_logp, responses, logps, done)
+                self._append(nxt, nxt_logp, responses, logps, done)
                 # (the last-step test first: every rank of sync_group takes the collective at the same steps)
                 if step == max_new_tokens - 1 or self._all_finished(done):
                     break

@@ -17,8 +17,10 @@ Image prompts (jsonl records with ``images``) run through InternS1Model when ``v
 
 Metrics go to ``run.dir/rl_metrics.jsonl``; checkpoints use the training checkpoint format.
 
-Parallelism: data, expert and tensor parallelism; pipeline parallel = 1 (ConfigError otherwise: the RL step has
-no pipeline schedule). With tensor parallelism the training log-probs come from the vocab-parallel logits
+Parallelism: data, expert, tensor and pipeline parallelism. Every forward of the step (prefill, decode steps,
+log-prob passes, updates) is one micro-batch of Megatron-Core's pipeline schedule (megatron_s1/rl/pipeline.py):
+the last stage samples and computes the losses, the sampled tokens and log-probs are broadcast to the other
+stages, and each stage records and replays the routing of its own MoE layers. With tensor parallelism the training log-probs come from the vocab-parallel logits
 (-vocab_parallel_cross_entropy: the vocabulary is never gathered), the rollout gathers logits for sampling
 (small vocabularies), every TP rank of a data-parallel group draws prompts and tokens from the same seeds and
 the driver checks every step that they sampled the same tokens. Sequence parallelism (forced for MoE + TP) is
@@ -46,8 +48,10 @@ from megatron_s1.models.precision import use_fp32_output_layer
 from megatron_s1.models.specs import resolve_spec_kind
 from megatron_s1.rl import filtering, losses
 from megatron_s1.rl.rewards import RewardMixer, as_scores, get_reward
-from megatron_s1.rl.rollout import (LocalEngine, OpenAIEngine, pad_batch, pad_routing, routing_replay,
-                                     select_routing, token_logprobs)
+from megatron_s1.rl.pipeline import (from_last_stage, object_from_last_stage, pipeline_size, run_microbatch,
+                                     sum_over_stages)
+from megatron_s1.rl.rollout import (LocalEngine, OpenAIEngine, moe_replay_available, pad_batch, pad_routing,
+                                     routing_replay, select_routing, stage_routing, token_logprobs)
 from megatron_s1.rl.tasks import build_prompt_source
 from megatron_s1.training.tasks import register_task
 
@@ -101,9 +105,9 @@ def _rollout_dtype(name: str) -> Optional[torch.dtype]:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
-def routing_mismatch(a: list, b: list, where: Optional[torch.Tensor] = None) -> float:
-    """Fraction of (layer, token) routing decisions whose top-k expert *sets* differ between two recordings
-    ([L, N, k] per layer), over the positions marked in ``where`` [L, N] (default all)."""
+def routing_mismatch_counts(a: list, b: list, where: Optional[torch.Tensor] = None) -> list:
+    """[differing, compared] (layer, token) routing decisions -- top-k expert *sets* -- of two recordings ([L, N, k]
+    per layer), over the positions marked in ``where`` [L, N] (default all)."""
     diff, total = 0, 0
     for x, y in zip(a, b):
         differs = (x.sort(-1).values != y.sort(-1).values).any(-1)
@@ -111,7 +115,13 @@ def routing_mismatch(a: list, b: list, where: Optional[torch.Tensor] = None) -> 
             differs = differs[where]
         diff += int(differs.sum())
         total += differs.numel()
-    return diff / max(total, 1)
+    return [float(diff), float(total)]
+
+
+def routing_mismatch(a: list, b: list, where: Optional[torch.Tensor] = None) -> float:
+    """Fraction of (layer, token) routing decisions whose top-k expert sets differ (`routing_mismatch_counts`)."""
+    diff, total = routing_mismatch_counts(a, b, where)
+    return diff / max(total, 1.0)
 
 
 def routed_positions(prompt_ids: list, response_ids: list, length: int) -> torch.Tensor:
@@ -128,9 +138,12 @@ class RLTrainer:
     def __init__(self, cfg: ExperimentConfig, rollout_dtype: str = "bf16"):
         from megatron_s1.training.loop import Trainer
 
-        if cfg.parallel.pipeline != 1 or cfg.parallel.virtual_pipeline:
-            raise ConfigError(f"megatron-s1 rl needs parallel.pipeline=1 (got {cfg.parallel.pipeline}): the RL step "
-                              "has no pipeline schedule; use tensor, expert or data parallelism instead")
+        if cfg.parallel.pipeline > 1 and cfg.parallel.virtual_pipeline:
+            raise ConfigError("megatron-s1 rl runs one model chunk per pipeline stage; unset "
+                              "parallel.virtual_pipeline (got {})".format(cfg.parallel.virtual_pipeline))
+        if cfg.parallel.pipeline > 1 and cfg.vision.preset is not None:
+            raise ConfigError("megatron-s1 rl with image prompts (vision.preset) needs parallel.pipeline=1; use "
+                              "tensor, expert or data parallelism for the multimodal policy")
         if cfg.parallel.context != 1:
             raise ConfigError(f"megatron-s1 rl needs parallel.context=1 (got {cfg.parallel.context}); use tensor, "
                               "expert or data parallelism instead")
@@ -177,9 +190,18 @@ class RLTrainer:
 
         self.tp = parallel_state.get_tensor_model_parallel_world_size()
         self.tp_rank = parallel_state.get_tensor_model_parallel_rank()
+        # The RL losses arrive globally normalised (see _policy_loss): Megatron's schedule must neither divide
+        # them by token counts nor finalise the gradients itself; the step calls finalize_model_grads.
+        self.t.tconfig.finalize_model_grads_func = None
+        self._one = torch.ones((), dtype=torch.int, device=self.device)
         self.sp = bool(self.t.tconfig.sequence_parallel) and self.tp > 1
         r = cfg.rl
         self.ep = parallel_state.get_expert_model_parallel_world_size()
+        if r.routing_replay and cfg.model.num_moe_experts is not None and pipeline_size() > 1:
+            layers = sum_over_stages([0.0 if moe_replay_available() else 1.0], self.device)[0]
+            if layers:
+                raise ConfigError("rl.routing_replay with parallel.pipeline>1 needs MoE layers on every pipeline "
+                                  "stage; lower parallel.pipeline or set rl.routing_replay=false")
         if r.engine == "local":
             # Expert parallelism: the EP ranks are data-parallel ranks with their own prompts, yet each MoE layer
             # forward is an all-to-all over them, so they stop decoding together (LocalEngine.sync_group).
@@ -202,14 +224,37 @@ class RLTrainer:
         self.metrics_path = os.path.join(cfg.run.dir, "rl_metrics.jsonl")
 
     # ------------------------------------------------------------------ pieces
-    def _train_logprobs(self, batch, routing, grad: bool, pixel_values=None):
-        """Log-probs of the training forward; with tensor parallelism from the vocab-parallel logits."""
+    def _train_forward(self, batch, routing, pixel_values=None, loss_fn=None):
+        """One forward of the training engine over a padded batch, through every pipeline stage.
+
+        ``loss_fn`` None: no gradients; returns the log-probs [N, L] (CPU) on every stage. Otherwise the batch's
+        loss ``loss_fn(logp) -> (loss, stats)`` is back-propagated (gradients accumulate in the DDP buffers) and
+        ``{"loss": float, **stats}`` is returned on every stage. With tensor parallelism the log-probs come from
+        the vocab-parallel logits.
+        """
         tokens, positions, mask = (x.to(self.device) for x in batch[:3])
-        ctx = torch.enable_grad() if grad else torch.no_grad()
         extra = {} if pixel_values is None else {"pixel_values": pixel_values.to(self.device)}
-        with ctx, routing_replay(self._sequence_shard(routing)):
-            logits = self.model(tokens, positions, mask, **extra)
+        args = (tokens.shape[1], tokens.shape[0])
+
+        def forward(model):
+            return model(tokens, positions, mask, **extra)
+
+        def logprobs(logits):
             return token_logprobs(logits, tokens, self.cfg.rl.temperature, self.allowed, vocab_parallel=self.tp > 1)
+
+        with routing_replay(self._sequence_shard(routing)):
+            if loss_fn is None:
+                with torch.no_grad():
+                    logits = run_microbatch(self.model, forward, *args)
+                    lp = None if logits is None else logprobs(logits)
+                return from_last_stage(lp, tokens.shape, torch.float32, self.device).cpu()
+
+            def loss_func(logits):
+                loss, stats = loss_fn(logprobs(logits))
+                return loss, self._one, {"loss": float(loss.detach()), **stats}
+
+            stats = run_microbatch(self.model, forward, *args, loss_func=loss_func, forward_only=False)
+        return object_from_last_stage(stats)
 
     def _batch_len(self, prompt_ids, response_ids) -> int:
         """Padded length of a training batch: sequence parallelism splits it over the TP ranks."""
@@ -246,14 +291,15 @@ class RLTrainer:
         args = (prompt_ids, n, r.max_new_tokens, r.temperature, r.top_p, r.top_k, allowed_list, self.gen)
         if pixels is not None and any(p is not None for p in pixels):
             args = (*args, pixels)
-        if self.tp == 1:
-            return self.engine.generate(*args)
-        group = parallel_state.get_tensor_model_parallel_group()
         if isinstance(self.engine, OpenAIEngine):
-            box = [self.engine.generate(*args) if self.tp_rank == 0 else None]
-            dist.broadcast_object_list(box, src=parallel_state.get_tensor_model_parallel_src_rank(), group=group)
-            return box[0]
+            rollout = self._from_model_parallel_src(lambda: self.engine.generate(*args))
+            if rollout.routing is not None:  # the server reports every layer: keep this pipeline stage's
+                rollout.routing = stage_routing(rollout.routing)
+            return rollout
         rollout = self.engine.generate(*args)
+        if self.tp == 1:
+            return rollout
+        group = parallel_state.get_tensor_model_parallel_group()
         digest = torch.tensor([zlib.crc32(json.dumps(rollout.response_ids).encode())], dtype=torch.long)
         seen = [torch.zeros_like(digest) for _ in range(self.tp)]
         dist.all_gather(seen, digest, group=group)
@@ -261,6 +307,23 @@ class RLTrainer:
             raise RuntimeError("tensor-parallel ranks sampled different tokens for the same rollout; the colocated "
                                "engine needs identical gathered logits and generator seeds on every TP rank")
         return rollout
+
+    def _is_model_parallel_src(self) -> bool:
+        from megatron.core import parallel_state
+
+        return self.tp_rank == 0 and parallel_state.get_pipeline_model_parallel_rank() == 0
+
+    def _from_model_parallel_src(self, make):
+        """``make()`` on the first rank of this model replica (tensor x pipeline ranks), its result on all of them:
+        the replica asks an external engine once."""
+        from megatron.core import parallel_state
+
+        if self.tp * pipeline_size() == 1:
+            return make()
+        group = parallel_state.get_model_parallel_group()
+        box = [make() if self._is_model_parallel_src() else None]
+        dist.broadcast_object_list(box, src=dist.get_process_group_ranks(group)[0], group=group)
+        return box[0]
 
     def _rollout_matrix(self, rollout, rows, length):
         """Rollout log-probs scattered into the [n, L] layout of pad_batch (response positions only)."""
@@ -392,16 +455,18 @@ class RLTrainer:
 
             rollout.routing = pad_routing(rollout.routing, length)
             with routing_record() as rr:
-                lp_plain = self._train_logprobs(full, None, grad=False, pixel_values=all_pixels).cpu()
+                lp_plain = self._train_forward(full, None, pixel_values=all_pixels)
                 own = self._recorded_routing(rr, length, len(texts))
-            record["routing_mismatch"] = routing_mismatch(
-                own, rollout.routing, routed_positions(rollout.prompt_ids, rollout.response_ids, length))
+            # (each pipeline stage compares the routing of its own layers)
+            differ, total = sum_over_stages(routing_mismatch_counts(
+                own, rollout.routing, routed_positions(rollout.prompt_ids, rollout.response_ids, length)), self.device)
+            record["routing_mismatch"] = differ / max(total, 1.0)
         else:
-            lp_plain = self._train_logprobs(full, None, grad=False, pixel_values=all_pixels).cpu()
+            lp_plain = self._train_forward(full, None, pixel_values=all_pixels)
         record["kl_train_rollout"] = losses.sampled_kl(lp_plain, roll_all, full[3])
         record["logp_train_rollout_maxdiff"] = float(((lp_plain - roll_all).abs() * full[3]).max())
         if rollout.routing is not None:
-            lp_replay = self._train_logprobs(full, rollout.routing, grad=False, pixel_values=all_pixels).cpu()
+            lp_replay = self._train_forward(full, rollout.routing, pixel_values=all_pixels)
             record["kl_train_rollout_replay"] = losses.sampled_kl(lp_replay, roll_all, full[3])
         old_all = lp_replay if (rollout.routing is not None and r.routing_replay) else lp_plain
         t_logprob = self._clock()
@@ -433,20 +498,27 @@ class RLTrainer:
             for chunk in self.t.model:
                 chunk.zero_grad_buffer()
             self.t.optimizer.zero_grad()
-            logp = self._train_logprobs(batch, select_routing(rollout.routing, mb) if r.routing_replay else None,
-                                        grad=True, pixel_values=batch_pixels(row_pixels, mb))
-            if k == 0 and weight > 0:  # no update yet: pi_new must equal pi_old position by position
-                record["first_update_logp_maxdiff"] = float(((logp.detach() - old).abs() * mask).max())
-            loss, stats = self._policy_loss(logp, old, roll, mask, a, pos, (n_pos, n_neg), seq_scale, weight)
-            loss.backward()
+
+            def loss_fn(logp, k=k, weight=weight, mask=mask, old=old, roll=roll, a=a, pos=pos, n_pos=n_pos,
+                        n_neg=n_neg, seq_scale=seq_scale):
+                first = {}
+                if k == 0 and weight > 0:  # no update yet: pi_new must equal pi_old position by position
+                    first["first_update_logp_maxdiff"] = float(((logp.detach() - old).abs() * mask).max())
+                loss, stats = self._policy_loss(logp, old, roll, mask, a, pos, (n_pos, n_neg), seq_scale, weight)
+                return loss, {**first, **stats}
+
+            stats = self._train_forward(batch, select_routing(rollout.routing, mb) if r.routing_replay else None,
+                                        pixel_values=batch_pixels(row_pixels, mb), loss_fn=loss_fn)
+            if "first_update_logp_maxdiff" in stats:
+                record["first_update_logp_maxdiff"] = stats["first_update_logp_maxdiff"]
             from megatron.core.distributed import finalize_model_grads
 
             finalize_model_grads(self.t.model)  # sums gradients over data-parallel ranks
             stepped, gn = self.t._optimizer_step()
             stepped_any |= stepped
             grad_norms.append(gn)
-            loss_sum += self._all_sum([float(loss.detach())])[0] / n_mb
-            if stats:
+            loss_sum += self._all_sum([stats["loss"]])[0] / n_mb
+            if "icepop_masked_frac" in stats:
                 icepop.append(stats["icepop_masked_frac"])
             if not stepped:
                 self.t.state["skipped_steps"] += 1
@@ -530,7 +602,7 @@ class RLTrainer:
                     saved = self.t.save()
                 if isinstance(self.engine, OpenAIEngine):
                     path = saved or self.t.save()  # (collective)
-                    if self.tp_rank == 0:
+                    if self._is_model_parallel_src():
                         self.engine.update_weights(path)
             saved_last = cfg.checkpoint.interval and self.t.state["step"] % cfg.checkpoint.interval == 0
             if cfg.checkpoint.save_final and not saved_last:

@@ -1,3 +1,4 @@
+import contextlib
 import json
 import os
 import socket
@@ -39,8 +40,9 @@ def run_check(script: str, *args: str, nproc: int = 1, timeout: int = 300) -> di
     return json.loads(stdout.split("RESULT ")[-1])
 
 
-@pytest.fixture(scope="session")
-def fake_server():
+@contextlib.contextmanager
+def serve_fake_engine():
+    """tests/rl/fake_server.py on a free local port (weight version 0); yields its URL."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -56,9 +58,17 @@ def fake_server():
     else:
         proc.kill()
         raise RuntimeError("fake server did not start")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def fake_server():
+    with serve_fake_engine() as url:
+        yield url
 
 
 # ------------------------------------------------------------------ parallel-layout comparisons (real CLI runs)

@@ -3,8 +3,7 @@ import json
 
 import pytest
 
-from tests.conftest import run_cli
-from tests.rl.conftest import RL_RECIPE as RECIPE, run_rl
+from tests.rl.conftest import run_rl
 
 
 def _pair(tmp_path, init_ckpt, common, tp2_extra=()):
@@ -38,9 +37,3 @@ def test_tp2_generation_matches_tp1(tmp_path, init_ckpt):
         # log-probs of the vocab-parallel training forward = the sampler's (gathered logits), fp32
         assert b["logp_train_rollout_maxdiff"] < 1e-5 and b["routing_mismatch"] == 0.0
         assert b["kl_train_rollout"] == pytest.approx(a["kl_train_rollout"], abs=1e-9)
-
-
-def test_pipeline_parallel_is_a_config_error(tmp_path):
-    proc = run_cli(["rl", "--config", RECIPE, f"run.dir={tmp_path}", "parallel.pipeline=2"], check=False)
-    err = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert proc.returncode == 2 and len(err) == 1 and "needs parallel.pipeline=1" in err[0], proc.stderr[-2000:]
