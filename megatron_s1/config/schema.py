@@ -241,6 +241,9 @@ class RLConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0  # 0 = off
+    # Per-task sampling: task -> {temperature, top_p, top_k, max_new_tokens}, overriding the four settings above
+    # for that task's prompts (a mixed-task batch decodes in one pass with per-row settings).
+    sampling: dict = field(default_factory=dict)
     icepop_alpha: float = 0.5  # keep tokens with alpha < pi_train/pi_rollout < beta
     icepop_beta: float = 5.0
     kl_cov_coef: float = 0.0  # KL-Cov beta (0 = off; paper 0.01)

@@ -66,13 +66,16 @@ def pad_batch(prompt_ids: list, response_ids: list, pad_id: int, total_len: Opti
 
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0,
                    allowed: Optional[torch.Tensor] = None, vocab_parallel: bool = False) -> torch.Tensor:
-    """log pi(token_{t+1} | <= t) for every position t of [N, L] (last position 0), in fp32.
+    """log pi(token_{t+1} | <= t) for every position t of [N, L] (last position 0), in fp32, at ``temperature`` (a
+    float, or one per row as [N, 1, 1]).
 
     ``vocab_parallel``: ``logits`` hold this tensor-parallel rank's vocabulary shard ([N, L, V / TP], the
     training forward's layout); log pi(target) = -vocab_parallel_cross_entropy (max, sum-exp and the target
     logit are all-reduced over the TP group), so the full vocabulary is never gathered. ``allowed`` is over the
     full vocabulary either way.
     """
+    if torch.is_tensor(temperature):  # per row: [N, 1, 1]
+        temperature = temperature.to(logits.device)
     if vocab_parallel:
         return _vocab_parallel_token_logprobs(logits, tokens, temperature, allowed)
     logits = logits.float() / temperature
@@ -137,19 +140,97 @@ def sequence_parallel_off(model):
             c.sequence_parallel = value
 
 
-def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Top-k then nucleus (top-p) truncation of [N, V] logits (removed entries -> -inf)."""
-    if top_k and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+def filter_logits(logits: torch.Tensor, top_k=0, top_p=1.0) -> torch.Tensor:
+    """Top-k then nucleus (top-p) truncation of [N, V] logits (removed entries -> -inf). ``top_k`` / ``top_p``: one
+    value for all rows or a per-row [N] tensor; 0 / 1.0 switch a row's truncation off."""
+    n, vocab = logits.shape
+    top_k = torch.as_tensor(top_k, device=logits.device).expand(n)
+    top_p = torch.as_tensor(top_p, dtype=torch.float32, device=logits.device).expand(n)
+    k_on = (top_k > 0) & (top_k < vocab)
+    if k_on.any():
+        k = torch.where(k_on, top_k, vocab).long()
+        kth = torch.sort(logits, descending=True, dim=-1).values.gather(-1, (k - 1)[:, None])
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
+    p_on = top_p < 1.0
+    if p_on.any():
         sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
         probs = torch.softmax(sorted_logits, dim=-1)
         cum = probs.cumsum(-1)
-        drop = (cum - probs) >= top_p  # keep the smallest prefix whose mass reaches top_p
+        # keep the smallest prefix whose mass reaches top_p
+        drop = ((cum - probs) >= top_p[:, None].to(probs.dtype)) & p_on[:, None]
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     return logits
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling settings of one prompt (``rl.temperature`` ... or the prompt task's ``rl.sampling`` entry)."""
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off; 1 = greedy
+    max_new_tokens: int = 16
+
+    def __post_init__(self):
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not (isinstance(self.top_k, int) and self.top_k >= 0):
+            raise ValueError(f"top_k must be an integer >= 0, got {self.top_k!r}")
+        if not (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1):
+            raise ValueError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
+
+
+def sampling_by_task(rl_cfg, known_tasks) -> dict:
+    """``rl.sampling`` resolved: task -> `Sampling` (the task's entry over the ``rl.*`` defaults), with the defaults
+    under None. Raises ValueError naming a bad task, key or value."""
+    fields = ("temperature", "top_p", "top_k", "max_new_tokens")
+    default = {f: getattr(rl_cfg, f) for f in fields}
+    out = {None: Sampling(**default)}
+    for task, entry in (rl_cfg.sampling or {}).items():
+        if task not in known_tasks:
+            raise ValueError(f"rl.sampling names task {task!r}, which has no reward; known: {', '.join(sorted(known_tasks))}")
+        if not isinstance(entry, dict) or set(entry) - set(fields):
+            bad = sorted(set(entry) - set(fields)) if isinstance(entry, dict) else entry
+            raise ValueError(f"rl.sampling.{task}: unknown setting(s) {bad}; allowed: {', '.join(fields)}")
+        try:
+            out[task] = Sampling(**{**default, **entry})
+        except ValueError as err:
+            raise ValueError(f"rl.sampling.{task}: {err}") from None
+    return out
+
+
+@dataclass
+class RowSampling:
+    """Per-row sampling settings of a generation batch (row i: sample i % n of prompt i // n)."""
+    temperature: list
+    top_p: list
+    top_k: list
+    max_new_tokens: list
+
+    @classmethod
+    def from_prompts(cls, settings: list, n: int) -> "RowSampling":
+        """Rows of ``n`` samples per prompt, prompt i sampled with ``settings[i]`` (a `Sampling`)."""
+        return cls(*([getattr(settings[i // n], f) for i in range(len(settings) * n)]
+                     for f in ("temperature", "top_p", "top_k", "max_new_tokens")))
+
+    @classmethod
+    def expand(cls, rows: int, n: int, temperature, top_p, top_k, max_new_tokens) -> "RowSampling":
+        """Each setting given once for all prompts, or as a per-prompt list."""
+        def per_row(value):
+            return [value[i // n] for i in range(rows)] if isinstance(value, (list, tuple)) else [value] * rows
+        return cls(*map(per_row, (temperature, top_p, top_k, max_new_tokens)))
+
+    def subset(self, rows: list) -> "RowSampling":
+        return RowSampling(*([v[i] for i in rows] for v in
+                             (self.temperature, self.top_p, self.top_k, self.max_new_tokens)))
+
+    def temperature_of_rows(self):
+        """The temperature as a divisor of [N, L, V] logits: a float when all rows share it."""
+        if len(set(self.temperature)) == 1:
+            return self.temperature[0]
+        return torch.tensor(self.temperature, dtype=torch.float32)[:, None, None]
 
 
 # ---------------------------------------------------------------------------------------------- routing replay
@@ -325,12 +406,16 @@ class LocalEngine:
             return "batch"
         return "off" if self.sync_group is not None else "by_length"
 
-    def _pick(self, logits, rows, temperature, top_k, top_p, allowed_tokens, generator):
+    def _pick(self, logits, sampling: RowSampling, allowed_tokens, generator):
         """Sample the next token of every row from the last stage's last-position logits [N, V] (None on other
-        pipeline stages); returns (token ids [N], their log-probs [N]) on every stage."""
+        pipeline stages) with the rows' own settings; returns (token ids [N], their log-probs [N]) on every stage."""
         picked = None
+        rows = len(sampling.temperature)
         if logits is not None:
-            logits = logits / temperature
+            dev = logits.device
+            logits = logits / torch.tensor(sampling.temperature, dtype=logits.dtype, device=dev)[:, None]
+            top_k = torch.tensor(sampling.top_k, device=dev)
+            top_p = torch.tensor(sampling.top_p, device=dev)
             allowed = self._allowed_mask(allowed_tokens, logits.shape[-1], logits.device)
             if allowed is not None:
                 logits = logits.masked_fill(~allowed, float("-inf"))
@@ -346,9 +431,11 @@ class LocalEngine:
     def generate(self, prompts: list, n: int, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
                  top_k: int = 0, allowed_tokens: Optional[list] = None, generator=None,
                  pixels: Optional[list] = None) -> Rollout:
-        """``pixels``: per prompt the image tiles of its <IMG_CONTEXT> tokens (or None); kept per sample in
-        ``Rollout.meta["pixels"]`` for the training forwards."""
+        """``max_new_tokens``, ``temperature``, ``top_p``, ``top_k``: one value, or a list with one per prompt (each
+        task's own settings in one batch). ``pixels``: per prompt the image tiles of its <IMG_CONTEXT> tokens (or
+        None); kept per sample in ``Rollout.meta["pixels"]`` for the training forwards."""
         prompt_ids = [list(p) for p in prompts for _ in range(n)]
+        sampling = RowSampling.expand(len(prompt_ids), n, temperature, top_p, top_k, max_new_tokens)
         row_pixels = None if pixels is None or all(p is None for p in pixels) else \
             [pixels[i // n] for i in range(len(prompt_ids))]
         was_training = self.model.training
@@ -358,8 +445,7 @@ class LocalEngine:
             run = {"batch": self._generate_cached, "by_length": self._generate_by_length,
                    "off": self._generate_full}[mode]
             with sequence_parallel_off(self.model):
-                responses, logps, done, routing = run(prompt_ids, max_new_tokens, temperature, top_p, top_k,
-                                                      allowed_tokens, generator, row_pixels)
+                responses, logps, done, routing = run(prompt_ids, sampling, allowed_tokens, generator, row_pixels)
         finally:
             if was_training:
                 self.model.train()
@@ -376,17 +462,16 @@ class LocalEngine:
             self._allowed_cache = cached = (allowed_tokens, allowed.to(device))
         return cached[1]
 
-    def _append(self, nxt, nxt_logp, responses, logps, done) -> None:
+    def _append(self, nxt, nxt_logp, responses, logps, done, max_new_tokens: list) -> None:
         for i in range(len(responses)):
             if done[i]:
                 continue
             tok = int(nxt[i])
             responses[i].append(tok)
             logps[i].append(float(nxt_logp[i]))
-            done[i] = tok == self.eos_id
+            done[i] = tok == self.eos_id or len(responses[i]) >= max_new_tokens[i]
 
-    def _generate_full(self, prompt_ids, max_new_tokens, temperature, top_p, top_k, allowed_tokens, generator,
-                       row_pixels=None):
+    def _generate_full(self, prompt_ids, sampling: RowSampling, allowed_tokens, generator, row_pixels=None):
         """Reference path: the whole padded batch is re-forwarded for every new token (images every time)."""
         from megatron_s1.rl.multimodal import batch_pixels
 
@@ -394,12 +479,12 @@ class LocalEngine:
         responses = [[] for _ in prompt_ids]
         logps = [[] for _ in prompt_ids]
         done = [False] * len(prompt_ids)
-        for _ in range(max_new_tokens):
+        for _ in range(max(sampling.max_new_tokens)):
             tokens, positions, mask, _, _ = pad_batch(prompt_ids, responses, self.pad_id)
             logits = self.forward_logits(tokens, positions, mask, pixel_values=pixel_values)
-            nxt, nxt_logp = self._pick(None if logits is None else logits[:, -1], len(prompt_ids), temperature,
-                                       top_k, top_p, allowed_tokens, generator)
-            self._append(nxt, nxt_logp, responses, logps, done)
+            nxt, nxt_logp = self._pick(None if logits is None else logits[:, -1], sampling, allowed_tokens,
+                                       generator)
+            self._append(nxt, nxt_logp, responses, logps, done, sampling.max_new_tokens)
             if self._all_finished(done):
                 break
         routing = None
@@ -412,7 +497,7 @@ class LocalEngine:
             # the rollout log-probs of the recorded forward (identical to sampling-time ones up to batch shape)
             lp = None
             if logits is not None:
-                lp = token_logprobs(logits, tokens, temperature,
+                lp = token_logprobs(logits, tokens, sampling.temperature_of_rows(),
                                     self._allowed_mask(allowed_tokens, logits.shape[-1], logits.device))
             lp = from_last_stage(lp, tokens.shape, torch.float32, self.device).cpu()
             for i in range(len(prompt_ids)):
@@ -420,8 +505,7 @@ class LocalEngine:
                 logps[i] = lp[i, idx].tolist()
         return responses, logps, done, routing
 
-    def _generate_by_length(self, prompt_ids, max_new_tokens, temperature, top_p, top_k, allowed_tokens, generator,
-                            row_pixels=None):
+    def _generate_by_length(self, prompt_ids, sampling: RowSampling, allowed_tokens, generator, row_pixels=None):
         """KV-cached decoding of each group of equal prompt length (no left padding in any cache), reassembled in the
         batch's order; routing goes back into the whole batch's layout through `routing_from_engine`."""
         groups: dict = {}
@@ -431,8 +515,8 @@ class LocalEngine:
         responses, logps, done, per_sample = [None] * n, [None] * n, [None] * n, [None] * n
         for rows in groups.values():
             pixels = None if row_pixels is None else [row_pixels[i] for i in rows]
-            r, lp, d, routing = self._generate_cached([prompt_ids[i] for i in rows], max_new_tokens, temperature,
-                                                      top_p, top_k, allowed_tokens, generator, pixels)
+            r, lp, d, routing = self._generate_cached([prompt_ids[i] for i in rows], sampling.subset(rows),
+                                                      allowed_tokens, generator, pixels)
             for j, i in enumerate(rows):
                 responses[i], logps[i], done[i] = r[j], lp[j], d[j]
                 if routing is not None:  # this row's tokens (no left padding in the group): [tokens, layers, k]
@@ -441,8 +525,7 @@ class LocalEngine:
         # (None when nothing was recorded: routing_from_engine needs every sample's routing)
         return responses, logps, done, routing_from_engine(per_sample, prompt_ids, responses)
 
-    def _generate_cached(self, prompt_ids, max_new_tokens, temperature, top_p, top_k, allowed_tokens, generator,
-                         row_pixels=None):
+    def _generate_cached(self, prompt_ids, sampling: RowSampling, allowed_tokens, generator, row_pixels=None):
         """KV-cached path (Megatron-Core static inference context); routing recorded per forward when asked.
         Images enter with the prefill only (their keys / values are then in the cache)."""
         from megatron.core.inference.contexts import StaticInferenceContext
@@ -457,6 +540,7 @@ class LocalEngine:
         logps = [[] for _ in prompt_ids]
         done = [False] * n
         tokens, positions, mask, _, max_p = pad_batch(prompt_ids, responses, self.pad_id)
+        max_new_tokens = max(sampling.max_new_tokens)
         total = max_p + max_new_tokens
         ctx = StaticInferenceContext(max_batch_size=n, max_sequence_length=total)
         # valid[i, j]: cache index j of row i holds a real token (False: left padding, tokens after EOS).
@@ -478,10 +562,10 @@ class LocalEngine:
                 ctx.sequence_len_offset += tokens.shape[1]
                 if step == 0:
                     ctx.enable_decode_mode()
-                nxt, nxt_logp = self._pick(None if logits is None else logits[:, -1], n, temperature, top_k, top_p,
-                                           allowed_tokens, generator)
+                nxt, nxt_logp = self._pick(None if logits is None else logits[:, -1], sampling, allowed_tokens,
+                                           generator)
                 was_done = list(done)
-                self._append(nxt, nxt_logp, responses, logps, done)
+                self._append(nxt, nxt_logp, responses, logps, done, sampling.max_new_tokens)
                 # (the last-step test first: every rank of sync_group takes the collective at the same steps)
                 if step == max_new_tokens - 1 or self._all_finished(done):
                     break
@@ -545,18 +629,29 @@ class OpenAIEngine:
                  top_k: int = 0, allowed_tokens: Optional[list] = None, generator=None, pixels=None) -> Rollout:
         if pixels is not None and any(p is not None for p in pixels):
             raise ValueError("the OpenAI engine client sends token ids only; image prompts need rl.engine=local")
-        payload = {"model": self.model, "prompt": [list(p) for p in prompts], "n": n, "max_tokens": max_new_tokens,
-                   "temperature": temperature, "top_p": top_p, "logprobs": 0, "return_tokens_as_token_ids": True}
-        if top_k:
-            payload["top_k"] = top_k
-        if allowed_tokens is not None:
-            payload["allowed_token_ids"] = list(allowed_tokens)
-        if self.return_routing:
-            payload["return_routed_experts"] = True
-        out = self._post("/v1/completions", payload)
-        choices = sorted(out["choices"], key=lambda c: c["index"])
-        if len(choices) != len(prompts) * n:
-            raise RuntimeError(f"engine returned {len(choices)} choices for {len(prompts)} prompts x n={n}")
+        # One request per distinct sampling setting (per-prompt settings: each task's own), choices reassembled in
+        # prompt order.
+        per_prompt = RowSampling.expand(len(prompts), 1, temperature, top_p, top_k, max_new_tokens)
+        groups: dict = {}
+        for i, key in enumerate(zip(per_prompt.temperature, per_prompt.top_p, per_prompt.top_k,
+                                    per_prompt.max_new_tokens)):
+            groups.setdefault(key, []).append(i)
+        choices = [None] * (len(prompts) * n)
+        for (temp, p, k, max_tokens), idx in groups.items():
+            payload = {"model": self.model, "prompt": [list(prompts[i]) for i in idx], "n": n,
+                       "max_tokens": max_tokens, "temperature": temp, "top_p": p, "logprobs": 0,
+                       "return_tokens_as_token_ids": True}
+            if k:
+                payload["top_k"] = k
+            if allowed_tokens is not None:
+                payload["allowed_token_ids"] = list(allowed_tokens)
+            if self.return_routing:
+                payload["return_routed_experts"] = True
+            got = sorted(self._post("/v1/completions", payload)["choices"], key=lambda c: c["index"])
+            if len(got) != len(idx) * n:
+                raise RuntimeError(f"engine returned {len(got)} choices for {len(idx)} prompts x n={n}")
+            for j, c in enumerate(got):
+                choices[idx[j // n] * n + j % n] = c
         prompt_ids, responses, logps, finished = [], [], [], []
         for i, c in enumerate(choices):
             prompt_ids.append(list(prompts[i // n]))

@@ -47,11 +47,12 @@ from megatron_s1.models.language import build_language_model
 from megatron_s1.models.precision import use_fp32_output_layer
 from megatron_s1.models.specs import resolve_spec_kind
 from megatron_s1.rl import filtering, losses
-from megatron_s1.rl.rewards import RewardMixer, as_scores, get_reward
+from megatron_s1.rl.rewards import RewardMixer, as_scores, get_reward, known_tasks
 from megatron_s1.rl.pipeline import (from_last_stage, object_from_last_stage, pipeline_size, run_microbatch,
                                      sum_over_stages)
-from megatron_s1.rl.rollout import (LocalEngine, OpenAIEngine, moe_replay_available, pad_batch, pad_routing,
-                                     routing_replay, select_routing, stage_routing, token_logprobs)
+from megatron_s1.rl.rollout import (LocalEngine, OpenAIEngine, RowSampling, moe_replay_available, pad_batch,
+                                     pad_routing, routing_replay, sampling_by_task, select_routing, stage_routing,
+                                     token_logprobs)
 from megatron_s1.rl.tasks import build_prompt_source
 from megatron_s1.training.tasks import register_task
 
@@ -160,6 +161,7 @@ class RLTrainer:
         try:
             self.source = build_prompt_source(cfg.rl.task)
             self.mixer = RewardMixer(cfg.rl.reward_weights, cfg.rl.reward_normalisation)
+            self.sampling = sampling_by_task(cfg.rl, known_tasks())
         except (ValueError, OSError) as err:
             raise ConfigError(str(err)) from None
         if self.source.has_images and cfg.vision.preset is None:
@@ -224,13 +226,14 @@ class RLTrainer:
         self.metrics_path = os.path.join(cfg.run.dir, "rl_metrics.jsonl")
 
     # ------------------------------------------------------------------ pieces
-    def _train_forward(self, batch, routing, pixel_values=None, loss_fn=None):
+    def _train_forward(self, batch, routing, temperature, pixel_values=None, loss_fn=None):
         """One forward of the training engine over a padded batch, through every pipeline stage.
 
         ``loss_fn`` None: no gradients; returns the log-probs [N, L] (CPU) on every stage. Otherwise the batch's
         loss ``loss_fn(logp) -> (loss, stats)`` is back-propagated (gradients accumulate in the DDP buffers) and
-        ``{"loss": float, **stats}`` is returned on every stage. With tensor parallelism the log-probs come from
-        the vocab-parallel logits.
+        ``{"loss": float, **stats}`` is returned on every stage. ``temperature``: the rows' sampling temperature (a
+        float, or [N, 1, 1]), as in the rollout. With tensor parallelism the log-probs come from the vocab-parallel
+        logits.
         """
         tokens, positions, mask = (x.to(self.device) for x in batch[:3])
         extra = {} if pixel_values is None else {"pixel_values": pixel_values.to(self.device)}
@@ -240,7 +243,7 @@ class RLTrainer:
             return model(tokens, positions, mask, **extra)
 
         def logprobs(logits):
-            return token_logprobs(logits, tokens, self.cfg.rl.temperature, self.allowed, vocab_parallel=self.tp > 1)
+            return token_logprobs(logits, tokens, temperature, self.allowed, vocab_parallel=self.tp > 1)
 
         with routing_replay(self._sequence_shard(routing)):
             if loss_fn is None:
@@ -282,13 +285,18 @@ class RLTrainer:
             out.append(t.cpu().reshape(length, rows, -1))
         return out
 
-    def _generate(self, prompt_ids, n, allowed_list, pixels=None):
-        """Rollout of this model replica. An external engine is asked once per replica (TP rank 0, broadcast);
-        the colocated engine runs on every TP rank and must sample the same tokens everywhere (checked)."""
+    def _prompt_sampling(self, records: list) -> list:
+        """The `Sampling` of each prompt record: its task's ``rl.sampling`` entry, else the ``rl.*`` defaults."""
+        return [self.sampling.get(rec.get("task", self.source.task), self.sampling[None]) for rec in records]
+
+    def _generate(self, prompt_ids, n, allowed_list, pixels, settings: list):
+        """Rollout of this model replica, prompt i sampled with ``settings[i]``. An external engine is asked once per
+        replica (first rank of its tensor x pipeline group, broadcast); the colocated engine runs on every rank and
+        every TP rank must sample the same tokens (checked)."""
         from megatron.core import parallel_state
 
-        r = self.cfg.rl
-        args = (prompt_ids, n, r.max_new_tokens, r.temperature, r.top_p, r.top_k, allowed_list, self.gen)
+        per_prompt = [[getattr(s, f) for s in settings] for f in ("max_new_tokens", "temperature", "top_p", "top_k")]
+        args = (prompt_ids, n, *per_prompt, allowed_list, self.gen)
         if pixels is not None and any(p is not None for p in pixels):
             args = (*args, pixels)
         if isinstance(self.engine, OpenAIEngine):
@@ -416,7 +424,9 @@ class RLTrainer:
         t0 = self._clock()
         prompts = self.source.sample(r.prompts_per_step, self.rng)
         prompt_ids, pixels = zip(*map(self.encode, prompts))
-        rollout = self._generate(list(prompt_ids), r.samples_per_prompt, self.allowed_list, list(pixels))
+        settings = self._prompt_sampling(prompts)
+        rollout = self._generate(list(prompt_ids), r.samples_per_prompt, self.allowed_list, list(pixels), settings)
+        row_sampling = RowSampling.from_prompts(settings, r.samples_per_prompt)
         from megatron_s1.rl.multimodal import batch_pixels
 
         row_pixels = rollout.meta.get("pixels")
@@ -450,23 +460,24 @@ class RLTrainer:
         full = pad_batch(rollout.prompt_ids, rollout.response_ids, self.pad, length)
         roll_all = self._rollout_matrix(rollout, all_rows, length)
         all_pixels = batch_pixels(row_pixels, all_rows)
+        temp_all = row_sampling.temperature_of_rows()
         if rollout.routing is not None:
             from megatron_s1.rl.rollout import routing_record
 
             rollout.routing = pad_routing(rollout.routing, length)
             with routing_record() as rr:
-                lp_plain = self._train_forward(full, None, pixel_values=all_pixels)
+                lp_plain = self._train_forward(full, None, temp_all, pixel_values=all_pixels)
                 own = self._recorded_routing(rr, length, len(texts))
             # (each pipeline stage compares the routing of its own layers)
             differ, total = sum_over_stages(routing_mismatch_counts(
                 own, rollout.routing, routed_positions(rollout.prompt_ids, rollout.response_ids, length)), self.device)
             record["routing_mismatch"] = differ / max(total, 1.0)
         else:
-            lp_plain = self._train_forward(full, None, pixel_values=all_pixels)
+            lp_plain = self._train_forward(full, None, temp_all, pixel_values=all_pixels)
         record["kl_train_rollout"] = losses.sampled_kl(lp_plain, roll_all, full[3])
         record["logp_train_rollout_maxdiff"] = float(((lp_plain - roll_all).abs() * full[3]).max())
         if rollout.routing is not None:
-            lp_replay = self._train_forward(full, rollout.routing, pixel_values=all_pixels)
+            lp_replay = self._train_forward(full, rollout.routing, temp_all, pixel_values=all_pixels)
             record["kl_train_rollout_replay"] = losses.sampled_kl(lp_replay, roll_all, full[3])
         old_all = lp_replay if (rollout.routing is not None and r.routing_replay) else lp_plain
         t_logprob = self._clock()
@@ -508,6 +519,7 @@ class RLTrainer:
                 return loss, {**first, **stats}
 
             stats = self._train_forward(batch, select_routing(rollout.routing, mb) if r.routing_replay else None,
+                                        row_sampling.subset(mb).temperature_of_rows(),
                                         pixel_values=batch_pixels(row_pixels, mb), loss_fn=loss_fn)
             if "first_update_logp_maxdiff" in stats:
                 record["first_update_logp_maxdiff"] = stats["first_update_logp_maxdiff"]
@@ -555,7 +567,7 @@ class RLTrainer:
         for start in range(0, len(records), prompts_per_batch):
             chunk = records[start:start + prompts_per_batch]
             ids, pixels = zip(*map(self.encode, chunk))
-            roll = self._generate(list(ids), n, self.allowed_list, list(pixels))
+            roll = self._generate(list(ids), n, self.allowed_list, list(pixels), self._prompt_sampling(chunk))
             for j, rec in enumerate(chunk):
                 fn = get_reward(rec["task"])
                 wins = 0
