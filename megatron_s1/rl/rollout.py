@@ -190,7 +190,8 @@ def sampling_by_task(rl_cfg, known_tasks) -> dict:
     out = {None: Sampling(**default)}
     for task, entry in (rl_cfg.sampling or {}).items():
         if task not in known_tasks:
-            raise ValueError(f"rl.sampling names task {task!r}, which has no reward; known: {', '.join(sorted(known_tasks))}")
+            raise ValueError(f"rl.sampling names task {task!r}, which has no reward; known: "
+                             f"{', '.join(sorted(known_tasks))}")
         if not isinstance(entry, dict) or set(entry) - set(fields):
             bad = sorted(set(entry) - set(fields)) if isinstance(entry, dict) else entry
             raise ValueError(f"rl.sampling.{task}: unknown setting(s) {bad}; allowed: {', '.join(fields)}")

@@ -20,14 +20,14 @@ Metrics go to ``run.dir/rl_metrics.jsonl``; checkpoints use the training checkpo
 Parallelism: data, expert, tensor and pipeline parallelism. Every forward of the step (prefill, decode steps,
 log-prob passes, updates) is one micro-batch of Megatron-Core's pipeline schedule (megatron_s1/rl/pipeline.py):
 the last stage samples and computes the losses, the sampled tokens and log-probs are broadcast to the other
-stages, and each stage records and replays the routing of its own MoE layers. With tensor parallelism the training log-probs come from the vocab-parallel logits
-(-vocab_parallel_cross_entropy: the vocabulary is never gathered), the rollout gathers logits for sampling
-(small vocabularies), every TP rank of a data-parallel group draws prompts and tokens from the same seeds and
-the driver checks every step that they sampled the same tokens. Sequence parallelism (forced for MoE + TP) is
-switched off for generation and kept for the training forwards (lengths padded to a multiple of TP, routing
-replay sliced to each rank's sequence shard). With expert parallelism the EP ranks are data-parallel ranks (own
-prompts and seeds) whose MoE layers all-to-all with each other, so the colocated engine keeps them decoding in
-step until all are done (LocalEngine.sync_group).
+stages, and each stage records and replays the routing of its own MoE layers. With tensor parallelism the
+training log-probs come from the vocab-parallel logits (-vocab_parallel_cross_entropy: the vocabulary is never
+gathered), the rollout gathers logits for sampling (small vocabularies), every TP rank of a data-parallel group
+draws prompts and tokens from the same seeds and the driver checks every step that they sampled the same tokens.
+Sequence parallelism (forced for MoE + TP) is switched off for generation and kept for the training forwards
+(lengths padded to a multiple of TP, routing replay sliced to each rank's sequence shard). With expert
+parallelism the EP ranks are data-parallel ranks (own prompts and seeds) whose MoE layers all-to-all with each
+other, so the colocated engine keeps them decoding in step until all are done (LocalEngine.sync_group).
 """
 from __future__ import annotations
 
@@ -141,7 +141,7 @@ class RLTrainer:
 
         if cfg.parallel.pipeline > 1 and cfg.parallel.virtual_pipeline:
             raise ConfigError("megatron-s1 rl runs one model chunk per pipeline stage; unset "
-                              "parallel.virtual_pipeline (got {})".format(cfg.parallel.virtual_pipeline))
+                              f"parallel.virtual_pipeline (got {cfg.parallel.virtual_pipeline})")
         if cfg.parallel.pipeline > 1 and cfg.vision.preset is not None:
             raise ConfigError("megatron-s1 rl with image prompts (vision.preset) needs parallel.pipeline=1; use "
                               "tensor, expert or data parallelism for the multimodal policy")
@@ -200,8 +200,8 @@ class RLTrainer:
         r = cfg.rl
         self.ep = parallel_state.get_expert_model_parallel_world_size()
         if r.routing_replay and cfg.model.num_moe_experts is not None and pipeline_size() > 1:
-            layers = sum_over_stages([0.0 if moe_replay_available() else 1.0], self.device)[0]
-            if layers:
+            stages_without_moe = sum_over_stages([0.0 if moe_replay_available() else 1.0], self.device)[0]
+            if stages_without_moe:
                 raise ConfigError("rl.routing_replay with parallel.pipeline>1 needs MoE layers on every pipeline "
                                   "stage; lower parallel.pipeline or set rl.routing_replay=false")
         if r.engine == "local":
