@@ -67,6 +67,16 @@ def test_tp2_pp2_training_matches_pp1(tmp_path, init_ckpt):
     assert all(b["routing_mismatch"] == 0.0 for b in tppp)
 
 
+def test_pp2_ep2_training_matches_dp2(tmp_path, init_ckpt):
+    """PP=2 x EP=2 on 4 ranks = DP=2 (EP ranks are data-parallel ranks with their own prompts; see
+    test_expert_parallel.py): the expert all-to-all runs inside each pipeline stage."""
+    common = ["rl.prompts_per_step=4", "rl.mini_batches=2", "train.steps=3", "rl.routing_replay=true"]
+    dp2 = run_rl(tmp_path / "dp2", init_ckpt, *common, nproc=2)
+    ppep = run_rl(tmp_path / "pp2ep2", init_ckpt, *common, "parallel.pipeline=2", "parallel.expert=2", nproc=4)
+    _same_run(dp2, ppep, ("loss", "grad_norm"))
+    assert all(b["routing_mismatch"] == 0.0 and b["kl_train_rollout_replay"] < 1e-9 for b in ppep)
+
+
 def test_pp2_external_engine(tmp_path, init_ckpt):
     """rl.engine=openai at PP=2: the replica asks the server once (one weight update per step) and every stage
     replays its own layers' slice of the routing the server reports for both layers. Each run gets a fresh server
