@@ -446,11 +446,12 @@ class LocalEngine:
             run = {"batch": self._generate_cached, "by_length": self._generate_by_length,
                    "off": self._generate_full}[mode]
             with sequence_parallel_off(self.model):
-                responses, logps, done, routing = run(prompt_ids, sampling, allowed_tokens, generator, row_pixels)
+                responses, logps, _, routing = run(prompt_ids, sampling, allowed_tokens, generator, row_pixels)
         finally:
             if was_training:
                 self.model.train()
-        return Rollout(prompt_ids, responses, logps, done, routing, meta={"pixels": row_pixels, "kv_cache": mode})
+        finished = [r[-1:] == [self.eos_id] for r in responses]  # (done also counts rows at their length limit)
+        return Rollout(prompt_ids, responses, logps, finished, routing, meta={"pixels": row_pixels, "kv_cache": mode})
 
     def _allowed_mask(self, allowed_tokens, vocab: int, device):
         """Boolean [V] mask of ``allowed_tokens`` (None: all), built once per token list."""
