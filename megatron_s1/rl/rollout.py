@@ -163,6 +163,9 @@ def filter_logits(logits: torch.Tensor, top_k=0, top_p=1.0) -> torch.Tensor:
     return logits
 
 
+SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "max_new_tokens")  # (the engines' keyword names too)
+
+
 @dataclass(frozen=True)
 class Sampling:
     """Sampling settings of one prompt (``rl.temperature`` ... or the prompt task's ``rl.sampling`` entry)."""
@@ -185,7 +188,7 @@ class Sampling:
 def sampling_by_task(rl_cfg, known_tasks) -> dict:
     """``rl.sampling`` resolved: task -> `Sampling` (the task's entry over the ``rl.*`` defaults), with the defaults
     under None. Raises ValueError naming a bad task, key or value."""
-    fields = ("temperature", "top_p", "top_k", "max_new_tokens")
+    fields = SAMPLING_FIELDS
     default = {f: getattr(rl_cfg, f) for f in fields}
     out = {None: Sampling(**default)}
     for task, entry in (rl_cfg.sampling or {}).items():
@@ -209,12 +212,17 @@ class RowSampling:
     top_p: list
     top_k: list
     max_new_tokens: list
+    _tensors: Optional[tuple] = field(default=None, repr=False, compare=False)
+
+    @staticmethod
+    def per_prompt(settings: list) -> dict:
+        """`Sampling` of each prompt -> one list per setting (keyword arguments of the engines' ``generate``)."""
+        return {f: [getattr(s, f) for s in settings] for f in SAMPLING_FIELDS}
 
     @classmethod
     def from_prompts(cls, settings: list, n: int) -> "RowSampling":
         """Rows of ``n`` samples per prompt, prompt i sampled with ``settings[i]`` (a `Sampling`)."""
-        return cls(*([getattr(settings[i // n], f) for i in range(len(settings) * n)]
-                     for f in ("temperature", "top_p", "top_k", "max_new_tokens")))
+        return cls.expand(len(settings) * n, n, **cls.per_prompt(settings))
 
     @classmethod
     def expand(cls, rows: int, n: int, temperature, top_p, top_k, max_new_tokens) -> "RowSampling":
@@ -224,8 +232,14 @@ class RowSampling:
         return cls(*map(per_row, (temperature, top_p, top_k, max_new_tokens)))
 
     def subset(self, rows: list) -> "RowSampling":
-        return RowSampling(*([v[i] for i in rows] for v in
-                             (self.temperature, self.top_p, self.top_k, self.max_new_tokens)))
+        return RowSampling(*([getattr(self, f)[i] for i in rows] for f in SAMPLING_FIELDS))
+
+    def on_device(self, device) -> tuple:
+        """(temperature, top_k, top_p) as [N] tensors on ``device``, built once per generation (decode hot path)."""
+        if self._tensors is None or self._tensors[0].device != torch.device(device):
+            self._tensors = (torch.tensor(self.temperature, dtype=torch.float32, device=device),
+                             torch.tensor(self.top_k, device=device), torch.tensor(self.top_p, device=device))
+        return self._tensors
 
     def temperature_of_rows(self):
         """The temperature as a divisor of [N, L, V] logits: a float when all rows share it."""
@@ -413,10 +427,8 @@ class LocalEngine:
         picked = None
         rows = len(sampling.temperature)
         if logits is not None:
-            dev = logits.device
-            logits = logits / torch.tensor(sampling.temperature, dtype=logits.dtype, device=dev)[:, None]
-            top_k = torch.tensor(sampling.top_k, device=dev)
-            top_p = torch.tensor(sampling.top_p, device=dev)
+            temperature, top_k, top_p = sampling.on_device(logits.device)
+            logits = logits / temperature.to(logits.dtype)[:, None]
             allowed = self._allowed_mask(allowed_tokens, logits.shape[-1], logits.device)
             if allowed is not None:
                 logits = logits.masked_fill(~allowed, float("-inf"))

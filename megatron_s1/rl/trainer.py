@@ -295,16 +295,15 @@ class RLTrainer:
         every TP rank must sample the same tokens (checked)."""
         from megatron.core import parallel_state
 
-        per_prompt = [[getattr(s, f) for s in settings] for f in ("max_new_tokens", "temperature", "top_p", "top_k")]
-        args = (prompt_ids, n, *per_prompt, allowed_list, self.gen)
+        kwargs = dict(RowSampling.per_prompt(settings), allowed_tokens=allowed_list, generator=self.gen)
         if pixels is not None and any(p is not None for p in pixels):
-            args = (*args, pixels)
+            kwargs["pixels"] = pixels
         if isinstance(self.engine, OpenAIEngine):
-            rollout = self._from_model_parallel_src(lambda: self.engine.generate(*args))
+            rollout = self._from_model_parallel_src(lambda: self.engine.generate(prompt_ids, n, **kwargs))
             if rollout.routing is not None:  # the server reports every layer: keep this pipeline stage's
                 rollout.routing = stage_routing(rollout.routing)
             return rollout
-        rollout = self.engine.generate(*args)
+        rollout = self.engine.generate(prompt_ids, n, **kwargs)
         if self.tp == 1:
             return rollout
         group = parallel_state.get_tensor_model_parallel_group()
