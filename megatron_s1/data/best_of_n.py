@@ -29,6 +29,7 @@ from typing import Callable, Iterable, Optional
 
 from megatron_s1.data.cli import HelpFormatter, data_subparsers, safe
 from megatron_s1.data.curation.errors import CurationError
+from megatron_s1.data.curation.jsonl import JsonlWriter
 
 RewardFn = Callable[..., float]
 
@@ -167,10 +168,9 @@ def _cmd_best_of_n(args) -> int:
     score = load_reward(args.reward)
     groups = group_records(_read_jsonl(args.input))
     kept, stats = select_best(groups, score, args.threshold, args.tie_break, args.max_pass_rate)
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w", encoding="utf-8") as f:
+    with JsonlWriter(args.output) as out:  # (atomic: a failed run keeps an earlier output)
         for rec in kept:
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            out.write(rec)
     print(json.dumps({"output": args.output, **stats}))
     return 0
 

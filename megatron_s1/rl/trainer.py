@@ -42,6 +42,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
+from megatron_s1.atomic import atomic_open
 from megatron_s1.config.schema import ConfigError, ExperimentConfig
 from megatron_s1.models.language import build_language_model
 from megatron_s1.models.precision import use_fp32_output_layer
@@ -577,7 +578,7 @@ class RLTrainer:
                 rates.append(wins / n)
         kept = filtering.offline_filter(records, rates, low, high)
         if self.t.env.is_main:
-            with open(out_path, "w", encoding="utf-8") as f:
+            with atomic_open(out_path) as f:
                 for rec in kept:
                     f.write(json.dumps(rec) + "\n")
         hist = {f"{k / n:.3f}": sum(1 for x in rates if abs(x - k / n) < 1e-9) for k in range(n + 1)}
