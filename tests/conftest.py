@@ -12,6 +12,16 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(REPO, "examples", "cpt", "tiny_cpu.yaml")
 CORPUS = os.path.join(REPO, "megatron_s1", "data", "corpus", "tiny_corpus.jsonl")
+# The released model files (oracles for parity tests): ../shared/reference beside the checkout, as CI lays it out.
+REFERENCE = os.environ.get("S1_REFERENCE", os.path.join(os.path.dirname(REPO), "shared", "reference"))
+
+
+def reference_path(*parts: str) -> str:
+    """Path of a released reference file; skips the test (with the reason) when the files are absent."""
+    path = os.path.join(REFERENCE, *parts)
+    if not os.path.exists(path):
+        pytest.skip(f"released reference file {path} absent (../shared/reference beside the checkout, or set S1_REFERENCE)")
+    return path
 
 
 def free_port() -> int:
