@@ -165,6 +165,41 @@ def filter_logits(logits: torch.Tensor, top_k=0, top_p=1.0) -> torch.Tensor:
 
 SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "max_new_tokens")  # (the engines' keyword names too)
 
+# splitmix64 (Steele et al., "Fast splittable pseudorandom number generators", 2014) as signed int64 constants
+_GOLDEN, _MIX1, _MIX2 = -7046029254386353131, -4658895280553007687, -7723592293110705685
+
+
+def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch shifts signed values arithmetically)."""
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def row_uniforms(seeds: torch.Tensor, step: int) -> torch.Tensor:
+    """One uniform in [0, 1) per row, a pure function of (row seed, decode step): splitmix64 of
+    ``seed + (step + 1) * golden``, top 53 bits. int64 arithmetic wraps, so CPU and GPU agree bit for bit."""
+    z = seeds.to(torch.int64) + torch.tensor(step + 1, dtype=torch.int64, device=seeds.device) * _GOLDEN
+    z = (z ^ _shift_right(z, 30)) * _MIX1
+    z = (z ^ _shift_right(z, 27)) * _MIX2
+    z = z ^ _shift_right(z, 31)
+    return _shift_right(z, 11).double() * 2.0 ** -53
+
+
+def sample_rows(probs: torch.Tensor, seeds: torch.Tensor, step: int) -> torch.Tensor:
+    """Inverse-CDF sample of each row of ``probs`` [N, V] with its own counter-based uniform.
+
+    Why not ``torch.multinomial`` with one generator: its draws for a row depend on the rows drawn before it, so
+    a batch decoded in groups (TE's equal-length KV-cache groups), in another order or split over ranks sampled
+    other tokens than the same rows decoded together. Here row i's token depends only on its probabilities,
+    its seed and the step. Zero-probability tokens are never chosen (the CDF does not rise there)."""
+    cdf = probs.double().cumsum(-1)
+    u = row_uniforms(seeds, step).to(cdf.device)[:, None] * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[-1] - 1).squeeze(-1)
+
+
+def draw_row_seeds(rows: int, generator=None) -> list:
+    """One int64 seed per generation row, drawn from ``generator`` (the RL loop's checkpointed RNG)."""
+    return torch.randint(-2 ** 63, 2 ** 63 - 1, (rows,), dtype=torch.int64, generator=generator).tolist()
+
 
 @dataclass(frozen=True)
 class Sampling:
@@ -212,6 +247,7 @@ class RowSampling:
     top_p: list
     top_k: list
     max_new_tokens: list
+    seed: Optional[list] = None  # per row, for `sample_rows` (set by the engine from its generator)
     _tensors: Optional[tuple] = field(default=None, repr=False, compare=False)
 
     @staticmethod
@@ -232,13 +268,16 @@ class RowSampling:
         return cls(*map(per_row, (temperature, top_p, top_k, max_new_tokens)))
 
     def subset(self, rows: list) -> "RowSampling":
-        return RowSampling(*([getattr(self, f)[i] for i in rows] for f in SAMPLING_FIELDS))
+        return RowSampling(*([getattr(self, f)[i] for i in rows] for f in SAMPLING_FIELDS),
+                           seed=None if self.seed is None else [self.seed[i] for i in rows])
 
     def on_device(self, device) -> tuple:
-        """(temperature, top_k, top_p) as [N] tensors on ``device``, built once per generation (decode hot path)."""
+        """(temperature, top_k, top_p, seed) as [N] tensors on ``device``, built once per generation (decode hot
+        path)."""
         if self._tensors is None or self._tensors[0].device != torch.device(device):
             self._tensors = (torch.tensor(self.temperature, dtype=torch.float32, device=device),
-                             torch.tensor(self.top_k, device=device), torch.tensor(self.top_p, device=device))
+                             torch.tensor(self.top_k, device=device), torch.tensor(self.top_p, device=device),
+                             torch.tensor(self.seed, dtype=torch.int64, device=device))
         return self._tensors
 
     def temperature_of_rows(self):
@@ -421,22 +460,23 @@ class LocalEngine:
             return "batch"
         return "off" if self.sync_group is not None else "by_length"
 
-    def _pick(self, logits, sampling: RowSampling, allowed_tokens, generator):
-        """Sample the next token of every row from the last stage's last-position logits [N, V] (None on other
-        pipeline stages) with the rows' own settings; returns (token ids [N], their log-probs [N]) on every stage."""
+    def _pick(self, logits, sampling: RowSampling, allowed_tokens, step: int):
+        """Sample the next token (decode step ``step``) of every row from the last stage's last-position logits [N, V]
+        (None on other pipeline stages) with the rows' own settings and seeds; returns (token ids [N], their
+        log-probs [N]) on every stage."""
         picked = None
         rows = len(sampling.temperature)
         if logits is not None:
-            temperature, top_k, top_p = sampling.on_device(logits.device)
+            temperature, top_k, top_p, seeds = sampling.on_device(logits.device)
             logits = logits / temperature.to(logits.dtype)[:, None]
             allowed = self._allowed_mask(allowed_tokens, logits.shape[-1], logits.device)
             if allowed is not None:
                 logits = logits.masked_fill(~allowed, float("-inf"))
             full_logp = torch.log_softmax(logits, dim=-1)
             probs = torch.softmax(filter_logits(logits, top_k, top_p), dim=-1)
-            nxt = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1)
+            nxt = sample_rows(probs, seeds, step)
             # (float64 carries both exactly: token ids, and the fp32 log-probs)
-            nxt_logp = full_logp.gather(-1, nxt[:, None].to(full_logp.device)).squeeze(-1).cpu()
+            nxt_logp = full_logp.gather(-1, nxt[:, None]).squeeze(-1)
             picked = torch.stack([nxt.double(), nxt_logp.double()])
         picked = from_last_stage(picked, (2, rows), torch.float64, self.device).cpu()
         return picked[0].long(), picked[1]
@@ -449,6 +489,7 @@ class LocalEngine:
         None); kept per sample in ``Rollout.meta["pixels"]`` for the training forwards."""
         prompt_ids = [list(p) for p in prompts for _ in range(n)]
         sampling = RowSampling.expand(len(prompt_ids), n, temperature, top_p, top_k, max_new_tokens)
+        sampling.seed = draw_row_seeds(len(prompt_ids), generator)
         row_pixels = None if pixels is None or all(p is None for p in pixels) else \
             [pixels[i // n] for i in range(len(prompt_ids))]
         was_training = self.model.training
@@ -458,7 +499,7 @@ class LocalEngine:
             run = {"batch": self._generate_cached, "by_length": self._generate_by_length,
                    "off": self._generate_full}[mode]
             with sequence_parallel_off(self.model):
-                responses, logps, _, routing = run(prompt_ids, sampling, allowed_tokens, generator, row_pixels)
+                responses, logps, _, routing = run(prompt_ids, sampling, allowed_tokens, row_pixels)
         finally:
             if was_training:
                 self.model.train()
@@ -485,7 +526,7 @@ class LocalEngine:
             logps[i].append(float(nxt_logp[i]))
             done[i] = tok == self.eos_id or len(responses[i]) >= max_new_tokens[i]
 
-    def _generate_full(self, prompt_ids, sampling: RowSampling, allowed_tokens, generator, row_pixels=None):
+    def _generate_full(self, prompt_ids, sampling: RowSampling, allowed_tokens, row_pixels=None):
         """Reference path: the whole padded batch is re-forwarded for every new token (images every time)."""
         from megatron_s1.rl.multimodal import batch_pixels
 
@@ -493,11 +534,10 @@ class LocalEngine:
         responses = [[] for _ in prompt_ids]
         logps = [[] for _ in prompt_ids]
         done = [False] * len(prompt_ids)
-        for _ in range(max(sampling.max_new_tokens)):
+        for step in range(max(sampling.max_new_tokens)):
             tokens, positions, mask, _, _ = pad_batch(prompt_ids, responses, self.pad_id)
             logits = self.forward_logits(tokens, positions, mask, pixel_values=pixel_values)
-            nxt, nxt_logp = self._pick(None if logits is None else logits[:, -1], sampling, allowed_tokens,
-                                       generator)
+            nxt, nxt_logp = self._pick(None if logits is None else logits[:, -1], sampling, allowed_tokens, step)
             self._append(nxt, nxt_logp, responses, logps, done, sampling.max_new_tokens)
             if self._all_finished(done):
                 break
@@ -519,7 +559,7 @@ class LocalEngine:
                 logps[i] = lp[i, idx].tolist()
         return responses, logps, done, routing
 
-    def _generate_by_length(self, prompt_ids, sampling: RowSampling, allowed_tokens, generator, row_pixels=None):
+    def _generate_by_length(self, prompt_ids, sampling: RowSampling, allowed_tokens, row_pixels=None):
         """KV-cached decoding of each group of equal prompt length (no left padding in any cache), reassembled in the
         batch's order; routing goes back into the whole batch's layout through `routing_from_engine`."""
         groups: dict = {}
@@ -530,7 +570,7 @@ class LocalEngine:
         for rows in groups.values():
             pixels = None if row_pixels is None else [row_pixels[i] for i in rows]
             r, lp, d, routing = self._generate_cached([prompt_ids[i] for i in rows], sampling.subset(rows),
-                                                      allowed_tokens, generator, pixels)
+                                                      allowed_tokens, pixels)
             for j, i in enumerate(rows):
                 responses[i], logps[i], done[i] = r[j], lp[j], d[j]
                 if routing is not None:  # this row's tokens (no left padding in the group): [tokens, layers, k]
@@ -539,7 +579,7 @@ class LocalEngine:
         # (None when nothing was recorded: routing_from_engine needs every sample's routing)
         return responses, logps, done, routing_from_engine(per_sample, prompt_ids, responses)
 
-    def _generate_cached(self, prompt_ids, sampling: RowSampling, allowed_tokens, generator, row_pixels=None):
+    def _generate_cached(self, prompt_ids, sampling: RowSampling, allowed_tokens, row_pixels=None):
         """KV-cached path (Megatron-Core static inference context); routing recorded per forward when asked.
         Images enter with the prefill only (their keys / values are then in the cache)."""
         from megatron.core.inference.contexts import StaticInferenceContext
@@ -577,7 +617,7 @@ class LocalEngine:
                 if step == 0:
                     ctx.enable_decode_mode()
                 nxt, nxt_logp = self._pick(None if logits is None else logits[:, -1], sampling, allowed_tokens,
-                                           generator)
+                                           step)
                 was_done = list(done)
                 self._append(nxt, nxt_logp, responses, logps, done, sampling.max_new_tokens)
                 # (the last-step test first: every rank of sync_group takes the collective at the same steps)

@@ -21,7 +21,11 @@ def test_te_kv_cache_only_without_left_padding(tmp_path):
     assert out["moe_equal_same"] and out["moe_equal_logp_diff"] < 1e-4
     assert out["moe_greedy_same"] and out["moe_greedy_logp_diff"] < 1e-4
     assert out["moe_grouped_same"] and out["moe_grouped_logp_diff"] < 1e-4
+    # sampled rows (one seed per row, not one generator for the batch) sample the same tokens whether the batch
+    # decodes whole or in equal-length groups; so their routing must agree too
+    assert out["moe_sampled_same"] and out["moe_grouped_sampled_same"]
     assert out["moe_routing_diff"][0] == 0 and out["moe_grouped_routing_diff"][0] == 0
+    assert out["moe_grouped_sampled_routing_diff"][0] == 0
 
 
 def test_fope_rl_on_te_is_one_clear_error(tmp_path):

@@ -89,7 +89,14 @@ def check(rl, prefix, out):
     applied, eng.decode_mask_applied = eng.decode_mask_applied, False
     eng.eos_id = ref.response_ids[0][3]
     full, grouped = _both(eng, [prompts[1], prompts[0], prompts[2], prompts[0]], 2, 10, top_k=1)
-    eng.eos_id, eng.decode_mask_applied = rl.eos, applied
+    # sampled (full vocabulary): each row's draws depend only on its seed and step, so grouping changes nothing
+    eng.eos_id = rl.eos
+    full_s, grouped_s = _both(eng, prompts, 2, 10)
+    eng.decode_mask_applied = applied
+    out[prefix + "grouped_sampled_same"] = full_s.response_ids == grouped_s.response_ids
+    out[prefix + "grouped_sampled_logp_diff"] = _logp_diff(full_s, grouped_s)
+    if full_s.routing is not None:
+        out[prefix + "grouped_sampled_routing_diff"] = list(_routing_diff(full_s, grouped_s))
     out[prefix + "grouped_mode"] = grouped.meta["kv_cache"]
     out[prefix + "grouped_same"] = full.response_ids == grouped.response_ids
     out[prefix + "grouped_lens"] = [len(r) for r in grouped.response_ids]

@@ -20,10 +20,14 @@ def test_kv_cache_matches_full_reforward(tmp_path):
         # TE's rule (decode ignores padding masks) forced on the local spec: one cache per prompt length, reassembled
         assert out[f"{model}_grouped_mode"] == "by_length" and out[f"{model}_grouped_same"]
         assert out[f"{model}_grouped_lens"][2:4] == [4, 4] and out[f"{model}_grouped_logp_diff"] < 1e-5
+        # sampled rows draw from their own seed: decoding them in groups samples the same tokens
+        assert out[f"{model}_grouped_sampled_same"] and out[f"{model}_grouped_sampled_logp_diff"] < 1e-5
     # MoE routing recorded during cached decoding (one forward per token) = the full forward's, on every
     # forwarded real token; same [L, N, k] layout per layer
     assert out["moe_routing_shapes"][0] == out["moe_routing_shapes"][1]
     diff, total = out["moe_routing_diff"]
     assert total > 150 and diff == 0
     diff, total = out["moe_grouped_routing_diff"]
+    assert total > 150 and diff == 0
+    diff, total = out["moe_grouped_sampled_routing_diff"]
     assert total > 150 and diff == 0
