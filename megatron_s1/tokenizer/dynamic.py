@@ -138,8 +138,9 @@ class DynamicTokenizer:
             expected = placeholder_token(dm.name, dm.sp.id_to_piece(token_id - start))
             if token != expected:
                 raise TokenizerLayoutError(
-                    f"offset collision: vocab.json entry {token!r} has id {token_id}, inside domain {dm.name} ids "
-                    f"[{start}, {end}), and is not that id's placeholder {expected!r}; move the domain offset "
+                    f"offset collision: base vocabulary entry {token!r} (vocab.json id {token_id}) lies inside "
+                    f"domain {dm.name} ids [{start}, {end}) and is not that id's placeholder {expected!r}; move "
+                    "the domain offset "
                     f"(tokenizer_config.json offset_{dm.name} or {MANIFEST}) or remove the entry")
         return plain
 
