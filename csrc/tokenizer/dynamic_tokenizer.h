@@ -45,8 +45,15 @@ class SpBpeModel {
  private:
   std::vector<std::string> pieces_;
   std::vector<float> scores_;
+  int lookup(std::string_view s) const;
   std::unordered_map<std::string_view, int> piece_ids_;  // NORMAL / USER_DEFINED / UNUSED
   std::vector<std::string_view> user_defined_;            // longest first
+  int merged_id(int left, int right) const;
+  // Merges without string hashing: for left piece id L, merge_rights_[merge_start_[L] .. merge_start_[L + 1]) holds
+  // (right id, id of the concatenated piece), sorted by right id.
+  std::vector<uint32_t> merge_start_;
+  std::vector<std::pair<int, int>> merge_rights_;
+  int byte_ids_[128];  // single ASCII character -> piece id (-1: none)
 };
 
 struct TokenEntry {
