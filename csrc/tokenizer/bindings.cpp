@@ -12,7 +12,7 @@ namespace {
 
 std::unique_ptr<Encoder> make_encoder(py::list tokens, py::list domains, py::list detectors,
                                       std::vector<uint32_t> decimal_digits, bool rules_validator, bool strict_tags,
-                                      bool rescan_detected) {
+                                      bool rescan_detected, bool protein_skips_nucleotides) {
   std::vector<TokenEntry> toks;
   for (py::handle h : tokens) {
     auto t = h.cast<py::tuple>();
@@ -41,7 +41,7 @@ std::unique_ptr<Encoder> make_encoder(py::list tokens, py::list domains, py::lis
     dets.emplace_back(k, t[1].cast<int>());
   }
   return std::make_unique<Encoder>(std::move(toks), std::move(models), std::move(dets), decimal_digits,
-                                   rules_validator, strict_tags, rescan_detected);
+                                   rules_validator, strict_tags, rescan_detected, protein_skips_nucleotides);
 }
 
 py::list spans_of(const Plan& p) {
@@ -63,7 +63,8 @@ PYBIND11_MODULE(_tokenizer, m) {
 
   py::class_<Encoder>(m, "Encoder")
       .def(py::init(&make_encoder), py::arg("tokens"), py::arg("domains"), py::arg("detectors"),
-           py::arg("decimal_digits"), py::arg("rules_validator"), py::arg("strict_tags"), py::arg("rescan_detected"))
+           py::arg("decimal_digits"), py::arg("rules_validator"), py::arg("strict_tags"), py::arg("rescan_detected"),
+           py::arg("protein_skips_nucleotides"))
       .def("pending_smiles", &Encoder::pending_smiles, py::arg("texts"), py::arg("threads") = 1,
            py::call_guard<py::gil_scoped_release>(),
            "SMILES candidates that need an external (RDKit) verdict before plan()")

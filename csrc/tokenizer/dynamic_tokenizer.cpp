@@ -50,6 +50,23 @@ size_t count_chars(std::string_view s) {
 
 bool ascii_letter(uint32_t c) { return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z'); }
 
+bool nucleotide(unsigned char c) { return c == 'A' || c == 'T' || c == 'C' || c == 'G' || c == 'U'; }
+
+// The release turns U+2581 ('\xe2\x96\x81') into a space before every base BPE call.
+std::string space_symbol_to_space(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (size_t i = 0; i < s.size();) {
+    if (s.compare(i, 3, "\xe2\x96\x81") == 0) {
+      out.push_back(' ');
+      i += 3;
+    } else {
+      out.push_back(s[i++]);
+    }
+  }
+  return out;
+}
+
 bool in_ranges(uint32_t cp, const std::vector<std::pair<uint32_t, uint32_t>>& ranges) {
   auto it = std::upper_bound(ranges.begin(), ranges.end(), std::make_pair(cp, UINT32_MAX));
   if (it == ranges.begin()) return false;
@@ -220,14 +237,15 @@ bool smiles_rules_ok(const std::u32string& t, const std::vector<std::pair<uint32
 
 Encoder::Encoder(std::vector<TokenEntry> tokens, std::vector<std::unique_ptr<SpBpeModel>> domains,
                  std::vector<std::pair<int, int>> detectors, const std::vector<uint32_t>& decimal_digits,
-                 bool rules_validator, bool strict_tags, bool rescan_detected)
+                 bool rules_validator, bool strict_tags, bool rescan_detected, bool protein_skips_nucleotides)
     : tokens_(std::move(tokens)),
       tokens_by_byte_(256),
       domains_(std::move(domains)),
       detectors_(std::move(detectors)),
       rules_validator_(rules_validator),
       strict_tags_(strict_tags),
-      rescan_detected_(rescan_detected) {
+      rescan_detected_(rescan_detected),
+      protein_skips_nucleotides_(protein_skips_nucleotides) {
   for (size_t i = 0; i < tokens_.size(); ++i) {
     if (tokens_[i].text.empty()) throw std::invalid_argument("empty added token");
     const unsigned char b = tokens_[i].text[0];
@@ -332,10 +350,7 @@ void Encoder::split_one(std::string_view text, size_t k, std::vector<Item>& out,
     size_t i = 0;
     while (i < text.size()) {
       const unsigned char c = text[i];
-      auto allowed = [&](unsigned char x) {
-        if (kind == kProtein) return x >= 'A' && x <= 'Z';
-        return x == 'A' || x == 'T' || x == 'C' || x == 'G' || x == 'U';
-      };
+      auto allowed = [&](unsigned char x) { return kind == kProtein ? x >= 'A' && x <= 'Z' : nucleotide(x); };
       if (!allowed(c)) {
         ++i;
         continue;
@@ -349,12 +364,15 @@ void Encoder::split_one(std::string_view text, size_t k, std::vector<Item>& out,
   size_t pos = 0;
   for (const auto& m : matches) {
     const std::string_view cand = text.substr(m.first, m.second - m.first);
-    if (kind == kSmiles && count_chars(cand) < 10) continue;
-    if (kind != kProtein) {  // no ASCII letter may touch the span
+    if (kind == kSmiles) {  // protein and DNA/RNA runs may touch letters; SMILES may not
+      if (count_chars(cand) < 10) continue;
       if (m.first > 0 && ascii_letter(static_cast<unsigned char>(text[m.first - 1]))) continue;
       if (m.second < text.size() && ascii_letter(static_cast<unsigned char>(text[m.second]))) continue;
+      if (!smiles_valid(cand, ctx)) continue;
+    } else if (kind == kProtein && protein_skips_nucleotides_ &&
+               std::all_of(cand.begin(), cand.end(), [](char c) { return nucleotide(c); })) {
+      continue;
     }
-    if (kind == kSmiles && !smiles_valid(cand, ctx)) continue;
     if (m.first > pos) detect(text.substr(pos, m.first - pos), k + 1, out, ctx);
     out.push_back({1, domain, {}});
     if (rescan_detected_) {
@@ -476,9 +494,9 @@ void Encoder::encode_one(std::string_view text, Plan& plan, size_t index) const 
   std::vector<int32_t>& ops = plan.ops[index];
   std::vector<std::string>& spans = plan.spans[index];
   std::vector<int>& span_domain = plan.span_domain[index];
-  auto add_span = [&](std::string s, int domain) {
+  auto add_span = [&](std::string_view s, int domain) {
     if (s.empty()) return;
-    spans.push_back(std::move(s));
+    spans.push_back(s.find("\xe2\x96\x81") == std::string_view::npos ? std::string(s) : space_symbol_to_space(s));
     span_domain.push_back(domain);
     ops.push_back(-static_cast<int32_t>(spans.size()));
   };
@@ -489,25 +507,14 @@ void Encoder::encode_one(std::string_view text, Plan& plan, size_t index) const 
     switch (it.type) {
       case 0:
         if (top < 0) {
-          add_span(std::string(it.text), -1);
+          add_span(it.text, -1);
         } else {
           const SpBpeModel& m = *domains_[top];
           pieces.clear();
           m.encode(it.text, pieces);
           for (SpPiece& p : pieces) {
             if (p.id == 0) {
-              // fallback: '▁' back to spaces, base BPE (remapped through this domain)
-              std::string s;
-              s.reserve(p.text.size());
-              for (size_t i = 0; i < p.text.size();) {
-                if (p.text.compare(i, 3, "\xe2\x96\x81") == 0) {
-                  s.push_back(' ');
-                  i += 3;
-                } else {
-                  s.push_back(p.text[i++]);
-                }
-              }
-              add_span(std::move(s), top);
+              add_span(p.text, top);  // fallback: base BPE, remapped through this domain
             } else {
               auto o = m.added_override.find(p.id);
               ops.push_back(o != m.added_override.end() ? o->second : m.offset + p.id);

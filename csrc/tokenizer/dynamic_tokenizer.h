@@ -1,7 +1,7 @@
 // Dynamic scientific tokenizer, C++ fast path (see megatron_s1/tokenizer/dynamic.py for the reference).
 //
-// Text (UTF-8, already NFC) is cut at added tokens, untagged stretches are scanned by the SMILES / DNA-RNA /
-// protein detectors, and each span is encoded by its domain's SentencePiece BPE model (re-implemented here:
+// Text (UTF-8, already NFC) is cut at added tokens, untagged stretches are scanned by the SMILES / protein /
+// DNA-RNA detectors, and each span is encoded by its domain's SentencePiece BPE model (re-implemented here:
 // identity normalizer, score-ordered pair merges, unknown runs merged). Base-BPE stretches are returned as
 // "spans" for tiktoken to encode; `assemble` splices their ids back.
 #pragma once
@@ -45,8 +45,15 @@ class SpBpeModel {
  private:
   std::vector<std::string> pieces_;
   std::vector<float> scores_;
+  int lookup(std::string_view s) const;
   std::unordered_map<std::string_view, int> piece_ids_;  // NORMAL / USER_DEFINED / UNUSED
   std::vector<std::string_view> user_defined_;            // longest first
+  int merged_id(int left, int right) const;
+  // Merges without string hashing: for left piece id L, merge_rights_[merge_start_[L] .. merge_start_[L + 1]) holds
+  // (right id, id of the concatenated piece), sorted by right id.
+  std::vector<uint32_t> merge_start_;
+  std::vector<std::pair<int, int>> merge_rights_;
+  int byte_ids_[128];  // single ASCII character -> piece id (-1: none)
 };
 
 struct TokenEntry {
@@ -66,7 +73,7 @@ class Encoder {
  public:
   Encoder(std::vector<TokenEntry> tokens, std::vector<std::unique_ptr<SpBpeModel>> domains,
           std::vector<std::pair<int, int>> detectors, const std::vector<uint32_t>& decimal_digits,
-          bool rules_validator, bool strict_tags, bool rescan_detected);
+          bool rules_validator, bool strict_tags, bool rescan_detected, bool protein_skips_nucleotides);
 
   // Candidates (unique) whose SMILES verdict is not cached yet; only meaningful without the rules validator.
   std::vector<std::string> pending_smiles(const std::vector<std::string>& texts, int threads) const;
@@ -110,6 +117,7 @@ class Encoder {
   bool rules_validator_;
   bool strict_tags_;
   bool rescan_detected_;
+  bool protein_skips_nucleotides_;
   mutable std::mutex verdict_mutex_;
   std::unordered_map<std::string, bool> verdicts_;
 };

@@ -40,6 +40,34 @@ void SpBpeModel::init(std::vector<std::string> pieces, std::vector<float> scores
   }
   std::sort(user_defined_.begin(), user_defined_.end(),
             [](std::string_view a, std::string_view b) { return a.size() > b.size(); });
+  std::vector<std::vector<std::pair<int, int>>> by_left(pieces_.size());
+  for (const auto& [piece, id] : piece_ids_) {
+    for (size_t k = 1; k < piece.size(); ++k) {
+      const int left = lookup(piece.substr(0, k));
+      const int right = lookup(piece.substr(k));
+      if (left >= 0 && right >= 0) by_left[left].emplace_back(right, id);
+    }
+  }
+  merge_start_.assign(1, 0);
+  merge_rights_.clear();
+  for (auto& v : by_left) {
+    std::sort(v.begin(), v.end());
+    merge_rights_.insert(merge_rights_.end(), v.begin(), v.end());
+    merge_start_.push_back(static_cast<uint32_t>(merge_rights_.size()));
+  }
+  for (int c = 0; c < 128; ++c) byte_ids_[c] = lookup(std::string_view(reinterpret_cast<const char*>(&c), 1));
+}
+
+int SpBpeModel::merged_id(int left, int right) const {
+  const auto first = merge_rights_.begin() + merge_start_[left];
+  const auto last = merge_rights_.begin() + merge_start_[left + 1];
+  const auto it = std::lower_bound(first, last, std::make_pair(right, -1));
+  return it != last && it->first == right ? it->second : -1;
+}
+
+int SpBpeModel::lookup(std::string_view s) const {
+  auto it = piece_ids_.find(s);
+  return it == piece_ids_.end() ? -1 : it->second;
 }
 
 std::string SpBpeModel::normalize(std::string_view in) const {
@@ -83,11 +111,13 @@ void SpBpeModel::encode(std::string_view text, std::vector<SpPiece>& out) const 
     int prev, next;
     size_t start, len;
     bool freeze;
+    int id;  // piece id of the symbol's text, -1 when it is no piece
   };
   struct Pair {
     int left, right;
     float score;
     size_t size;
+    int id;
   };
   struct Worse {
     bool operator()(const Pair& a, const Pair& b) const {
@@ -108,17 +138,24 @@ void SpBpeModel::encode(std::string_view text, std::vector<SpPiece>& out) const 
       }
     }
     if (!len) len = std::min(utf8_len(static_cast<unsigned char>(norm[pos])), norm.size() - pos);
+    const unsigned char first = norm[pos];
+    const int id = len == 1 && first < 128 ? byte_ids_[first] : lookup(std::string_view(norm).substr(pos, len));
     const int index = static_cast<int>(symbols.size());
-    symbols.push_back({index - 1, pos + len < norm.size() ? index + 1 : -1, pos, len, freeze});
+    symbols.push_back({index - 1, pos + len < norm.size() ? index + 1 : -1, pos, len, freeze, id});
     pos += len;
   }
   std::priority_queue<Pair, std::vector<Pair>, Worse> agenda;
   auto maybe_add = [&](int left, int right) {
     if (left < 0 || right < 0 || symbols[left].freeze || symbols[right].freeze) return;
     const size_t size = symbols[left].len + symbols[right].len;
-    auto it = piece_ids_.find(std::string_view(norm).substr(symbols[left].start, size));
-    if (it == piece_ids_.end()) return;
-    agenda.push({left, right, scores_[it->second], size});
+    int id;
+    if (symbols[left].id >= 0 && symbols[right].id >= 0) {
+      id = merged_id(symbols[left].id, symbols[right].id);
+    } else {  // a symbol that is no piece: only the string can tell
+      id = lookup(std::string_view(norm).substr(symbols[left].start, size));
+    }
+    if (id < 0) return;
+    agenda.push({left, right, scores_[id], size, id});
   };
   for (size_t i = 1; i < symbols.size(); ++i) maybe_add(static_cast<int>(i) - 1, static_cast<int>(i));
   while (!agenda.empty()) {
@@ -128,6 +165,7 @@ void SpBpeModel::encode(std::string_view text, std::vector<SpPiece>& out) const 
     Symbol& r = symbols[top.right];
     if (l.len == 0 || r.len == 0 || l.len + r.len != top.size) continue;
     l.len += r.len;
+    l.id = top.id;
     l.next = r.next;
     if (r.next >= 0) symbols[r.next].prev = top.left;
     r.len = 0;
@@ -138,8 +176,7 @@ void SpBpeModel::encode(std::string_view text, std::vector<SpPiece>& out) const 
   for (int i = 0; i >= 0 && !symbols.empty(); i = symbols[i].next) {
     const Symbol& s = symbols[i];
     std::string_view w = std::string_view(norm).substr(s.start, s.len);
-    auto it = piece_ids_.find(w);
-    const int id = it == piece_ids_.end() ? 0 : it->second;
+    const int id = s.id < 0 ? 0 : s.id;
     if (id == 0 && last_unknown) {
       out.back().text.append(w);
     } else {

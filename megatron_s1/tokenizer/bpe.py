@@ -45,7 +45,7 @@ def byte_level_to_bytes(token: str) -> bytes:
                          "is this a byte-level BPE vocab.json?") from None
 
 
-def _read_added_tokens(directory: str) -> dict[str, int]:
+def read_added_tokens(directory: str) -> dict[str, int]:
     added: dict[str, int] = {}
     config_path = os.path.join(directory, "tokenizer_config.json")
     if os.path.exists(config_path):
@@ -60,21 +60,27 @@ def _read_added_tokens(directory: str) -> dict[str, int]:
     return added
 
 
+def read_vocab(directory: str) -> dict[str, int]:
+    vocab_path = os.path.join(directory, "vocab.json")
+    if not os.path.exists(vocab_path):
+        raise FileNotFoundError(f"tokenizer directory {directory!r} has no vocab.json; point data.tokenizer "
+                                "at an HF byte-level BPE directory (vocab.json + merges.txt)")
+    with open(vocab_path, encoding="utf-8") as f:
+        return json.load(f)
+
+
 class ByteLevelBPETokenizer:
     """Encode/decode with an HF byte-level BPE directory through tiktoken.
 
-    Added tokens (special or not) are matched literally before BPE, as HF does.
+    Added tokens (special or not) are matched literally before BPE, as HF does. `vocab` replaces the
+    directory's vocab.json (the dynamic tokenizer passes it without the domain placeholders).
     """
 
-    def __init__(self, directory: str):
-        vocab_path = os.path.join(directory, "vocab.json")
-        if not os.path.exists(vocab_path):
-            raise FileNotFoundError(f"tokenizer directory {directory!r} has no vocab.json; point data.tokenizer "
-                                    "at an HF byte-level BPE directory (vocab.json + merges.txt)")
-        with open(vocab_path, encoding="utf-8") as f:
-            vocab: dict[str, int] = json.load(f)
+    def __init__(self, directory: str, vocab: dict[str, int] | None = None):
+        if vocab is None:
+            vocab = read_vocab(directory)
         self.directory = directory
-        self.added_tokens = _read_added_tokens(directory)
+        self.added_tokens = read_added_tokens(directory)
         ranks = {}
         for token, token_id in vocab.items():
             if token in self.added_tokens:

@@ -8,12 +8,14 @@ The rules follow the Intern-S1 dynamic tokenizer (transformers' ``InternS1Tokeni
   is at least 10 characters long, has at least 5 ASCII letters, has no ASCII letter right before or after it,
   and is a valid molecule: RDKit's ``MolFromSmiles`` when RDKit is installed, otherwise the rule checker
   :func:`smiles_rules_ok` (balanced brackets, closed rings incl. ``%nn``, allowed atoms).
-* **protein** — ``[A-Z]{27,}``; letters around the run are allowed (the run is cut out of longer words).
-* **DNA/RNA** (Intern-S1-Pro) — ``[ATCGU]{27,}`` with no ASCII letter right before or after it.
+* **protein** — ``[A-Z]{27,}``; letters around the run are allowed (the run is cut out of longer words). In
+  Intern-S1-Pro a run made only of ``A/T/C/G/U`` is not protein (it is left for the DNA/RNA detector).
+* **DNA/RNA** (Intern-S1-Pro) — ``[ATCGU]{27,}``; letters around the run are allowed too.
 
-Detectors run in a fixed order and each one re-scans every piece the previous one produced, including the
-detected candidates themselves (so a 30-letter ``CCC...C`` SMILES nests a protein span, exactly as the reference).
-The C++ fast path (``megatron_s1._tokenizer``) implements the same rules; tests compare both.
+Detectors run in the fixed order SMILES, protein, DNA/RNA (both releases). In Intern-S1 each one re-scans every
+piece the previous one produced, including the detected candidates themselves (so a 30-letter ``CCC...C`` SMILES
+nests a protein span); in Intern-S1-Pro a detected span is final. The C++ fast path (``megatron_s1._tokenizer``)
+implements the same rules; tests compare both, and both with the released code.
 """
 from __future__ import annotations
 
@@ -58,6 +60,7 @@ def _smiles_unit_regex() -> str:
 SMILES_REGEX = regex.compile(r"(?![:.=])(?>" + _smiles_unit_regex() + r"){10,}(?<![:.=])")
 PROTEIN_REGEX = regex.compile(r"[A-Z]{27,}")
 XNA_REGEX = regex.compile(r"[ATCGU]{27,}")
+NUCLEOTIDES = frozenset("ATCGU")
 _DIGIT_RUN = regex.compile(r"\d+")
 _DIGITS4 = regex.compile(r"\d{4,}")
 _LETTERS3 = regex.compile(r"(?:[A-GI-Z]|[a-z]){3,}")
@@ -184,10 +187,11 @@ def smiles_validator(mode: str = "auto"):
 
 @dataclass(frozen=True)
 class Detector:
-    """One auto-detection rule: which regex, which domain it routes to, and whether letters may touch it."""
+    """One auto-detection rule: which regex, which domain it routes to, and the letter rules."""
     kind: str  # 'smiles' | 'protein' | 'xna'
-    domain: str  # domain name whose model encodes the detected span
+    domain: int  # index of the domain whose model encodes the detected span
     allow_adjacent_letters: bool
+    skip_nucleotide_runs: bool = False  # protein: a run of only A/T/C/G/U is not a candidate (Intern-S1-Pro)
 
     @property
     def pattern(self):
@@ -198,13 +202,15 @@ class Detector:
         return {"smiles": SMILES_MIN_LENGTH, "protein": PROTEIN_MIN_LENGTH, "xna": XNA_MIN_LENGTH}[self.kind]
 
 
-DETECTOR_ORDER = ("smiles", "xna", "protein")
+DETECTOR_ORDER = ("smiles", "protein", "xna")
 
 
-def make_detector(kind: str, domain: str) -> Detector:
+def make_detector(kind: str, domain: int, skip_nucleotide_runs: bool = False) -> Detector:
+    """Only SMILES needs letter-free borders; protein and DNA/RNA runs may be cut out of longer words."""
     if kind not in DETECTOR_ORDER:
         raise ValueError(f"unknown detector {kind!r}; use one of {', '.join(DETECTOR_ORDER)}")
-    return Detector(kind, domain, allow_adjacent_letters=(kind == "protein"))
+    return Detector(kind, domain, allow_adjacent_letters=(kind != "smiles"),
+                    skip_nucleotide_runs=skip_nucleotide_runs and kind == "protein")
 
 
 # A piece of a segmented string: text (kind None) or an auto-detect begin/end marker for a domain.
@@ -251,6 +257,8 @@ def _split_one(text: str, det: Detector, validate_smiles) -> list:
         if det.kind == "smiles":
             if ascii_letter_count(cand) < SMILES_MIN_LETTERS or not validate_smiles(cand):
                 continue
+        elif det.skip_nucleotide_runs and NUCLEOTIDES.issuperset(cand):
+            continue
         if start > pos:
             out.append(("text", text[pos:start]))
         out.extend((("begin", det.domain), ("text", cand), ("end", det.domain)))

@@ -13,27 +13,28 @@ Two implementations produce identical ids:
 * ``backend="native"`` — ``megatron_s1._tokenizer`` (C++): detection scan and SentencePiece BPE in C++, run over
   a batch with the GIL released; base BPE spans still go through tiktoken's native encoder.
 
-Known, deliberate differences to transformers' ``InternS1Tokenizer`` (only on pathological input): text that
-spells an auto-detect marker (``<SMILES_AUTO_DETECT>``) or a tag that is not an added token stays plain text
-(the reference silently swallows it), and unbalanced tags raise by default (``on_unbalanced="ignore"`` restores
-the reference's lenient behaviour).
+Both load the released directories as they are and give the ids of the released ``InternS1Tokenizer`` code
+(``tests/tokenizer/test_release_parity.py`` compares them). Deliberate differences (only on pathological input):
+text that spells an auto-detect marker (``<SMILES_AUTO_DETECT>``) stays plain text (the released code silently
+swallows it), and unbalanced tags raise by default (``on_unbalanced="ignore"`` restores the released code's lenient
+behaviour). Text with a lone surrogate raises ``UnicodeEncodeError`` in both backends, as the released code does.
 """
 from __future__ import annotations
 
 import functools
-import json
 import os
+import re
 import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable
 
 import regex
 
-from megatron_s1.tokenizer.bpe import ByteLevelBPETokenizer
+from megatron_s1.tokenizer.bpe import ByteLevelBPETokenizer, read_added_tokens, read_vocab
 from megatron_s1.tokenizer.detection import DETECTOR_ORDER, make_detector, smiles_validator, split_detected
 from megatron_s1.tokenizer.domain import SPACE_SYMBOL, DomainModel
-from megatron_s1.tokenizer.layout import (Layout, TokenizerLayoutError, check_id_ranges, check_single_ids,
-                                          read_layout)
+from megatron_s1.tokenizer.layout import (MANIFEST, Layout, TokenizerLayoutError, check_id_ranges,
+                                          check_single_ids, placeholder_token, read_layout)
 
 # Kinds of added-token matches.
 SPECIAL, TAG_BEGIN, TAG_END, PROTECT_BEGIN, PROTECT_END = range(5)
@@ -52,6 +53,18 @@ def unicode_decimal_digits() -> list[int]:
 
 def _nfc(text: str) -> str:
     return text if unicodedata.is_normalized("NFC", text) else unicodedata.normalize("NFC", text)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def reject_lone_surrogates(text: str) -> None:
+    """Raise UnicodeEncodeError (as the released tokenizer does) for text that is not valid Unicode."""
+    found = _SURROGATE.search(text)
+    if found:
+        raise UnicodeEncodeError("utf-8", text, found.start(), found.end(),
+                                 "lone surrogate, the text is not valid Unicode; decode the source with "
+                                 "errors='replace' (or repair it) before tokenizing")
 
 
 class DynamicTokenizer:
@@ -73,7 +86,6 @@ class DynamicTokenizer:
         if on_unbalanced not in ("error", "ignore"):
             raise ValueError(f"on_unbalanced={on_unbalanced!r}: use 'error' or 'ignore'")
         self.directory = directory
-        self.base = ByteLevelBPETokenizer(directory)
         self.layout: Layout = read_layout(directory)
         self.on_unbalanced = on_unbalanced
         self.num_threads = num_threads or min(16, os.cpu_count() or 1)
@@ -86,11 +98,13 @@ class DynamicTokenizer:
             if dm.unk_id != 0:
                 raise TokenizerLayoutError(f"{dm.path}: unk_id is {dm.unk_id}; the dynamic tokenizer needs the "
                                            "unknown piece at id 0 (retrain with unk_id=0)")
+        self._vocab = self._without_placeholders(read_vocab(directory), read_added_tokens(directory))
+        self.base = ByteLevelBPETokenizer(directory, vocab=self._vocab)
         self.added_tokens: dict[str, int] = dict(self.base.added_tokens)
         self._check_ranges()
         self._build_token_table()
         self._build_domain_tables()
-        self.detectors = [make_detector(kind, spec_idx)
+        self.detectors = [make_detector(kind, spec_idx, bool(self.layout.protein_skips_nucleotides))
                           for kind in DETECTOR_ORDER
                           for spec_idx, spec in enumerate(self.layout.domains) if spec.detect == kind]
         self.eod_id = self.base.eod_id
@@ -111,9 +125,26 @@ class DynamicTokenizer:
         return cls(directory, **kwargs)
 
     # ----------------------------------------------------------------------------------------------- setup
+    def _without_placeholders(self, vocab: dict[str, int], added: dict[str, int]) -> dict[str, int]:
+        """vocab.json less the releases' ``<|NAME_piece|>`` entries at domain ids; any other entry there collides."""
+        ranges = [(dm, dm.offset, dm.offset + dm.size) for dm in self.domains]
+        plain = {}
+        for token, token_id in vocab.items():
+            domain = next((r for r in ranges if r[1] <= token_id < r[2]), None)
+            if domain is None or token in added:
+                plain[token] = token_id
+                continue
+            dm, start, end = domain
+            expected = placeholder_token(dm.name, dm.sp.id_to_piece(token_id - start))
+            if token != expected:
+                raise TokenizerLayoutError(
+                    f"offset collision: base vocabulary entry {token!r} (vocab.json id {token_id}) lies inside "
+                    f"domain {dm.name} ids [{start}, {end}) and is not that id's placeholder {expected!r}; move "
+                    "the domain offset "
+                    f"(tokenizer_config.json offset_{dm.name} or {MANIFEST}) or remove the entry")
+        return plain
+
     def _check_ranges(self) -> None:
-        with open(os.path.join(self.directory, "vocab.json"), encoding="utf-8") as f:
-            self._vocab: dict[str, int] = json.load(f)
         plain = [v for k, v in self._vocab.items() if k not in self.added_tokens]
         self._base_end = max(plain) + 1 if plain else 0
         domain_ranges = []
@@ -208,6 +239,8 @@ class DynamicTokenizer:
                                      f"{'</' + token[1:]!r} or pass on_unbalanced='ignore'")
 
     def _base_ids(self, text: str, domain: int | None) -> list[int]:
+        if SPACE_SYMBOL in text:  # the release turns '▁' into a space before every base BPE call
+            text = text.replace(SPACE_SYMBOL, " ")
         ids = self.base._encoding.encode_ordinary(text)
         if domain is not None:
             remap = self._base_remap[domain]
@@ -222,7 +255,7 @@ class DynamicTokenizer:
         out: list[int] = []
         for piece, local_id in zip(pieces, local_ids):
             if local_id == 0:
-                out.extend(self._base_ids(piece.replace(SPACE_SYMBOL, " "), domain))
+                out.extend(self._base_ids(piece, domain))
             else:
                 out.append(override.get(local_id, dm.offset + local_id))
         return out
@@ -281,6 +314,7 @@ class DynamicTokenizer:
 
     def encode_python(self, text: str) -> list[int]:
         """Reference encoder (pure Python over sentencepiece + tiktoken)."""
+        reject_lone_surrogates(text)
         ids: list[int] = []
         for kind, value, extra in self._items(_nfc(text)):
             if kind == "text":
@@ -319,9 +353,18 @@ class DynamicTokenizer:
         detectors = [(d.kind, d.domain) for d in self.detectors]
         return _tokenizer.Encoder(tokens, domains, detectors, unicode_decimal_digits(),
                                   self.validator_kind == "rules", self.on_unbalanced == "error",
-                                  bool(self.layout.rescan_detected))
+                                  bool(self.layout.rescan_detected), bool(self.layout.protein_skips_nucleotides))
 
     def _encode_native(self, texts: list[str], num_threads: int) -> list[list[int]]:
+        try:
+            return self._encode_native_valid(texts, num_threads)
+        except TypeError:  # pybind11 cannot convert a str with a lone surrogate to UTF-8
+            for text in texts:
+                if isinstance(text, str):
+                    reject_lone_surrogates(text)
+            raise
+
+    def _encode_native_valid(self, texts: list[str], num_threads: int) -> list[list[int]]:
         texts = [_nfc(t) for t in texts]
         native = self._native
         if self.validator_kind == "rdkit":

@@ -9,7 +9,8 @@ from megatron_s1.tokenizer.detection import (SMILES_REGEX, make_detector, smiles
                                              split_detected)
 
 DETECTORS = [make_detector("smiles", 0), make_detector("protein", 1)]
-PRO_DETECTORS = [make_detector("smiles", 0), make_detector("xna", 2), make_detector("protein", 1)]
+PRO_DETECTORS = [make_detector("smiles", 0), make_detector("protein", 1, skip_nucleotide_runs=True),
+                 make_detector("xna", 2)]
 
 
 def spans(text, detectors=DETECTORS, validator=smiles_rules_ok, rescan=True):
@@ -38,13 +39,23 @@ def test_smiles_detection_rules(text, expected):
     assert spans(text) == expected
 
 
-def test_protein_run_is_cut_out_of_words_and_dna_is_not():
+def test_protein_and_dna_runs_are_cut_out_of_words():
     prot = "MKVLAAGIVALLLAAGCSSSKEEKKEETTQ"  # 30 letters
     assert spans(f"xx{prot}yy") == [(1, prot)]                           # letters may touch a protein run
     assert spans("A" * 26) == []
     dna = "ACGT" * 8
-    assert spans(f"seq {dna}.", PRO_DETECTORS, rescan=False) == [(2, dna)]
-    assert spans(f"x{dna}", PRO_DETECTORS, rescan=False) == [(1, dna)]  # letter-adjacent DNA: protein rule
+    assert spans(f"x{dna}") == [(1, dna)]                                # Intern-S1: any capital run is protein
+
+
+def test_intern_s1_pro_leaves_pure_nucleotide_runs_to_dna_rna():
+    dna = "ACGT" * 8
+    pro = dict(detectors=PRO_DETECTORS, rescan=False)
+    assert spans(f"seq {dna}.", **pro) == [(2, dna)]
+    assert spans(f"gene{dna}", **pro) == [(2, dna)]                      # letters may touch DNA/RNA too
+    assert spans(f"{dna}x", **pro) == [(2, dna)]
+    assert spans(f"{dna}Q", **pro) == [(1, dna + "Q")]                   # one non-nucleotide capital: protein
+    assert spans("ACGU" * 7, **pro) == [(2, "ACGU" * 7)]                 # RNA
+    assert spans("ACGT" * 6 + "AC", **pro) == []                         # 26 bases: too short for both
 
 
 def test_intern_s1_rescans_smiles_spans_for_protein_runs():

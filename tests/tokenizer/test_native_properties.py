@@ -75,7 +75,7 @@ def sp_pair(request):
                                        add_dummy_prefix=info.add_dummy_prefix,
                                        remove_extra_whitespaces=info.remove_extra_whitespaces,
                                        escape_whitespaces=info.escape_whitespaces, added_override={},
-                                       base_remap={})], [], [], True, False, False)
+                                       base_remap={})], [], [], True, False, False, False)
     return enc, spm.SentencePieceProcessor(model_proto=proto)
 
 
