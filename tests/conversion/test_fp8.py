@@ -201,3 +201,27 @@ def test_bad_fp8_input(release, tmp_path, capsys, case, expected):
         f.write("x")
     _cli_error(["convert", "hf-to-mcore", "--hf", hf_dir, "--out", out, "--force"], capsys)
     assert os.listdir(out) == ["keep.txt"]
+
+
+def test_reading_is_per_tensor(tmp_path):
+    """Any FP8 weight with a scale sibling reads dequantized, whatever part it belongs to (here a vision block
+    with bf16 scales): the reader's view has no scales, the weight in the config's dtype, others as stored."""
+    from safetensors.torch import save_file
+
+    from megatron_s1.conversion.hf_io import HFCheckpoint
+    from tests.conversion.fp8_release import quantize_blockwise
+
+    torch.manual_seed(0)
+    qkv = "model.visual.blocks.0.attn.qkv.weight"
+    q, scale = quantize_blockwise(torch.randn(200, 130))
+    norm = torch.rand(130, dtype=torch.bfloat16)
+    save_file({qkv: q, qkv + "_scale_inv": scale.bfloat16(), "model.visual.blocks.0.norm1.weight": norm},
+              str(tmp_path / "model.safetensors"))
+    config = {"text_config": {"dtype": "bfloat16"},
+              "quantization_config": {"quant_method": "fp8", "fmt": "e4m3", "weight_block_size": [128, 128],
+                                      "scale_fmt": "ue8m0", "modules_to_not_convert": ["model.visual.blocks.0.norm1"]}}
+    ckpt = HFCheckpoint(str(tmp_path), config)
+    assert ckpt.shapes == {qkv: (200, 130), "model.visual.blocks.0.norm1.weight": (130,)}
+    assert ckpt.dtypes[qkv] == torch.bfloat16 and ckpt.scales == {qkv: qkv + "_scale_inv"}
+    assert torch.equal(ckpt.get(qkv), reference_dequantize(q, scale))
+    assert torch.equal(ckpt.get("model.visual.blocks.0.norm1.weight"), norm)
