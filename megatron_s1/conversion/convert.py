@@ -313,7 +313,10 @@ def mcore_to_hf(ckpt_dir: str, out_dir: str, force: bool = False, dtype: Optiona
     fmt, quantized, priors = None, set(), None
     if quantize:
         original = (base_config or {}).get("quantization_config")
-        fmt = fp8.BlockFP8.parse(original) if original is not None else fp8.BlockFP8.default({n: shape for n, shape, _ in plan})
+        if original is not None:
+            fmt = fp8.BlockFP8.parse(original)
+        else:
+            fmt = fp8.BlockFP8.default({name: shape for name, shape, _ in plan})
         hf_config["quantization_config"] = fmt.config
         quantized = {name for name, shape, _ in plan if fmt.quantizes(name, len(shape))}
         scales_dir = os.path.join(hf_source, FP8_SCALES_SUBDIR)
