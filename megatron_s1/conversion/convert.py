@@ -17,13 +17,17 @@ from typing import Optional
 
 import torch
 
-from megatron_s1.conversion import hf_io
+from megatron_s1.conversion import fp8, hf_io
 from megatron_s1.conversion.hf_config import hf_to_sections, sections_to_hf
 from megatron_s1.conversion.mappings import ConversionError, Replicate, Shapes, expand, get_architecture
 from megatron_s1.conversion.mcore_io import (build_layout, is_multimodal, read_params, stored_dtypes,
                                              vision_padded_heads, write_checkpoint)
 
 HF_SUBDIR = "hf"  # inside a converted Megatron checkpoint: the original config.json, tokenizer files, ...
+# Inside HF_SUBDIR of a checkpoint converted from block FP8: the release's scales as stored, each under its weight's
+# name (an HF safetensors directory), reused on `--quantize fp8-block` export for every block they still represent
+# exactly (bit-identical round trip).
+FP8_SCALES_SUBDIR = "fp8_scales"
 STATE_FILE = "trainer_state.json"
 
 
@@ -121,7 +125,7 @@ def hf_to_mcore(hf_dir: str, out_dir: str, tp: int = 1, pp: int = 1, ep: int = 1
     arch_name, sections = hf_to_sections(hf_config)
     arch = get_architecture(arch_name)
     cfg = _experiment_config(sections, tp, pp, ep, etp)
-    ckpt = hf_io.HFCheckpoint(hf_dir)
+    ckpt = hf_io.HFCheckpoint(hf_dir, hf_config)
     rules = _rules(arch, cfg)
     shapes = _shapes(cfg)
 
@@ -166,6 +170,8 @@ def hf_to_mcore(hf_dir: str, out_dir: str, tp: int = 1, pp: int = 1, ep: int = 1
         os.makedirs(os.path.join(tmp, HF_SUBDIR))
         for name in hf_io.side_files(hf_dir):
             shutil.copy2(os.path.join(hf_dir, name), os.path.join(tmp, HF_SUBDIR, name))
+        if ckpt.scales:
+            _copy_scales(ckpt, os.path.join(tmp, HF_SUBDIR, FP8_SCALES_SUBDIR))
         state = {
             "step": 0, "consumed_tokens": 0, "consumed_samples": 0, "skipped_steps": 0,
             "layout": {"tensor": 1, "pipeline": 1, "virtual_pipeline": None, "expert": 1, "expert_tensor": 1,
@@ -177,8 +183,22 @@ def hf_to_mcore(hf_dir: str, out_dir: str, tp: int = 1, pp: int = 1, ep: int = 1
         }
         with open(os.path.join(tmp, STATE_FILE), "w", encoding="utf-8") as f:
             json.dump(state, f, indent=1)
-    return {"architecture": arch_name, "tensors": len(rules), "seconds": round(time.time() - start, 2),
-            "peak_rss_mb": round(peak_rss_mb(), 1), "out": os.path.abspath(out_dir)}
+    summary = {"architecture": arch_name, "tensors": len(rules), "seconds": round(time.time() - start, 2),
+               "peak_rss_mb": round(peak_rss_mb(), 1), "out": os.path.abspath(out_dir)}
+    if ckpt.scales:
+        summary["dequantized"] = {"tensors": len(ckpt.scales), "to": hf_io.torch_dtype_name(ckpt.dequantized_dtype),
+                                  "block": list(ckpt.fp8.block)}
+    return summary
+
+
+def _copy_scales(ckpt, out_dir: str) -> None:
+    """The checkpoint's FP8 scales as stored, named by their weights, streamed into an HF safetensors directory."""
+    os.makedirs(out_dir)
+    plan = [(weight, *ckpt.scale_specs[scale]) for weight, scale in sorted(ckpt.scales.items())]
+    writer = hf_io.ShardWriter(out_dir, plan, hf_io.parse_size("2GB"))
+    for weight, *_ in plan:
+        writer.add(weight, ckpt.raw(ckpt.scales[weight]))
+    writer.close()
 
 
 def _content_metadata() -> dict:
@@ -222,11 +242,16 @@ def _infer_architecture(cfg, model: dict) -> str:
 
 
 def mcore_to_hf(ckpt_dir: str, out_dir: str, force: bool = False, dtype: Optional[str] = None,
-                max_shard_size: str = "2GB", tokenizer: Optional[str] = None) -> dict:
+                max_shard_size: str = "2GB", tokenizer: Optional[str] = None, quantize: Optional[str] = None) -> dict:
+    """`quantize="fp8-block"` writes the release's block-FP8 format (conversion/fp8.py) with the original
+    quantization_config when the checkpoint carries one, else the release's defaults; without it every tensor
+    is written unquantized and config.json has no quantization_config."""
     from megatron_s1.config.schema import config_from_dict
 
     start = time.time()
     _check_output(out_dir, force)  # fail before any work
+    if quantize not in (None, fp8.METHOD):
+        raise ConversionError(f"--quantize {quantize!r} is not supported; the only format is {fp8.METHOD}")
     ckpt_dir = _resolve_ckpt(ckpt_dir)
     with open(os.path.join(ckpt_dir, STATE_FILE), encoding="utf-8") as f:
         state = json.load(f)
@@ -284,6 +309,22 @@ def mcore_to_hf(ckpt_dir: str, out_dir: str, force: bool = False, dtype: Optiona
                     continue
                 planned.add(name)
                 plan.append((name, tuple(part.shape), dt))
+    hf_config.pop("quantization_config", None)
+    fmt, quantized, priors = None, set(), None
+    if quantize:
+        original = (base_config or {}).get("quantization_config")
+        if original is not None:
+            fmt = fp8.BlockFP8.parse(original)
+        else:
+            fmt = fp8.BlockFP8.default({name: shape for name, shape, _ in plan})
+        hf_config["quantization_config"] = fmt.config
+        quantized = {name for name, shape, _ in plan if fmt.quantizes(name, len(shape))}
+        scales_dir = os.path.join(hf_source, FP8_SCALES_SUBDIR)
+        priors = hf_io.HFCheckpoint(scales_dir) if os.path.isdir(scales_dir) else None
+        scale_dtype = next(iter(priors.dtypes.values())) if priors else fp8.DEFAULT_SCALE_DTYPE
+        plan = [entry for name, shape, dt in plan for entry in (
+            [(name, shape, fp8.WEIGHT_DTYPE), (fp8.scale_name(name), fp8.scale_shape(shape, fmt.block), scale_dtype)]
+            if name in quantized else [(name, shape, dt)])]
     with atomic_output_dir(out_dir, force) as tmp:
         writer = hf_io.ShardWriter(tmp, plan, hf_io.parse_size(max_shard_size))
         written, first_copy, diverged = set(), {}, set()
@@ -297,7 +338,13 @@ def mcore_to_hf(ckpt_dir: str, out_dir: str, force: bool = False, dtype: Optiona
                 for name, part in zip(rule.hf, rule.transform.to_hf(tensor, shapes[rule.part])):
                     if name not in written:
                         written.add(name)
-                        writer.add(name, part)
+                        if name in quantized:
+                            prior = priors.raw(name) if priors and name in priors.shapes else None
+                            weight, scales = fp8.quantize(part, fmt.block, fmt.ue8m0, prior)
+                            writer.add(name, weight)
+                            writer.add(fp8.scale_name(name), scales.to(scale_dtype))
+                        else:
+                            writer.add(name, part)
                         if isinstance(rule.transform, Replicate):
                             first_copy[name] = part.clone()
                     elif not torch.equal(first_copy[name], part):
@@ -321,6 +368,9 @@ def mcore_to_hf(ckpt_dir: str, out_dir: str, force: bool = False, dtype: Optiona
                 f.write("\n")
     summary = {"architecture": arch_name, "tensors": len(rules), "seconds": round(time.time() - start, 2),
                "peak_rss_mb": round(peak_rss_mb(), 1), "out": os.path.abspath(out_dir)}
+    if quantized:
+        summary["quantized"] = {"tensors": len(quantized), "format": fmt.config["quant_method"],
+                                "block": list(fmt.block)}
     if dropped_timeseries:
         summary["not_exported"] = "timeseries_model (the HF InternS1 format has no time-series encoder)"
     if diverged:

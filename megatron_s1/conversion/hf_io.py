@@ -8,6 +8,7 @@ from typing import Optional
 import torch
 from safetensors import safe_open
 
+from megatron_s1.conversion import fp8
 from megatron_s1.conversion.mappings import ConversionError
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -15,14 +16,20 @@ SINGLE_NAME = "model.safetensors"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack")
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
            "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-           "BOOL": torch.bool}
+           "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+           "F8_E8M0": torch.float8_e8m0fnu}
 DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
 
 class HFCheckpoint:
-    """Tensor names, shapes and dtypes of an HF safetensors checkpoint; tensors are read one at a time."""
+    """Tensor names, shapes and dtypes of an HF safetensors checkpoint; tensors are read one at a time.
 
-    def __init__(self, hf_dir: str):
+    A block-FP8 checkpoint (`hf_config` with a quantization_config, conversion/fp8.py) is seen dequantized:
+    `shapes` / `dtypes` / `get` show each FP8 weight as a tensor of the model's dtype and hide its scales
+    (`scales` maps weight -> scale name; `raw` reads a stored tensor as is).
+    """
+
+    def __init__(self, hf_dir: str, hf_config: Optional[dict] = None):
         if not os.path.isdir(hf_dir):
             raise ConversionError(f"HF checkpoint directory {hf_dir!r} does not exist")
         self.dir = hf_dir
@@ -53,11 +60,39 @@ class HFCheckpoint:
         if absent:
             raise ConversionError(f"tensor {absent[0]!r} is listed in {INDEX_NAME} but missing from shard "
                                   f"{self.weight_map[absent[0]]}; the checkpoint is incomplete")
+        self.fp8 = fp8.BlockFP8.from_hf_config(hf_config or {})
+        self.scales = fp8.check_quantized(self.shapes, self.dtypes, self.fp8, hf_dir)
+        self.scale_specs = {s: (self.shapes[s], self.dtypes[s]) for s in self.scales.values()}  # (shape, dtype)
+        if self.scales:
+            self.dequantized_dtype = _config_dtype(hf_config)
+            for weight, scale in self.scales.items():
+                del self.shapes[scale], self.dtypes[scale]
+                self.dtypes[weight] = self.dequantized_dtype
 
-    def get(self, name: str) -> torch.Tensor:
+    def raw(self, name: str) -> torch.Tensor:
         # Opened per read: the memory map is released right after, so resident memory stays at one tensor.
         with safe_open(os.path.join(self.dir, self.weight_map[name]), framework="pt") as f:
             return f.get_tensor(name)
+
+    def get(self, name: str) -> torch.Tensor:
+        if name in self.scales:
+            return fp8.dequantize(self.raw(name), self.raw(self.scales[name]), self.fp8.block,
+                                  self.dequantized_dtype)
+        return self.raw(name)
+
+
+def _config_dtype(hf_config: dict) -> torch.dtype:
+    """The dtype a block-FP8 checkpoint's weights are dequantized to: the config's (top level, else text_config),
+    bf16 when absent. ue8m0 scales make the dequantized values exact in bf16."""
+    names = {v: k for k, v in DTYPE_NAMES.items()}
+    for section in (hf_config, hf_config.get("text_config") or {}):
+        for key in ("dtype", "torch_dtype"):
+            if section.get(key) is not None:
+                if section[key] not in names:
+                    raise ConversionError(f"config.json {key}={section[key]!r}: expected float32, bfloat16 or "
+                                          "float16")
+                return names[section[key]]
+    return torch.bfloat16
 
 
 def parse_size(text: str) -> int:

@@ -108,7 +108,7 @@ def make_interns1_model(out_dir: str, text: str = "dense", seed: int = 0, vision
     return out_dir
 
 
-def make_pro_model(out_dir: str, seed: int = 0, groups: int = 2) -> str:
+def make_pro_model(out_dir: str, seed: int = 0, groups: int = 2, **overrides) -> str:
     """A random Intern-S1-Pro text backbone in the released layout: Qwen3-MoE weights under
     `model.language_model.`, one global pair of FoPE coefficients `model.language_model.rotary_emb.{cos,sin}_coef`
     [H_kv, M, M], `text_config` with `router_n_groups` and `rope_scaling.fope_*` (vision tower left out)."""
@@ -121,8 +121,8 @@ def make_pro_model(out_dir: str, seed: int = 0, groups: int = 2) -> str:
     from megatron_s1.models.pro.fope import fope_inv_freq
 
     torch.manual_seed(seed)
-    text = dict(COMMON, intermediate_size=128, moe_intermediate_size=64, num_experts=4, num_experts_per_tok=2,
-                norm_topk_prob=True)
+    text = {**COMMON, "intermediate_size": 128, "moe_intermediate_size": 64, "num_experts": 4,
+            "num_experts_per_tok": 2, "norm_topk_prob": True, **overrides}
     import tempfile
 
     from safetensors.torch import load_file
