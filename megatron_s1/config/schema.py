@@ -176,8 +176,10 @@ class LoggingConfig:
 
 @dataclass
 class VisionConfig:
-    """InternViT tower + pixel-unshuffle MLP projector (multimodal tasks; see docs/multimodal.md)."""
-    preset: Optional[str] = None  # internvit-6b | internvit-300m | tiny-vit; null = no vision tower
+    """Vision tower + projector (multimodal tasks; see docs/multimodal.md): InternViT + pixel-unshuffle MLP
+    (arch=internvit, Intern-S1) or the Qwen3-VL style ViT + patch merger (arch=pro, Intern-S1-Pro)."""
+    preset: Optional[str] = None  # internvit-6b | internvit-300m | tiny-vit | intern-s1-pro-vit | tiny-pro-vit
+    arch: str = "internvit"  # internvit | pro
     num_layers: int = 2
     hidden_size: int = 48
     num_attention_heads: int = 3  # padded up to a multiple of parallel.tensor
@@ -194,6 +196,15 @@ class VisionConfig:
     min_tiles: int = 1
     max_tiles: int = 12
     use_thumbnail: bool = True
+    # arch=pro (docs/intern_s1_pro.md): patch_size 16, T frames per patch, m x m patches per LLM token,
+    # an N x N learned position table, images / videos resized to multiples of patch*m within these pixels.
+    temporal_patch_size: int = 2
+    spatial_merge_size: int = 2
+    num_position_embeddings: int = 2304
+    min_pixels: int = 65536
+    max_pixels: int = 16777216
+    video_min_pixels: int = 4096
+    video_max_pixels: int = 25165824
 
 
 @dataclass

@@ -96,7 +96,7 @@ def _shapes(cfg) -> dict:
 
 def _rules(arch, cfg) -> list:
     layers = {"text": cfg.model.num_layers, "vision": cfg.vision.num_layers}
-    return expand(arch.components, layers, cfg.model.num_moe_experts, _flags(cfg))
+    return expand(arch.components_for(is_multimodal(cfg)), layers, cfg.model.num_moe_experts, _flags(cfg))
 
 
 def _experiment_config(sections: dict, tp: int, pp: int, ep: int, etp: Optional[int]):
@@ -221,6 +221,8 @@ def _resolve_ckpt(path: str) -> str:
 
 def _infer_architecture(cfg, model: dict) -> str:
     if is_multimodal(cfg):
+        if cfg.vision.preset is not None and cfg.vision.arch == "pro":
+            return "InternS1ProForConditionalGeneration"
         if cfg.vision.preset is None:
             raise ConversionError("checkpoint has no vision tower; only InternS1 (vision) multimodal models "
                                   "export to HF")

@@ -182,7 +182,13 @@ def hf_to_sections(hf: dict) -> tuple:
     if arch.name == "InternS1ProForConditionalGeneration":
         if hf.get("model_type") not in (None, arch.model_type):
             raise ConversionError(f"config.json model_type={hf.get('model_type')!r} is not {arch.model_type!r}")
-        return arch.name, {"model": _pro_text_fields(hf["text_config"])}
+        sections = {"model": _pro_text_fields(hf["text_config"])}
+        if hf.get("vision_config"):  # the composite with its tower (models/pro/vision)
+            from megatron_s1.models.pro.vision.mapping import vision_fields_from_hf
+
+            sections.update(vision=vision_fields_from_hf(hf["vision_config"], sections["model"]["hidden_size"]),
+                            timeseries={"preset": None}, train={"task": "mm_pretrain"})
+        return arch.name, sections
     if not arch.multimodal:
         name, model = hf_to_model_fields(hf)
         return name, {"model": model}
@@ -289,6 +295,13 @@ def sections_to_hf(arch_name: str, sections: dict, base: Optional[dict], dtype_n
     if "tie_word_embeddings" in hf and hf["tie_word_embeddings"] != text.get("tie_word_embeddings",
                                                                               hf["tie_word_embeddings"]):
         hf["tie_word_embeddings"] = text["tie_word_embeddings"]
+    pro_vision = (sections.get("vision") or {}).get("preset") is not None and sections["vision"]["arch"] == "pro"
+    if arch.name == "InternS1ProForConditionalGeneration" and pro_vision:
+        from megatron_s1.models.pro.vision.mapping import vision_config_to_hf
+
+        vc = vision_config_to_hf(sections["vision"], base.get("vision_config") or {}, model["hidden_size"])
+        if vc != base.get("vision_config"):
+            hf["vision_config"] = vc
     if arch.multimodal:
         v = sections["vision"]
         vc = dict(base.get("vision_config") or {})

@@ -312,6 +312,11 @@ INTERNVL_PROJECTOR = (
     Rule("linear_fc2.bias", ("linear_2.bias",)),
 )
 
+# The Pro vision tables live next to the tower; imported here, after Rule / Transform exist, because that
+# module builds its rules from them.
+from megatron_s1.models.pro.vision.mapping import PRO_PATCH_MERGER, PRO_VISION_TOWER  # noqa: E402
+
+
 @dataclass(frozen=True)
 class Architecture:
     name: str  # HF `architectures[0]`
@@ -319,6 +324,12 @@ class Architecture:
     components: tuple
     moe: Optional[bool]  # None: decided by the text config (InternS1: dense mini / MoE)
     multimodal: bool = False
+    # Tables used instead of `components` when the checkpoint has a vision tower (config.json vision_config)
+    # while `components` describe its text backbone alone (Intern-S1-Pro).
+    multimodal_components: tuple = ()
+
+    def components_for(self, multimodal: bool) -> tuple:
+        return self.multimodal_components if (multimodal and self.multimodal_components) else self.components
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -337,12 +348,17 @@ ARCHITECTURES: dict[str, Architecture] = {
          Component("model.vision_tower.", "vision_model.", INTERNVIT, part="vision"),
          Component("model.multi_modal_projector.", "vision_projection.", INTERNVL_PROJECTOR, part="vision")),
         moe=None, multimodal=True),
-    # Intern-S1-Pro text backbone (Qwen3-MoE + grouped router + FoPE); the Megatron side is the plain language
-    # model. Its vision tower (`model.visual.*`, a Qwen3-VL style ViT) is not mapped yet.
+    # Intern-S1-Pro: text backbone (Qwen3-MoE + grouped router + FoPE) alone -> the plain language model; with
+    # its vision tower (`model.visual.*`, Qwen3-VL style ViT + merger) -> InternS1Model with vision.arch=pro.
     "InternS1ProForConditionalGeneration": Architecture(
         "InternS1ProForConditionalGeneration", "interns1_pro",
         (Component("model.language_model.", "", QWEN3_COMMON + QWEN3_MOE_MLP + PRO_FOPE),
-         Component("", "", QWEN3_HEAD)), moe=True),
+         Component("", "", QWEN3_HEAD)), moe=True,
+        multimodal_components=(
+            Component("model.language_model.", "language_model.", QWEN3_COMMON + QWEN3_MOE_MLP + PRO_FOPE),
+            Component("", "language_model.", QWEN3_HEAD),
+            Component("model.visual.", "vision_model.", PRO_VISION_TOWER, part="vision"),
+            Component("model.visual.merger.", "vision_projection.", PRO_PATCH_MERGER, part="vision"))),
 }
 
 

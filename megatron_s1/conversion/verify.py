@@ -23,11 +23,11 @@ import torch
 import torch.distributed as dist
 
 
-def megatron_logits(ckpt_dir: str, tokens: torch.Tensor, tp: int, ep: int, spec: str,
-                    pixel_values=None, image_token_id=None) -> torch.Tensor:
-    from megatron.core import parallel_state
-    from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
-
+def load_megatron_model(ckpt_dir: str, tp: int, ep: int, spec: str, token_ids=None, image_token_id=None,
+                        etp=None):
+    """(model, device): the converted checkpoint at TP=tp / EP=ep (expert TP=etp, default tp) in eval mode, fp32.
+    Multimodal checkpoints build InternS1Model with `token_ids` (MediaTokenIds; default: `image_token_id` plus
+    unused top ids)."""
     from megatron_s1.config.schema import config_from_dict
     from megatron_s1.models.language import build_language_model, build_transformer_config
     from megatron_s1.training.checkpointing import Checkpointer, read_trainer_state
@@ -35,7 +35,7 @@ def megatron_logits(ckpt_dir: str, tokens: torch.Tensor, tp: int, ep: int, spec:
 
     env = init_distributed()
     values = read_trainer_state(ckpt_dir)["config"]
-    values["parallel"] = {"tensor": tp, "expert": ep}
+    values["parallel"] = {"tensor": tp, "expert": ep, "expert_tensor": etp}
     values["model"].update(params_dtype="fp32", spec=spec, fp8=None, recompute=None)
     cfg = config_from_dict(values)
     initialize_model_parallel(cfg)
@@ -46,24 +46,35 @@ def megatron_logits(ckpt_dir: str, tokens: torch.Tensor, tp: int, ep: int, spec:
 
         cfg.timeseries.preset = None  # not part of the HF model
         vocab = cfg.model.vocab_size
-        ids = MediaTokenIds(vocab - 1, vocab - 2, image_token_id, vocab - 3, vocab - 4, vocab - 5)
+        ids = token_ids or MediaTokenIds(vocab - 1, vocab - 2, image_token_id, vocab - 3, vocab - 4, vocab - 5)
         model = InternS1Model(cfg, tconfig, pre_process=True, post_process=True, token_ids=ids).to(env.device)
     else:
         model = build_language_model(cfg, tconfig, pre_process=True, post_process=True).to(env.device)
     Checkpointer(cfg, [types.SimpleNamespace(module=model)], None, None).load(ckpt_dir, model_only=True)
-    model.eval()
-    tokens = tokens.to(env.device)
+    return model.eval(), env.device
+
+
+def model_logits(model, device, tokens: torch.Tensor, **media) -> torch.Tensor:
+    """Full-vocabulary fp32 logits [b, s, V] on CPU (gathered over TP); `media`: the model's media inputs."""
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
+
+    tokens = tokens.to(device)
     seq = tokens.shape[1]
-    positions = torch.arange(seq, device=env.device).unsqueeze(0).expand_as(tokens)
-    mask = torch.triu(torch.ones(seq, seq, dtype=torch.bool, device=env.device), diagonal=1)[None, None]
-    extra = {}
-    if pixel_values is not None:
-        extra["pixel_values"] = pixel_values.to(env.device)
+    positions = torch.arange(seq, device=device).unsqueeze(0).expand_as(tokens)
+    mask = torch.triu(torch.ones(seq, seq, dtype=torch.bool, device=device), diagonal=1)[None, None]
+    extra = {k: v.to(device) for k, v in media.items() if v is not None}
     with torch.no_grad():
         logits = model(tokens, positions, mask, **extra)
         if parallel_state.get_tensor_model_parallel_world_size() > 1:
             logits = gather_from_tensor_model_parallel_region(logits)
     return logits.float().cpu()
+
+
+def megatron_logits(ckpt_dir: str, tokens: torch.Tensor, tp: int, ep: int, spec: str,
+                    pixel_values=None, image_token_id=None) -> torch.Tensor:
+    model, device = load_megatron_model(ckpt_dir, tp, ep, spec, image_token_id=image_token_id)
+    return model_logits(model, device, tokens, pixel_values=pixel_values)
 
 
 def internvl_config(hf: dict):

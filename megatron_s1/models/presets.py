@@ -162,6 +162,18 @@ VISION_PRESETS: dict[str, dict] = {
     "tiny-vit": dict(num_layers=2, hidden_size=48, num_attention_heads=3, ffn_hidden_size=96,
                      normalization="RMSNorm", norm_epsilon=1e-6, qk_layernorm=True, add_qkv_bias=False,
                      image_size=56, patch_size=14, layer_scale_init=0.1),
+    # Intern-S1-Pro tower (release config.json vision_config): Qwen3-VL style ViT, 16 px patches of 2 frames,
+    # 2x2 patches per LLM token, a 48 x 48 learned position table; LayerNorm, qkv bias, GELU-tanh MLP.
+    "intern-s1-pro-vit": dict(arch="pro", num_layers=24, hidden_size=1024, num_attention_heads=16,
+                              ffn_hidden_size=4096, normalization="LayerNorm", norm_epsilon=1e-6, qk_layernorm=False,
+                              add_qkv_bias=True, patch_size=16, temporal_patch_size=2, spatial_merge_size=2,
+                              num_position_embeddings=2304, min_pixels=65536, max_pixels=16777216,
+                              video_min_pixels=4096, video_max_pixels=25165824),
+    # CPU-sized tower of that structure (images of 32..128 px a side: 4..64 patches).
+    "tiny-pro-vit": dict(arch="pro", num_layers=2, hidden_size=32, num_attention_heads=2, ffn_hidden_size=64,
+                         normalization="LayerNorm", norm_epsilon=1e-6, qk_layernorm=False, add_qkv_bias=True,
+                         patch_size=16, temporal_patch_size=2, spatial_merge_size=2, num_position_embeddings=64,
+                         min_pixels=1024, max_pixels=16384, video_min_pixels=1024, video_max_pixels=32768),
 }
 
 # Time-series encoder (adaptive patching + Whisper-style encoder) of Intern-S1.
@@ -176,7 +188,8 @@ TIMESERIES_PRESETS: dict[str, dict] = {
 
 # With train.task=mm_pretrain the model presets mean the full multimodal models: these vision presets
 # fill `vision.preset` when it is not given.
-MM_DEFAULT_VISION = {"intern-s1": "internvit-6b", "intern-s1-mini": "internvit-300m"}
+MM_DEFAULT_VISION = {"intern-s1": "internvit-6b", "intern-s1-mini": "internvit-300m",
+                     "intern-s1-pro": "intern-s1-pro-vit", "tiny-pro": "tiny-pro-vit"}
 
 
 def encoder_preset_fields(kind: str, name: str) -> dict:

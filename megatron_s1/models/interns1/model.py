@@ -1,5 +1,10 @@
 """InternS1Model: vision and time-series embeddings merged into the text embeddings of a Megatron GPTModel.
 
+The vision tower is InternViT + pixel-unshuffle projector (vision.arch=internvit, Intern-S1; images as 448 px
+tiles) or the Intern-S1-Pro ViT + patch merger (vision.arch=pro; images and videos as flattened patches with
+their `grid_thw`, filling the `<|image_pad|>` / `<|video_pad|>` placeholders). With a Pro text backbone
+(grouped router, FoPE: `model.*`) and vision.arch=pro this is the Intern-S1-Pro composite.
+
 On the first pipeline stage (pre_process) the model owns the encoders: it embeds the tokens with the
 language model's word embeddings, replaces the rows at `<IMG_CONTEXT>` / `<TS_CONTEXT>` positions with the
 projected encoder outputs (in order of appearance), scatters to the sequence-parallel region when SP is on,
@@ -19,7 +24,9 @@ from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.moe.router import TopKRouter
 
+from megatron_s1.config.schema import ConfigError
 from megatron_s1.models.language import build_language_model
+from megatron_s1.models.pro.vision.model import ProPatchMerger, ProVisionModel, build_pro_vision_config
 from megatron_s1.models.timeseries.encoder import TimeSeriesModel
 from megatron_s1.models.vision.internvit import (InternViTModel, VisionProjection, build_vision_transformer_config,
                                                  vision_tokens)
@@ -33,9 +40,11 @@ class MediaTokenIds:
     ts_start: int
     ts_end: int
     ts_context: int
+    video_context: Optional[int] = None  # Pro: video frames' patch tokens (`<|video_pad|>`)
 
     def all(self) -> list[int]:
-        return [self.img_start, self.img_end, self.img_context, self.ts_start, self.ts_end, self.ts_context]
+        ids = [self.img_start, self.img_end, self.img_context, self.ts_start, self.ts_end, self.ts_context]
+        return ids + ([self.video_context] if self.video_context is not None else [])
 
 
 def merge_embeddings(text: torch.Tensor, input_ids: torch.Tensor, token_id: int, media: Optional[torch.Tensor],
@@ -67,7 +76,15 @@ class InternS1Model(MegatronModule):
         self.language_model = build_language_model(cfg, config, pre_process, post_process, vp_stage=vp_stage)
         self.vision_model = self.vision_projection = self.timeseries_model = None
         self.downsample_ratio = cfg.vision.downsample_ratio
-        if pre_process and cfg.vision.preset is not None:
+        self.vision_arch = cfg.vision.arch
+        if self.vision_arch not in ("internvit", "pro"):
+            raise ConfigError(f"vision.arch={self.vision_arch!r}; choose internvit (Intern-S1) or pro (Intern-S1-Pro)")
+        if pre_process and cfg.vision.preset is not None and self.vision_arch == "pro":
+            self.vision_config = build_pro_vision_config(cfg.vision, config)
+            self.vision_model = ProVisionModel(self.vision_config, cfg.vision)
+            self.vision_projection = ProPatchMerger(self.vision_config, cfg.vision.spatial_merge_size,
+                                                    cfg.model.hidden_size)
+        elif pre_process and cfg.vision.preset is not None:
             self.vision_config = build_vision_transformer_config(cfg.vision, config)
             self.vision_model = InternViTModel(self.vision_config, cfg.vision)
             factor = int(round(1 / cfg.vision.downsample_ratio)) ** 2
@@ -85,12 +102,20 @@ class InternS1Model(MegatronModule):
     def set_input_tensor(self, input_tensor) -> None:
         self.language_model.set_input_tensor(input_tensor)
 
-    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """[tiles, 3, S, S] -> [tiles * tokens_per_tile, llm_hidden]."""
+    def encode_images(self, pixel_values: torch.Tensor, grid_thw: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """InternViT: tiles [n, 3, S, S] -> [n * tokens_per_tile, llm_hidden]. Pro: patches [P, C*T*p*p] of
+        items with grids grid_thw [n, 3] -> [P / m^2, llm_hidden] (one row per placeholder token)."""
+        if self.vision_model is None:
+            raise ValueError("the batch has images but the model has no vision tower; set vision.preset")
+        if self.vision_arch == "pro":
+            if grid_thw is None:
+                raise ValueError("vision.arch=pro needs the grid_thw of the images / videos with their pixels")
+            return self.vision_projection(self.vision_model(pixel_values, grid_thw))
         feats = vision_tokens(self.vision_model(pixel_values), self.downsample_ratio)
         return self.vision_projection(feats).reshape(-1, self.config.hidden_size)
 
-    def embed(self, input_ids, pixel_values=None, ts_values=None, ts_rates=None) -> torch.Tensor:
+    def embed(self, input_ids, pixel_values=None, ts_values=None, ts_rates=None, image_grid_thw=None,
+              pixel_values_videos=None, video_grid_thw=None) -> torch.Tensor:
         """Merged input embeddings [s, b, h] (before any sequence-parallel scatter)."""
         word = self.language_model.embedding.word_embeddings
         # With sequence parallelism the vocab-parallel embedding would reduce-scatter along the sequence; the
@@ -105,10 +130,15 @@ class InternS1Model(MegatronModule):
         if ids is not None:
             img = None
             if pixel_values is not None and pixel_values.shape[0] > 0:
-                if self.vision_model is None:
-                    raise ValueError("the batch has images but the model has no vision tower; set vision.preset")
-                img = self.encode_images(pixel_values)
+                img = self.encode_images(pixel_values, image_grid_thw)
             emb = merge_embeddings(emb, input_ids, ids.img_context, img, "images")
+            if ids.video_context is not None:
+                video = None
+                if pixel_values_videos is not None and pixel_values_videos.shape[0] > 0:
+                    video = self.encode_images(pixel_values_videos, video_grid_thw)
+                emb = merge_embeddings(emb, input_ids, ids.video_context, video, "videos")
+            elif pixel_values_videos is not None:
+                raise ValueError("the batch has videos but no video placeholder token id is set")
             ts = None
             if ts_values:
                 if self.timeseries_model is None:
@@ -119,14 +149,16 @@ class InternS1Model(MegatronModule):
         return emb.transpose(0, 1).contiguous()
 
     def forward(self, input_ids, position_ids, attention_mask, labels=None, pixel_values=None, ts_values=None,
-                ts_rates=None, packed_seq_params=None, **lm_kwargs):
+                ts_rates=None, packed_seq_params=None, image_grid_thw=None, pixel_values_videos=None,
+                video_grid_thw=None, **lm_kwargs):
         """A packed row (several samples) runs with a block-diagonal mask and restarting position ids (local
         spec) or with THD `packed_seq_params` (TE); media rows are merged in order over the whole row either way.
         ``lm_kwargs`` go to the language model (e.g. ``inference_context`` / ``runtime_gather_output`` of
         KV-cached generation: images enter with the prefill, decode steps carry text tokens only)."""
         decoder_input = None
         if self.pre_process:
-            decoder_input = self.embed(input_ids, pixel_values, ts_values, ts_rates)
+            decoder_input = self.embed(input_ids, pixel_values, ts_values, ts_rates, image_grid_thw,
+                                       pixel_values_videos, video_grid_thw)
             if self.config.sequence_parallel:
                 decoder_input = tensor_parallel.scatter_to_sequence_parallel_region(decoder_input)
         return self.language_model(input_ids, position_ids, attention_mask, decoder_input=decoder_input,

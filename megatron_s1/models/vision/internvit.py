@@ -181,8 +181,11 @@ class InternViTAttention(MegatronModule):
 
 
 class InternViTMLP(MegatronModule):
-    def __init__(self, config: TransformerConfig):
+    """fc1 (column parallel) -> activation (exact GELU by default) -> fc2 (row parallel), with biases."""
+
+    def __init__(self, config: TransformerConfig, activation=F.gelu):
         super().__init__(config=config)
+        self.activation = activation
         self.linear_fc1 = ColumnParallelLinear(config.hidden_size, config.ffn_hidden_size, config=config,
                                                init_method=config.init_method, bias=True, gather_output=False)
         self.linear_fc2 = RowParallelLinear(config.ffn_hidden_size, config.hidden_size, config=config,
@@ -191,7 +194,7 @@ class InternViTMLP(MegatronModule):
 
     def forward(self, x):
         h, _ = self.linear_fc1(x)
-        out, _ = self.linear_fc2(F.gelu(h))
+        out, _ = self.linear_fc2(self.activation(h))
         return out
 
 
@@ -248,11 +251,12 @@ class InternViTEmbeddings(MegatronModule):
         return torch.cat([cls, x], dim=1) + self.position_embedding
 
 
-class _VisionDecoder(MegatronModule):
-    def __init__(self, config, vcfg):
+class VisionLayerStack(MegatronModule):
+    """The layers of a vision tower (`layers.{i}.*`), checkpointed with each layer's TP axes."""
+
+    def __init__(self, layers, config):
         super().__init__(config=config)
-        rates = torch.linspace(0, vcfg.drop_path_rate, vcfg.num_layers, device="cpu").tolist() if vcfg.num_layers else []
-        self.layers = torch.nn.ModuleList(InternViTLayer(config, vcfg, r) for r in rates)
+        self.layers = torch.nn.ModuleList(layers)
 
     def forward(self, x):
         for layer in self.layers:
@@ -268,6 +272,11 @@ class _VisionDecoder(MegatronModule):
         return out
 
 
+def _internvit_layers(config, vcfg) -> VisionLayerStack:
+    rates = torch.linspace(0, vcfg.drop_path_rate, vcfg.num_layers, device="cpu").tolist() if vcfg.num_layers else []
+    return VisionLayerStack([InternViTLayer(config, vcfg, r) for r in rates], config)
+
+
 class InternViTModel(MegatronModule):
     """pixel_values [tiles, 3, 448, 448] -> hidden states [tiles, 1 + 1024, C] (last layer, CLS first)."""
 
@@ -275,7 +284,7 @@ class InternViTModel(MegatronModule):
         super().__init__(config=config)
         self.vcfg = vcfg
         self.embeddings = InternViTEmbeddings(config, vcfg)
-        self.decoder = _VisionDecoder(config, vcfg)
+        self.decoder = _internvit_layers(config, vcfg)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         x = self.embeddings(pixel_values).transpose(0, 1).contiguous()  # [s, b, C]
