@@ -106,3 +106,8 @@ def test_paper_recipes_load():
     assert r.kl_cov_coef == 0.01 and r.kl_cov_fraction == 0.002
     pro = load_config(os.path.join(REPO, "examples/rl/intern_s1_pro.yaml"))
     assert pro.rl.algorithm == "icepop" and pro.rl.baseline == "loo"
+    from megatron_s1.rl.trainer import check_objective
+
+    kl_cov = load_config(os.path.join(REPO, "examples/rl/tiny_cpu_kl_cov.yaml")).rl
+    check_objective(kl_cov)  # KL-Cov needs mini-batches > 1
+    assert kl_cov.kl_cov_coef > 0 and kl_cov.mini_batches == 4
