@@ -240,11 +240,25 @@ class MultimodalConfig:
 
 
 @dataclass
+class OrealConfig:
+    """OREAL objective options (rl.algorithm=oreal; megatron_s1/rl/losses.py, docs/rl.md). Defaults: the paper."""
+    variant: str = "paper"  # paper (BC on reward-positives + PG on negatives) | xtuner (split by A > 0, PPO term)
+    advantage_weighted_positives: bool = False  # official configs' pos_mult_adv: positive term x A_i
+    advantage_weighted_negatives: bool = False  # official code: negative term x A_i instead of reward -1
+    positive_factor: float = 1.0  # c+ (official positive_loss_factor)
+    negative_factor: float = 1.0  # eta (official negative_loss_factor; 0.5 in their configs)
+    kl_coef: float = 0.0  # KL (k3) to the reference policy = checkpoint.pretrained (official configs: 0.01)
+    clip_eps: float = 0.2  # xtuner variant: PPO clip range
+    dual_clip: float = 3.0  # xtuner variant: dual-clip bound c on A < 0
+
+
+@dataclass
 class RLConfig:
     """Reinforcement learning (`megatron-s1 rl`; see docs/rl.md and megatron_s1/rl/)."""
     task: str = "toy_add"  # prompt source + reward (megatron_s1/rl/rewards.py, megatron_s1/rl/tasks.py)
     algorithm: str = "icepop"  # icepop (Pro Eq. 4-6) | grpo | oreal
     baseline: str = "loo"  # loo (leave-one-out, Pro Eq. 6) | grpo (group mean / std)
+    grpo_std: str = "unbiased"  # std of rl.baseline=grpo: unbiased (n-1, as verl / XTuner / OREAL) | population
     prompts_per_step: int = 8
     samples_per_prompt: int = 8  # G
     mini_batches: int = 1  # policy updates per rollout batch
@@ -257,7 +271,9 @@ class RLConfig:
     sampling: dict = field(default_factory=dict)
     icepop_alpha: float = 0.5  # keep tokens with alpha < pi_train/pi_rollout < beta
     icepop_beta: float = 5.0
-    kl_cov_coef: float = 0.0  # KL-Cov beta (0 = off; paper 0.01)
+    # KL-Cov beta (0 = off). Penalises |log pi - log pi_old|, which is 0 on a rollout's first mini-batch: needs
+    # rl.mini_batches >= 2 to act (refused otherwise).
+    kl_cov_coef: float = 0.0
     kl_cov_fraction: float = 0.002  # top fraction of tokens by Cov(logp, A) (0.2% = KL-Cov code reading of k=0.2)
     engine: str = "local"  # local (colocated Megatron-Core sampling) | openai (external server)
     engine_url: Optional[str] = None
@@ -271,6 +287,7 @@ class RLConfig:
     # none | running (per-task running z-normalisation) for every task, or a mapping task -> none | running.
     reward_weights: dict = field(default_factory=dict)
     reward_normalisation: Any = "none"
+    oreal: OrealConfig = field(default_factory=OrealConfig)
 
 
 @dataclass

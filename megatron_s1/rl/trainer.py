@@ -31,6 +31,7 @@ other, so the colocated engine keeps them decoding in step until all are done (L
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -107,6 +108,25 @@ def _rollout_dtype(name: str) -> Optional[torch.dtype]:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
+def check_objective(r) -> None:
+    """One-line errors for objective settings that are invalid or would silently do nothing."""
+    if r.algorithm not in ("icepop", "grpo", "oreal"):
+        raise ConfigError(f"rl.algorithm must be icepop, grpo or oreal, got {r.algorithm!r}")
+    if r.grpo_std not in ("unbiased", "population"):
+        raise ConfigError(f"rl.grpo_std must be unbiased or population, got {r.grpo_std!r}")
+    if r.oreal.variant not in ("paper", "xtuner"):
+        raise ConfigError(f"rl.oreal.variant must be paper or xtuner, got {r.oreal.variant!r}")
+    if r.oreal.kl_coef < 0 or r.kl_cov_coef < 0:
+        raise ConfigError("rl.kl_cov_coef and rl.oreal.kl_coef must be >= 0 (0 switches the term off)")
+    if r.kl_cov_coef > 0 and not 0 < r.kl_cov_fraction <= 1:
+        raise ConfigError(f"rl.kl_cov_fraction must be in (0, 1] with KL-Cov on, got {r.kl_cov_fraction}")
+    if r.kl_cov_coef > 0 and r.mini_batches < 2:
+        # The penalty |log pi - log pi_old| and its gradient are 0 on a rollout's first mini-batch (pi = pi_old).
+        raise ConfigError(f"rl.kl_cov_coef={r.kl_cov_coef} with rl.mini_batches={r.mini_batches} does nothing: KL-Cov "
+                          "penalises |log pi - log pi_old|, which is 0 on the first mini-batch of every rollout; set "
+                          "rl.mini_batches >= 2 or rl.kl_cov_coef=0")
+
+
 def routing_mismatch_counts(a: list, b: list, where: Optional[torch.Tensor] = None) -> list:
     """[differing, compared] (layer, token) routing decisions -- top-k expert *sets* -- of two recordings ([L, N, k]
     per layer), over the positions marked in ``where`` [L, N] (default all)."""
@@ -149,8 +169,7 @@ class RLTrainer:
         if cfg.parallel.context != 1:
             raise ConfigError(f"megatron-s1 rl needs parallel.context=1 (got {cfg.parallel.context}); use tensor, "
                               "expert or data parallelism instead")
-        if cfg.rl.algorithm not in ("icepop", "grpo", "oreal"):
-            raise ConfigError(f"rl.algorithm must be icepop, grpo or oreal, got {cfg.rl.algorithm!r}")
+        check_objective(cfg.rl)
         if cfg.model.position_embedding_type == "fope" and resolve_spec_kind(cfg.model.spec) == "te":
             # Measured on an H100: a left-padded row's FoPE log-probs on the TE spec differ from the row alone
             # (0.096), because FoPE there follows the sequence index, not the row's positions (RoPE is shift-invariant).
@@ -344,11 +363,16 @@ class RLTrainer:
             out[j, idx] = torch.tensor(rollout.rollout_logprobs[i][:len(idx)], dtype=out.dtype)
         return out
 
-    def _policy_loss(self, logp, old, roll, mask, adv, positive, counts, seq_scale: float = 1.0,
+    def _policy_loss(self, logp, old, roll, ref, mask, adv, positive, counts: dict, seq_scale: float = 1.0,
                      weight: float = 1.0):
         """Loss of this rank's share of a mini-batch, already divided by the global normalisers, so that the
-        gradient sum over data-parallel ranks is the gradient of the global objective."""
-        r = self.cfg.rl
+        gradient sum over data-parallel ranks is the gradient of the global objective.
+
+        ``counts``: global token counts of the mini-batch ("tokens": all response tokens, "pos" / "neg": OREAL's
+        positive / negative split, already multiplied by ``weight``); ``seq_scale``: this rank's share of the
+        responses (1/G sum_i normalisation); ``ref``: reference-policy log-probs (OREAL's KL) or None.
+        """
+        r, o = self.cfg.rl, self.cfg.rl.oreal
         stats = {}
         if r.algorithm == "icepop":
             loss, stats = losses.icepop_loss(logp, old, roll, adv, mask, r.icepop_alpha, r.icepop_beta,
@@ -356,11 +380,23 @@ class RLTrainer:
             loss = loss * seq_scale
         elif r.algorithm == "grpo":
             loss = losses.grpo_loss(logp, old, adv, mask) * seq_scale
+        elif o.variant == "xtuner":
+            loss = weight * losses.oreal_xtuner_loss(logp, old, adv, mask, counts["pos"], counts["neg"],
+                                                     o.positive_factor, o.negative_factor, o.clip_eps, o.dual_clip)
         else:
-            loss = weight * losses.oreal_loss(logp, mask, positive, counts[0], counts[1])
+            loss = weight * losses.oreal_loss(logp, mask, positive, counts["pos"], counts["neg"], o.negative_factor,
+                                              pos_coef=o.positive_factor, advantages=adv,
+                                              weight_positives=o.advantage_weighted_positives,
+                                              weight_negatives=o.advantage_weighted_negatives)
+        if ref is not None:
+            kl = weight * losses.reference_kl(logp, ref, mask, o.kl_coef, counts["tokens"])
+            loss = loss + kl
+            stats["ref_kl_loss"] = float(kl.detach())
         if r.kl_cov_coef > 0:
-            pen, _ = losses.kl_cov_penalty(logp, old, adv, mask, r.kl_cov_fraction, r.kl_cov_coef)
-            loss = loss + losses.per_sequence_mean(pen, mask) * seq_scale
+            pen, kstats = losses.kl_cov_penalty(logp, old, adv, mask, r.kl_cov_fraction, r.kl_cov_coef,
+                                                counts["tokens"])
+            loss = loss + weight * pen
+            stats.update(kstats, kl_cov_penalty=float(weight * pen.detach()))
         return loss, stats
 
     def _gather_dp(self, items: list) -> list:
@@ -444,8 +480,9 @@ class RLTrainer:
             keep_groups, keep = filtering.online_filter(R, torch.tensor(degen).view_as(R))
         else:
             keep_groups, keep = torch.ones(len(prompts), dtype=torch.bool), torch.ones_like(R, dtype=torch.bool)
-        adv = losses.group_advantages(R, r.baseline).reshape(-1)
-        positive = torch.tensor(raw) > 0.5
+        adv = losses.group_advantages(R, r.baseline, r.grpo_std).reshape(-1)
+        # OREAL's positive set: raw reward > 0.5 (paper) or A > 0 (XTuner's variant)
+        positive = losses.oreal_positive(r.oreal.variant, torch.tensor(raw) > 0.5, adv)
         rows = keep.reshape(-1).nonzero().squeeze(-1).tolist()
 
         kept_groups = self._all_sum([float(keep_groups.sum())])[0]
@@ -480,9 +517,20 @@ class RLTrainer:
             lp_replay = self._train_forward(full, rollout.routing, temp_all, pixel_values=all_pixels)
             record["kl_train_rollout_replay"] = losses.sampled_kl(lp_replay, roll_all, full[3])
         old_all = lp_replay if (rollout.routing is not None and r.routing_replay) else lp_plain
+        # Policy entropy at the sampled tokens: mean -log pi_old(y_t) over all response tokens (its Monte-Carlo
+        # estimate, the tokens being drawn from pi_old at the rows' temperatures).
+        ent_sum, ent_n = self._all_sum([float((-old_all * full[3]).sum()), float(full[3].sum())])
+        record["entropy"] = ent_sum / max(ent_n, 1.0)
+        ref_all = None
+        if r.algorithm == "oreal" and r.oreal.kl_coef > 0:
+            with self._reference_weights():
+                ref_all = self._train_forward(full, rollout.routing if r.routing_replay else None, temp_all,
+                                              pixel_values=all_pixels)
+            # k3 estimate of KL(pi_old || pi_ref) on the sampled tokens (0 until the policy moves)
+            record["kl_ref"] = losses.sampled_kl(ref_all, old_all, full[3])
         t_logprob = self._clock()
 
-        loss_sum, stepped_any, grad_norms, icepop = 0.0, False, [], []
+        loss_sum, stepped_any, grad_norms, mb_stats = 0.0, False, [], []
         order = rows[:]
         self.rng.shuffle(order)
         # Every data-parallel rank runs the same number of mini-batches (the gradient all-reduce is collective);
@@ -502,20 +550,23 @@ class RLTrainer:
             roll = roll_all[mb].to(self.device)
             a = adv[mb].to(self.device)
             pos = positive[mb].to(self.device)
-            # Global normalisers: responses (IcePop / GRPO / KL-Cov: 1/G sum_i) and OREAL's N+ / N- tokens.
+            ref = None if ref_all is None else ref_all[mb].to(self.device)
+            # Global normalisers: responses (IcePop / GRPO: 1/G sum_i), all response tokens (KL-Cov and OREAL's KL:
+            # token means) and OREAL's N+ / N- tokens.
             n_pos, n_neg = float((mask * pos[:, None]).sum()) * weight, float((mask * ~pos[:, None]).sum()) * weight
             n_seq_global, n_pos, n_neg = self._all_sum([len(mb) * weight, n_pos, n_neg])
+            counts = {"pos": n_pos, "neg": n_neg, "tokens": n_pos + n_neg}
             seq_scale = weight * len(mb) / max(n_seq_global, 1.0)
             for chunk in self.t.model:
                 chunk.zero_grad_buffer()
             self.t.optimizer.zero_grad()
 
-            def loss_fn(logp, k=k, weight=weight, mask=mask, old=old, roll=roll, a=a, pos=pos, n_pos=n_pos,
-                        n_neg=n_neg, seq_scale=seq_scale):
+            def loss_fn(logp, k=k, weight=weight, mask=mask, old=old, roll=roll, ref=ref, a=a, pos=pos,
+                        counts=counts, seq_scale=seq_scale):
                 first = {}
                 if k == 0 and weight > 0:  # no update yet: pi_new must equal pi_old position by position
                     first["first_update_logp_maxdiff"] = float(((logp.detach() - old).abs() * mask).max())
-                loss, stats = self._policy_loss(logp, old, roll, mask, a, pos, (n_pos, n_neg), seq_scale, weight)
+                loss, stats = self._policy_loss(logp, old, roll, ref, mask, a, pos, counts, seq_scale, weight)
                 return loss, {**first, **stats}
 
             stats = self._train_forward(batch, select_routing(rollout.routing, mb) if r.routing_replay else None,
@@ -530,8 +581,7 @@ class RLTrainer:
             stepped_any |= stepped
             grad_norms.append(gn)
             loss_sum += self._all_sum([stats["loss"]])[0] / n_mb
-            if "icepop_masked_frac" in stats:
-                icepop.append(stats["icepop_masked_frac"])
+            mb_stats.append(stats if weight > 0 else {})
             if not stepped:
                 self.t.state["skipped_steps"] += 1
         # The LR schedule is defined on tokens (train.global_batch_tokens per step), as in pretraining.
@@ -546,9 +596,67 @@ class RLTrainer:
         end = self._clock()
         record.update({"step_s": end - t0, "logprob_s": t_logprob - t0 - t_roll, "update_s": end - t_logprob,
                        "rollout_tokens_per_s": sum(map(len, rollout.response_ids)) / max(t_roll, 1e-9)})
-        if icepop:
-            record["icepop_masked_frac"] = sum(icepop) / len(icepop)
+        record.update(self._objective_metrics(mb_stats))
         return record
+
+    def _objective_metrics(self, mb_stats: list) -> dict:
+        """Per-step IcePop / KL-Cov / reference-KL metrics from the mini-batches' loss stats (all data-parallel
+        ranks; a rank's empty share contributes nothing)."""
+        out = {}
+        r = self.cfg.rl
+
+        def total(key, rows=mb_stats):
+            return sum(st.get(key, 0.0) for st in rows)
+
+        if r.algorithm == "icepop":
+            tokens, masked, kept, rho_sum = self._all_sum([total("icepop_tokens"), total("icepop_masked"),
+                                                           total("icepop_kept"), total("icepop_rho_sum")])
+            lo, hi = self._all_min_max(min((st["icepop_rho_min"] for st in mb_stats if st), default=math.inf),
+                                       max((st["icepop_rho_max"] for st in mb_stats if st), default=-math.inf))
+            out["icepop_masked_frac"] = masked / max(tokens, 1.0)
+            if kept > 0:
+                out.update(icepop_rho_min=lo, icepop_rho_mean=rho_sum / kept, icepop_rho_max=hi)
+        if r.kl_cov_coef > 0:
+            later = mb_stats[1:]
+            selected, tokens, abs_sum, sel_later = self._all_sum(
+                [total("kl_cov_selected"), total("kl_cov_tokens"), total("kl_cov_abs_sum", later),
+                 total("kl_cov_selected", later)])
+            # The penalty terms are globally normalised: their sum over ranks is the mini-batch's term.
+            pen = self._all_sum([st.get("kl_cov_penalty", 0.0) for st in mb_stats] or [0.0])
+            out["kl_cov_selected_frac"] = selected / max(tokens, 1.0)
+            out["kl_cov_penalty_first"] = pen[0]  # first mini-batch: pi = pi_old, so 0
+            out["kl_cov_active_minibatches"] = len(later)
+            if later:
+                out["kl_cov_penalty"] = sum(pen[1:]) / len(later)
+                out["kl_cov_abs_logratio"] = abs_sum / max(sel_later, 1.0)
+        if any("ref_kl_loss" in st for st in mb_stats):
+            out["ref_kl_loss"] = sum(self._all_sum([total("ref_kl_loss")])) / max(len(mb_stats), 1)
+        return out
+
+    def _all_min_max(self, lo: float, hi: float) -> tuple:
+        """(min of ``lo``, max of ``hi``) over data-parallel ranks."""
+        from megatron.core import parallel_state
+
+        if self.t.dp_size == 1:
+            return lo, hi
+        t = torch.tensor([-lo, hi], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=parallel_state.get_data_parallel_group())
+        return -float(t[0]), float(t[1])
+
+    @contextlib.contextmanager
+    def _reference_weights(self):
+        """The model's parameters temporarily replaced by the reference policy's (``self.reference``)."""
+        params = [p for chunk in self.t.model for p in chunk.parameters()]
+        current = [p.detach().clone() for p in params]
+        with torch.no_grad():
+            for p, ref in zip(params, self.reference):
+                p.copy_(ref)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, cur in zip(params, current):
+                    p.copy_(cur)
 
     # ------------------------------------------------------------------ offline filtering
     def offline_filter(self, in_path: str, out_path: str, n: int = 8, low: float = 0.25, high: float = 1.0,
@@ -586,8 +694,19 @@ class RLTrainer:
                 "output": out_path}
 
     # ------------------------------------------------------------------ main
+    def _load_reference(self) -> list:
+        """Parameters of OREAL's reference policy: checkpoint.pretrained (else the seeded initial weights), also
+        when the run resumes from a later RL checkpoint of its own."""
+        from megatron_s1.training.checkpointing import resolve_checkpoint_dir
+
+        if self.cfg.checkpoint.pretrained:
+            self.t.checkpointer.load(resolve_checkpoint_dir(self.cfg.checkpoint.pretrained), model_only=True)
+        return [p.detach().clone() for chunk in self.t.model for p in chunk.parameters()]
+
     def run(self, steps: Optional[int] = None) -> dict:
         cfg = self.cfg
+        if cfg.rl.algorithm == "oreal" and cfg.rl.oreal.kl_coef > 0:
+            self.reference = self._load_reference()  # (before resuming: the weights are still the start's)
         self.t._maybe_resume()
         steps = cfg.train.steps if steps is None else steps
         history = []
@@ -602,9 +721,10 @@ class RLTrainer:
                     f.write(json.dumps(rec) + "\n")
                     f.flush()
                     if rec["step"] % cfg.train.log_interval == 0:
-                        keys = ("step", "reward_mean", "kept_groups", "loss", "grad_norm", "kl_train_rollout",
-                                "kl_train_rollout_replay", "routing_mismatch", "step_s", "rollout_s", "logprob_s",
-                                "update_s", "rollout_tokens_per_s")
+                        keys = ("step", "reward_mean", "kept_groups", "loss", "grad_norm", "entropy", "kl_train_rollout",
+                                "kl_train_rollout_replay", "routing_mismatch", "icepop_masked_frac", "icepop_rho_min",
+                                "icepop_rho_mean", "icepop_rho_max", "kl_cov_selected_frac", "kl_cov_penalty",
+                                "kl_ref", "step_s", "rollout_s", "logprob_s", "update_s", "rollout_tokens_per_s")
                         keys += tuple(k for k in rec if k.startswith("reward_mean/"))
                         print("[rl] " + " | ".join(f"{k} {rec[k]:.4g}" if isinstance(rec[k], float) else f"{k} {rec[k]}"
                                                    for k in keys if k in rec), flush=True)

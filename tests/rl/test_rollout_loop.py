@@ -92,6 +92,10 @@ def test_rl_cli_reward_rises(tmp_path):
     assert result["reward_last"] > result["reward_first"] + 0.15, result
     records = [json.loads(line) for line in open(tmp_path / "rl_metrics.jsonl")]
     assert len(records) == 30 and all("kl_train_rollout_replay" in r for r in records)
+    # IcePop statistics and the entropy of the sampled tokens every step (one digit: at most ln 10)
+    assert all(0 <= r["icepop_masked_frac"] <= 1 and 0 < r["entropy"] <= math.log(10) + 1e-6 for r in records)
+    kept = [r for r in records if "icepop_rho_mean" in r]
+    assert kept and all(0.5 < r["icepop_rho_min"] <= r["icepop_rho_mean"] <= r["icepop_rho_max"] < 5 for r in kept)
     assert os.path.exists(tmp_path / "checkpoints" / "latest")
 
 
@@ -106,3 +110,8 @@ def test_paper_recipes_load():
     assert r.kl_cov_coef == 0.01 and r.kl_cov_fraction == 0.002
     pro = load_config(os.path.join(REPO, "examples/rl/intern_s1_pro.yaml"))
     assert pro.rl.algorithm == "icepop" and pro.rl.baseline == "loo"
+    from megatron_s1.rl.trainer import check_objective
+
+    kl_cov = load_config(os.path.join(REPO, "examples/rl/tiny_cpu_kl_cov.yaml")).rl
+    check_objective(kl_cov)  # KL-Cov needs mini-batches > 1
+    assert kl_cov.kl_cov_coef > 0 and kl_cov.mini_batches == 4
