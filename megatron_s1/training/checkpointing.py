@@ -336,6 +336,7 @@ class Checkpointer:
             dist.barrier()
 
         use_async = self._async_queue is not None and not blocking
+        _adopt_writer_results_queue()
         with self._cleanup_on_failure(tmp, final):
             request = dist_checkpointing.save(sharded, tmp, async_sharded_save=use_async,
                                               content_metadata=_sharding_metadata(),
@@ -449,6 +450,27 @@ class Checkpointer:
             rng_path = os.path.join(ckpt_dir, "rng", f"rank_{dist.get_rank():05d}.pt")
             set_rng_state(torch.load(rng_path, weights_only=False))
         return state
+
+
+_writer_manager = None  # keeps the results-queue server of the shard writers alive (its finalizer stops it)
+
+
+def _adopt_writer_results_queue() -> None:
+    """Start the process that serves dist_checkpointing's write-results queue ourselves, so that it dies with the
+    trainer: Megatron-Core's own (a spawned multiprocessing Manager) outlives a kill -9, still holding stdout."""
+    global _writer_manager
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    if filesystem_async._results_queue is not None:
+        return
+    import multiprocessing
+    from multiprocessing.managers import SyncManager
+
+    from megatron_s1.training.children import die_with_parent
+
+    _writer_manager = SyncManager(ctx=multiprocessing.get_context("spawn"))
+    _writer_manager.start(initializer=die_with_parent, initargs=(os.getpid(),))
+    filesystem_async._results_queue = _writer_manager.Queue()
 
 
 def _is_disk_full(err: BaseException) -> bool:
