@@ -22,6 +22,11 @@ class ConfigError(ValueError):
     """A user-facing configuration problem; the message is one line naming the problem and the fix."""
 
 
+class RunError(RuntimeError):
+    """A runtime failure reported as one line naming the problem and the fix (exit code 1): a full disk, a run
+    directory in use, no complete checkpoint to resume from."""
+
+
 @dataclass
 class RunConfig:
     dir: str = "runs/default"  # checkpoints/, metrics.jsonl and tensorboard/ live here
@@ -133,6 +138,7 @@ class TrainConfig:
     skip_grad_norm_above: Optional[float] = None  # skip (and count) steps with a larger grad norm
     exit_signal_handling: bool = True  # SIGTERM/SIGUSR1 -> finish step, save, exit 0
     exit_at_step: Optional[int] = None  # save and exit after this step (the schedule still spans train.steps)
+    resume_step: Optional[int] = None  # resume from run.dir's iter_<N> (complete) instead of the latest checkpoint
     # [first, last] steps to record with torch.profiler (CPU + CUDA): run.dir/profile/{trace,kernels}_rank*.{json,txt}
     profile_steps: Optional[list] = None
 
@@ -454,7 +460,18 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
                 raise ConfigError(str(err)) from None
             raw[kind] = {**values, **section_raw}
     _apply(cfg, raw, "")
+    # Dotted keys the recipe, its presets or the overrides set (the rest may come from a pretrained checkpoint).
+    cfg.stated = frozenset(_dotted_keys(raw))
     return cfg
+
+
+def _dotted_keys(values: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in values.items():
+        keys.append(prefix + key)
+        if isinstance(value, dict):
+            keys += _dotted_keys(value, f"{prefix}{key}.")
+    return keys
 
 
 def config_from_dict(values: dict) -> ExperimentConfig:

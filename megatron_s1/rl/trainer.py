@@ -244,6 +244,20 @@ class RLTrainer:
         self.gen = torch.Generator().manual_seed(cfg.run.seed + 1000 + self.t.dp_rank)
         self.is_moe = cfg.model.num_moe_experts is not None
         self.metrics_path = os.path.join(cfg.run.dir, "rl_metrics.jsonl")
+        # The prompt / token samplers are checkpointed per rank: a resumed run draws what the uninterrupted one would.
+        self.t.rank_state = (self._sampler_state, self._restore_sampler_state)
+        self._signal: Optional[int] = None
+
+    def _sampler_state(self) -> dict:
+        return {"prompt_rng": self.rng.getstate(), "token_rng": self.gen.get_state()}
+
+    def _restore_sampler_state(self, state: Optional[dict]) -> None:
+        if state is not None:  # None: resharded resume (another data-parallel layout); the seeds stay fresh
+            self.rng.setstate(state["prompt_rng"])
+            self.gen.set_state(state["token_rng"])
+
+    def _on_signal(self, signum: int) -> None:
+        self._signal = signum
 
     # ------------------------------------------------------------------ pieces
     def _train_forward(self, batch, routing, temperature, pixel_values=None, loss_fn=None):
@@ -704,17 +718,41 @@ class RLTrainer:
         return [p.detach().clone() for chunk in self.t.model for p in chunk.parameters()]
 
     def run(self, steps: Optional[int] = None) -> dict:
+        from megatron_s1.training.run_lock import run_dir_lock
+
+        with run_dir_lock(self.cfg.run.dir):
+            return self._run(steps)
+
+    def _save(self, reason: str = "") -> str:
+        path = self.t.save()
+        if self.t.env.is_main:
+            print(f"saved checkpoint {path}{reason}", flush=True)
+        return path
+
+    def _run(self, steps: Optional[int]) -> dict:
+        from megatron_s1.training.checkpointing import install_exit_signal_handlers
+        from megatron_s1.training.distributed import all_reduce_max_flag
+        from megatron_s1.training.metrics import truncate_jsonl_after
+
         cfg = self.cfg
         if cfg.rl.algorithm == "oreal" and cfg.rl.oreal.kl_coef > 0:
             self.reference = self._load_reference()  # (before resuming: the weights are still the start's)
         self.t._maybe_resume()
-        steps = cfg.train.steps if steps is None else steps
+        if steps is not None:
+            cfg.train.steps = steps
         history = []
+        if self.t.already_complete():
+            return {"steps": self.t.state["step"], "skipped_steps": self.t.state["skipped_steps"],
+                    "exit_reason": "already_complete"}
         if self.t.env.is_main:
             os.makedirs(cfg.run.dir, exist_ok=True)
+            truncate_jsonl_after(self.metrics_path, self.t.state["step"])  # steps after the checkpoint are re-run
+        if cfg.train.exit_signal_handling:
+            install_exit_signal_handlers(self._on_signal)
         f = open(self.metrics_path, "a", encoding="utf-8") if self.t.env.is_main else None
+        last_saved, exit_reason = self.t._resumed_step, "completed"
         try:
-            while self.t.state["step"] < steps:
+            while self.t.state["step"] < cfg.train.steps:
                 rec = self.step()
                 history.append(rec)
                 if f is not None:
@@ -731,14 +769,17 @@ class RLTrainer:
                 step = self.t.state["step"]
                 saved = None
                 if cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0:
-                    saved = self.t.save()
+                    saved, last_saved = self._save(), step
                 if isinstance(self.engine, OpenAIEngine):
-                    path = saved or self.t.save()  # (collective)
+                    if saved is None:
+                        saved, last_saved = self.t.save(), step  # (collective)
                     if self._is_model_parallel_src():
-                        self.engine.update_weights(path)
-            saved_last = cfg.checkpoint.interval and self.t.state["step"] % cfg.checkpoint.interval == 0
-            if cfg.checkpoint.save_final and not saved_last:
-                self.t.save()
+                        self.engine.update_weights(saved)
+                if cfg.train.exit_signal_handling and all_reduce_max_flag(self._signal is not None, self.device):
+                    exit_reason = "signal"
+                    break
+            if last_saved != self.t.state["step"] and (cfg.checkpoint.save_final or exit_reason == "signal"):
+                self._save("" if exit_reason == "completed" else f" ({exit_reason})")
         finally:
             if f is not None:
                 f.close()
@@ -746,6 +787,7 @@ class RLTrainer:
         rewards = [h["reward_mean"] for h in history]
         k = max(1, len(rewards) // 5)
         summary = {"steps": self.t.state["step"], "skipped_steps": self.t.state["skipped_steps"],
+                   "exit_reason": exit_reason,
                    "reward_first": sum(rewards[:k]) / k if rewards else None,
                    "reward_last": sum(rewards[-k:]) / k if rewards else None}
         for key in ("kl_train_rollout", "kl_train_rollout_replay", "routing_mismatch"):

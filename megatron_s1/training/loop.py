@@ -6,6 +6,8 @@ and on GPUs with NCCL unchanged.)
 from __future__ import annotations
 
 import math
+import os
+import sys
 import time
 from typing import Optional
 
@@ -25,12 +27,15 @@ from megatron_s1.models.precision import enable_fused_wgrad_accumulation
 from megatron_s1.models.specs import resolve_spec_kind
 from megatron_s1.tokenizer import load_tokenizer
 from megatron_s1.training import flops
-from megatron_s1.training.checkpointing import (Checkpointer, _uses_distributed_optimizer, find_latest,
-                                                install_exit_signal_handlers, resolve_checkpoint_dir, checkpoint_root)
+from megatron_s1.training.checkpointing import (ARCHITECTURE_FIELDS, Checkpointer, _uses_distributed_optimizer,
+                                                adopt_checkpoint_model, checkpoint_problem, checkpoint_root,
+                                                install_exit_signal_handlers, iteration_dir_name, list_iterations,
+                                                read_trainer_state, resolve_checkpoint_dir, resume_candidates)
 from megatron_s1.training.distributed import (all_reduce_max_flag, init_distributed, initialize_model_parallel,
                                               seed_everything)
 from megatron_s1.training.metrics import MetricsLogger, expert_imbalance, memory_peak_gb
 from megatron_s1.training.profiling import StepProfiler
+from megatron_s1.training.run_lock import run_dir_lock
 from megatron_s1.training.schedules import BatchSizeSchedule, build_lr_scheduler
 from megatron_s1.training.tasks import get_task
 
@@ -38,6 +43,9 @@ from megatron_s1.training.tasks import get_task
 class Trainer:
     def __init__(self, cfg: ExperimentConfig):
         self.cfg = cfg
+        if cfg.checkpoint.pretrained and getattr(cfg, "stated", None) is not None:
+            # The model fields the recipe leaves unstated come from the checkpoint (e.g. a converted HF model).
+            adopt_checkpoint_model(cfg, resolve_checkpoint_dir(cfg.checkpoint.pretrained), cfg.stated)
         self.env = init_distributed()
         validate_model_parallel(cfg.model, cfg.parallel, self.env.world_size)
         initialize_model_parallel(cfg)
@@ -75,6 +83,8 @@ class Trainer:
         self._router_counts: dict[int, torch.Tensor] = {}
         self._install_router_hooks()
         self._signal: Optional[int] = None
+        # (get, set) of extra per-rank state checkpointed with the run (the RL driver's samplers), or None.
+        self.rank_state = None
         self._flops_per_token = flops.training_flops_per_token(cfg.model, cfg.data.seq_length)
         self._peak = None
         if torch.cuda.is_available():
@@ -253,29 +263,88 @@ class Trainer:
         return sum(losses) / len(losses)
 
     # ------------------------------------------------------------------ main
+    def _warn(self, message: str) -> None:
+        if self.env.is_main:
+            print(message, file=sys.stderr, flush=True)
+
+    def _resume_checkpoint(self) -> Optional[str]:
+        """Load the checkpoint to resume from (train.resume_step's, else the newest complete one); its path."""
+        root, wanted = checkpoint_root(self.cfg), self.cfg.train.resume_step
+        if wanted is not None:
+            path = os.path.join(root, iteration_dir_name(wanted))
+            problem = checkpoint_problem(path, checksums=True)
+            if problem:
+                complete = [s for s, n in list_iterations(root) if not checkpoint_problem(os.path.join(root, n))]
+                raise ConfigError(f"train.resume_step={wanted}: {path} {problem}; complete checkpoints of this run: "
+                                  f"steps {complete or 'none'}")
+            newer = [n for s, n in list_iterations(root) if s > wanted]
+            if newer:
+                self._warn(f"warning: resuming from step {wanted}; the newer {', '.join(sorted(newer))} will be "
+                           "replaced as the run reaches their steps")
+            self.state.update({k: v for k, v in self.checkpointer.load(path).items() if k in self.state})
+            return path
+        for path in resume_candidates(root, self._warn):
+            try:
+                saved = self.checkpointer.load(path)
+            except ConfigError:
+                raise
+            except Exception as err:  # noqa: BLE001 -- an unreadable shard: fall back to the previous checkpoint
+                self._warn(f"warning: {path} could not be loaded ({str(err).splitlines()[0][:200]})")
+                continue
+            self.state.update({k: v for k, v in saved.items() if k in self.state})
+            return path
+        return None
+
     def _maybe_resume(self, log: MetricsLogger | None = None) -> None:
         cfg = self.cfg
-        latest = find_latest(checkpoint_root(cfg)) if cfg.checkpoint.resume else None
-        if latest is not None:
-            saved = self.checkpointer.load(latest)
-            for key in self.state:
-                self.state[key] = saved[key]
-            self._resumed_from = latest
-        elif cfg.checkpoint.pretrained:
-            self.checkpointer.load(resolve_checkpoint_dir(cfg.checkpoint.pretrained), model_only=True)
-            self._resumed_from = None
-        else:
-            self._resumed_from = None
+        self._resumed_from = self._resume_checkpoint() if cfg.checkpoint.resume else None
+        if self._resumed_from is None and cfg.checkpoint.pretrained:
+            path = resolve_checkpoint_dir(cfg.checkpoint.pretrained)
+            self.checkpointer.load(path, model_only=True)
+            self._warn_architecture_mismatch(path)
+            if self.env.is_main:
+                print(f"loaded pretrained weights from {path}", flush=True)
+        self._resumed_step = self.state["step"] if self._resumed_from else None
+        if self._resumed_from and self.rank_state is not None:
+            self.rank_state[1](self.checkpointer.load_rank_state(self._resumed_from))
+
+    def _warn_architecture_mismatch(self, ckpt_dir: str) -> None:
+        saved = read_trainer_state(ckpt_dir)["config"]["model"]
+        current = self.cfg.to_dict()["model"]
+        diffs = [f"model.{k}: checkpoint {saved[k]!r} vs config {current.get(k)!r}" for k in ARCHITECTURE_FIELDS
+                 if k in saved and saved[k] != current.get(k)]
+        if diffs:
+            self._warn(f"warning: {ckpt_dir} was trained with other settings ({'; '.join(diffs)}); the config's "
+                       "values are used (drop them from the recipe to take the checkpoint's)")
+
+    def _target_step(self) -> int:
+        exit_at = self.cfg.train.exit_at_step
+        return self.cfg.train.steps if exit_at is None else min(exit_at, self.cfg.train.steps)
+
+    def already_complete(self) -> bool:
+        """Resumed at (or past) the step this run would stop at: say so; the caller does nothing else."""
+        done = self._resumed_from is not None and self.state["step"] >= self._target_step()
+        if done and self.env.is_main:
+            print(f"run already complete: {self._resumed_from} is step {self.state['step']} (train.steps="
+                  f"{self.cfg.train.steps}); nothing to do (raise train.steps to train further)", flush=True)
+        return done
 
     def _on_signal(self, signum: int) -> None:
         self._signal = signum
 
-    def save(self) -> str:
-        return self.checkpointer.save(dict(self.state))
+    def save(self, blocking: bool = False) -> str:
+        extra = self.rank_state[0]() if self.rank_state is not None else None
+        return self.checkpointer.save(dict(self.state), blocking=blocking, rank_state=extra)
 
     def run(self) -> dict:
+        with run_dir_lock(self.cfg.run.dir):
+            return self._run()
+
+    def _run(self) -> dict:
         cfg = self.cfg
         self._maybe_resume()
+        if self.already_complete():
+            return {"exit_reason": "already_complete", "valid_loss": None, **self.state}
         self.train_ds, self.valid_ds, _ = self._datasets()
         if self.train_ds is None:
             raise ConfigError("the train split is empty; give data.split a non-zero first entry (e.g. 98,1,1)")
@@ -286,7 +355,7 @@ class Trainer:
                       f"({self.state['consumed_tokens']} tokens)")
         if cfg.train.exit_signal_handling:
             install_exit_signal_handlers(self._on_signal)
-        last_eval, last_eval_step, last_saved_step = None, None, None
+        last_eval, last_eval_step, last_saved_step = None, None, self._resumed_step
         exit_reason = "completed"
         interval_start = time.perf_counter()
         interval_tokens = 0
@@ -325,7 +394,7 @@ class Trainer:
                     log.log({"step": step, "loss": last_eval}, kind="valid")
                 log.advance()
                 if cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0 and step < cfg.train.steps:
-                    path = self.checkpointer.save(dict(self.state))
+                    path = self.save()
                     last_saved_step = step
                     log.event(f"saved checkpoint {path}")
                 self.checkpointer.finalize_pending()
@@ -344,7 +413,7 @@ class Trainer:
                 self.checkpointer.finalize_pending(blocking=True)  # this step is already saved
                 log.event(f"checkpoint of step {self.state['step']} already saved ({exit_reason})")
             elif needs_save:
-                path = self.checkpointer.save(dict(self.state), blocking=True)
+                path = self.save(blocking=True)
                 log.event(f"saved checkpoint {path}" + ("" if exit_reason == "completed" else f" ({exit_reason})"))
             if (exit_reason == "completed" and self.valid_ds is not None and cfg.train.eval_iters > 0
                     and last_eval_step != self.state["step"]):

@@ -18,6 +18,23 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def truncate_jsonl_after(path: str, step: int) -> None:
+    """Drop the records of steps after the resume point from a metrics jsonl (they are recomputed, identically);
+    a torn last line (killed mid-write) goes too."""
+    if not os.path.exists(path):
+        return
+    kept = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                if line.strip() and json.loads(line).get("step", 0) <= step:
+                    kept.append(line)
+            except ValueError:
+                continue
+    with atomic_open(path) as f:
+        f.writelines(kept)
+
+
 class MetricsLogger:
     """Only rank 0 writes. `metrics.jsonl` gets one JSON object per logged step (append-only, so a resumed
     run continues the same file; entries for steps re-run after a crash are dropped on resume)."""
@@ -46,13 +63,7 @@ class MetricsLogger:
             self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
 
     def _truncate_after(self, step: int) -> None:
-        """Drop records of steps after the resume point (they are recomputed, identically)."""
-        if not os.path.exists(self.path):
-            return
-        with open(self.path, encoding="utf-8") as f:
-            kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
-        with atomic_open(self.path) as f:
-            f.writelines(kept)
+        truncate_jsonl_after(self.path, step)
 
     def log(self, record: dict, kind: str = "train") -> None:
         if not self.enabled:
