@@ -82,6 +82,8 @@ def _cmd_config(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="megatron-s1", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and library warnings (also "
+                        "accepted after the sub-command; logging.verbose=true shows the warnings only)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="<command>")
 
     p = sub.add_parser("train", help="train a model from a YAML recipe (auto-resumes from run.dir)",
@@ -119,14 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from megatron_s1.config.schema import ConfigError
+    """Exit codes: 0 ok, 2 bad input or configuration, 1 runtime failure, 130 interrupted (megatron_s1/console.py)."""
+    from megatron_s1 import console
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # accepted anywhere, not only before the sub-command
+    argv = [a for a in argv if a != "--debug"]
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (ConfigError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    console.configure(verbose=debug or console.verbose_requested(argv, getattr(args, "config", None)))
+    return console.run_command(args.func, args, debug=debug)
 
 
 if __name__ == "__main__":
