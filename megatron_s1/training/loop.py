@@ -32,6 +32,7 @@ from megatron_s1.training.distributed import (all_reduce_max_flag, init_distribu
 from megatron_s1.training.metrics import MetricsLogger, expert_imbalance, memory_peak_gb
 from megatron_s1.training.profiling import StepProfiler
 from megatron_s1.training.schedules import BatchSizeSchedule, build_lr_scheduler
+from megatron_s1.training.summary import startup_summary
 from megatron_s1.training.tasks import get_task
 
 
@@ -281,9 +282,12 @@ class Trainer:
             raise ConfigError("the train split is empty; give data.split a non-zero first entry (e.g. 98,1,1)")
         log = MetricsLogger(cfg.run.dir, self.env.is_main, cfg.logging.tensorboard, cfg.logging.progress_bar,
                             cfg.train.steps, self.state["step"])
+        log.event(startup_summary(self))  # (collective: every rank counts its parameters)
         if self._resumed_from:
             log.event(f"resumed from {self._resumed_from} at step {self.state['step']} "
                       f"({self.state['consumed_tokens']} tokens)")
+        elif cfg.checkpoint.pretrained:
+            log.event(f"loaded pretrained weights (model only) from {cfg.checkpoint.pretrained}")
         if cfg.train.exit_signal_handling:
             install_exit_signal_handlers(self._on_signal)
         last_eval, last_eval_step, last_saved_step = None, None, None
