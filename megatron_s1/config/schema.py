@@ -480,11 +480,13 @@ def check_values(cfg: ExperimentConfig) -> None:
 
 
 def split_proportions(split: str) -> list[float]:
-    """data.split ("98,1,1" or "98/1/1") as three non-negative proportions with a positive sum."""
+    """data.split ("98,1,1" or "98/1/1"; missing trailing entries are 0, as in Megatron-Core) as three
+    non-negative proportions with a positive sum."""
     try:
         weights = [float(x) for x in str(split).replace("/", ",").split(",")]
     except ValueError:
         weights = []
+    weights += [0.0] * (3 - len(weights))
     if len(weights) != 3 or min(weights) < 0 or sum(weights) <= 0:
         raise ConfigError(f"data.split={split!r} must be three non-negative train,valid,test proportions, e.g. "
                           "data.split=98,1,1")

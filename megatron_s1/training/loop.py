@@ -57,6 +57,8 @@ class Trainer:
         self.total_tokens = self.batch_schedule.tokens_after_steps(cfg.train.steps)
 
         self.task = get_task(cfg.train.task)(self)
+        if hasattr(self.task, "check_inputs"):  # input errors before the (slow) model build
+            self.task.check_inputs()
         self.tconfig = build_transformer_config(cfg)
         self.tconfig.calculate_per_token_loss = True
         self.model = self._build_model()
