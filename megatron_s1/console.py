@@ -28,6 +28,9 @@ NOISE_MESSAGES = (
     r".*MimoModelConfig is experimental",
     r".*full scope is deprecated",
     r".*is deprecated",
+    r".*torch.distributed is disabled, unavailable or uninitialized",  # dist_checkpointing loads on a rank
+    r".*The argument order of load has been changed",
+    r".*Could not determine rank from torch.distributed",
 )
 # Loggers whose WARNING-level records are the same notices (Megatron-Core logs through `logging`).
 NOISE_LOGGERS = ("megatron", "torch.utils.cpp_extension", "torch.distributed.checkpoint")

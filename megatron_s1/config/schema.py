@@ -479,6 +479,20 @@ def check_values(cfg: ExperimentConfig) -> None:
     split_proportions(d.split)
 
 
+# Settings a resumed run must keep: the data position (consumed samples) counts sequences of data.seq_length tokens.
+RESUME_FIXED = (("data", "seq_length"),)
+
+
+def check_resume_config(cfg: ExperimentConfig, saved: dict, ckpt_dir: str) -> None:
+    """Refuse to resume when a setting in RESUME_FIXED differs from the checkpoint's recorded config."""
+    for section, key in RESUME_FIXED:
+        before, now = (saved.get(section) or {}).get(key), getattr(getattr(cfg, section), key)
+        if before is not None and before != now:
+            raise ConfigError(f"{section}.{key}={now} but the checkpoint {ckpt_dir} was trained with {section}.{key}="
+                              f"{before}; resume with {section}.{key}={before}, or start a new run.dir (with "
+                              f"checkpoint.pretrained={ckpt_dir} to keep the weights)")
+
+
 def split_proportions(split: str) -> list[float]:
     """data.split ("98,1,1" or "98/1/1"; missing trailing entries are 0, as in Megatron-Core) as three
     non-negative proportions with a positive sum."""

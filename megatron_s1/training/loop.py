@@ -19,14 +19,15 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.transformer.enums import ModelType
 from megatron.core.transformer.moe.router import TopKRouter
 
-from megatron_s1.config.schema import ConfigError, ExperimentConfig
+from megatron_s1.config.schema import ConfigError, ExperimentConfig, check_resume_config
 from megatron_s1.models.language import build_transformer_config, validate_model_parallel
 from megatron_s1.models.precision import enable_fused_wgrad_accumulation
 from megatron_s1.models.specs import resolve_spec_kind
 from megatron_s1.tokenizer import load_tokenizer
 from megatron_s1.training import flops
 from megatron_s1.training.checkpointing import (Checkpointer, _uses_distributed_optimizer, find_latest,
-                                                install_exit_signal_handlers, resolve_checkpoint_dir, checkpoint_root)
+                                                install_exit_signal_handlers, read_trainer_state,
+                                                resolve_checkpoint_dir, checkpoint_root)
 from megatron_s1.training.distributed import (all_reduce_max_flag, init_distributed, initialize_model_parallel,
                                               seed_everything)
 from megatron_s1.training.metrics import MetricsLogger, expert_imbalance, memory_peak_gb
@@ -279,6 +280,8 @@ class Trainer:
     def run(self) -> dict:
         cfg = self.cfg
         self._maybe_resume()
+        if self._resumed_from:
+            check_resume_config(cfg, read_trainer_state(self._resumed_from).get("config") or {}, self._resumed_from)
         self.train_ds, self.valid_ds, _ = self._datasets()
         if self.train_ds is None:
             raise ConfigError("the train split is empty; give data.split a non-zero first entry (e.g. 98,1,1)")
