@@ -46,22 +46,16 @@ def _cmd_eval(args) -> int:
     from megatron_s1.config import load_config
     from megatron_s1.training.loop import Trainer
 
-    # --ckpt: any checkpoint (a run's, converted, averaged) as pretrained weights, its model config filling
-    # what the recipe leaves unstated; without it the run.dir's latest complete checkpoint.
-    extra = [f"checkpoint.pretrained={args.ckpt}", "checkpoint.resume=false"] if args.ckpt else ["checkpoint.resume=true"]
-    cfg = load_config(args.config, list(args.overrides) + extra)
+    overrides = list(args.overrides) + ["checkpoint.resume=true"]
+    cfg = load_config(args.config, overrides)
     trainer = Trainer(cfg)
     trainer._maybe_resume()
-    if trainer._resumed_from is None and not args.ckpt:
-        raise SystemExit(f"error: no checkpoint under {cfg.run.dir}/checkpoints; train first, set run.dir or pass "
-                         "--ckpt DIR")
+    if trainer._resumed_from is None:
+        raise SystemExit(f"error: no checkpoint under {cfg.run.dir}/checkpoints; train first or set run.dir")
     trainer.train_ds, trainer.valid_ds, _ = trainer._datasets()
     loss = trainer.evaluate()
     if trainer.env.is_main:
-        from megatron_s1.training.checkpointing import read_trainer_state, resolve_checkpoint_dir
-
-        path = trainer._resumed_from or resolve_checkpoint_dir(args.ckpt)
-        print(json.dumps({"checkpoint": path, "step": read_trainer_state(path)["step"], "valid_loss": loss}), flush=True)
+        print(json.dumps({"step": trainer.state["step"], "valid_loss": loss}), flush=True)
     return 0
 
 
@@ -88,6 +82,8 @@ def _cmd_config(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="megatron-s1", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and library warnings (also "
+                        "accepted after the sub-command; logging.verbose=true shows the warnings only)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="<command>")
 
     p = sub.add_parser("train", help="train a model from a YAML recipe (auto-resumes from run.dir)",
@@ -96,12 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("eval", help="validation loss of a checkpoint (run.dir's latest, or --ckpt DIR)",
-                       description="Load run.dir/checkpoints/latest (or --ckpt DIR) and report the validation loss "
+    p = sub.add_parser("eval", help="validation loss of the latest checkpoint in run.dir",
+                       description="Load run.dir/checkpoints/latest and report the validation loss "
                        "(train.eval_iters global batches of the validation split).")
     _add_config_args(p)
-    p.add_argument("--ckpt", default=None, help="any Megatron checkpoint (iter_* directory, checkpoints/ root, "
-                   "converted or averaged); model fields the recipe leaves unstated come from it")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("preprocess", help="tokenise jsonl into a Megatron .bin/.idx dataset",
@@ -127,17 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from megatron_s1.config.schema import ConfigError, RunError
+    """Exit codes: 0 ok, 2 bad input or configuration, 1 runtime failure, 130 interrupted (megatron_s1/console.py)."""
+    from megatron_s1 import console
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # accepted anywhere, not only before the sub-command
+    argv = [a for a in argv if a != "--debug"]
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (ConfigError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except RunError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    console.configure(verbose=debug or console.verbose_requested(argv, getattr(args, "config", None)))
+    return console.run_command(args.func, args, debug=debug)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ from megatron_s1.models.presets import MM_DEFAULT_VISION, encoder_preset_fields,
 
 
 class ConfigError(ValueError):
-    """A user-facing configuration problem; the message is one line naming the problem and the fix."""
+    """A user-facing configuration or input problem; the message is one line naming the problem and the fix.
+    The CLI prints it as `error: ...` and exits with status 2 (megatron_s1/console.py)."""
 
 
 class RunError(RuntimeError):
@@ -178,6 +179,8 @@ class CheckpointConfig:
 class LoggingConfig:
     tensorboard: bool = True
     progress_bar: str = "auto"  # auto (when stdout is a terminal) | on | off
+    # Library warnings (TE / Apex absent, deprecations) on every rank; off: rank 0 and our own lines only.
+    verbose: bool = False
 
 
 @dataclass
@@ -331,6 +334,9 @@ class ExperimentConfig:
         return dataclasses.asdict(self)
 
 
+SECTIONS = tuple(f.name for f in dataclasses.fields(ExperimentConfig))
+
+
 def _suggest(key: str, valid: typing.Iterable[str]) -> str:
     match = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
     return f"; did you mean {match[0]!r}?" if match else f"; valid keys: {', '.join(sorted(valid))}"
@@ -403,7 +409,11 @@ def parse_overrides(overrides: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form section.key=value (e.g. train.steps=20)")
         dotted, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else None
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {item!r} is not valid YAML ({_yaml_problem(err)}); quote strings and "
+                              "close brackets, e.g. data.blend=[a,b] or 'data.split=\"98,1,1\"'") from None
         node = nested
         parts = dotted.split(".")
         for part in parts[:-1]:
@@ -428,11 +438,26 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
         if not os.path.exists(path):
             raise ConfigError(f"config file {path!r} does not exist; pass an existing recipe such as "
                               "examples/cpt/tiny_cpu.yaml")
-        with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f) or {}
+        try:
+            with open(path, encoding="utf-8") as f:
+                raw = yaml.safe_load(f) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark is not None else path
+            raise ConfigError(f"{where}: not valid YAML ({_yaml_problem(err)}); fix the recipe (indentation, "
+                              "unclosed brackets or quotes)") from None
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"config file {path!r} is not UTF-8 text ({err.reason} at byte {err.start}); "
+                              "save the recipe as UTF-8") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {path!r} must hold a mapping of sections (run:, model:, ...)")
     raw = _merge(raw, parse_overrides(overrides or []))
+    for section, value in list(raw.items()):
+        if value is None:  # `model:` with nothing under it
+            raw[section] = {}
+        elif not isinstance(value, dict) and section in SECTIONS:
+            raise ConfigError(f"config section {section!r} must be a mapping of keys (e.g. {section}.KEY=VALUE "
+                              f"or `{section}:` with indented keys in the recipe), got {value!r}")
 
     cfg = ExperimentConfig()
     model_raw = dict(raw.get("model") or {})
@@ -462,6 +487,7 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
     _apply(cfg, raw, "")
     # Dotted keys the recipe, its presets or the overrides set (the rest may come from a pretrained checkpoint).
     cfg.stated = frozenset(_dotted_keys(raw))
+    check_values(cfg)
     return cfg
 
 
@@ -472,6 +498,58 @@ def _dotted_keys(values: dict, prefix: str = "") -> list[str]:
         if isinstance(value, dict):
             keys += _dotted_keys(value, f"{prefix}{key}.")
     return keys
+
+
+def _yaml_problem(err: Exception) -> str:
+    return " ".join(str(getattr(err, "problem", None) or err).split())
+
+
+def check_values(cfg: ExperimentConfig) -> None:
+    """Ranges the loop relies on, checked before anything is built (a bad value costs no model build)."""
+    d, t = cfg.data, cfg.train
+    for dotted, value, least in (("data.micro_batch_size", d.micro_batch_size, 1), ("data.seq_length", d.seq_length, 1),
+                                 ("train.steps", t.steps, 0), ("train.log_interval", t.log_interval, 1),
+                                 ("train.eval_interval", t.eval_interval, 0), ("train.eval_iters", t.eval_iters, 0),
+                                 ("checkpoint.interval", cfg.checkpoint.interval, 0),
+                                 ("checkpoint.keep_last", cfg.checkpoint.keep_last, 1)):
+        if value < least:
+            raise ConfigError(f"{dotted}={value} must be >= {least}")
+    stages = t.global_batch_tokens
+    for stage in stages if isinstance(stages, list) else []:
+        if isinstance(stage, (list, tuple)) and len(stage) == 2 and isinstance(stage[1], (int, float)) \
+                and stage[1] <= 0:
+            raise ConfigError(f"train.global_batch_tokens stage {stage!r} has {stage[1]} tokens per step; give a "
+                              f"positive multiple of data.seq_length x data.micro_batch_size, e.g. "
+                              f"[[0, {d.seq_length * d.micro_batch_size * 8}]]")
+    split_proportions(d.split)
+
+
+# Settings a resumed run must keep: the data position (consumed samples) counts sequences of data.seq_length tokens.
+RESUME_FIXED = (("data", "seq_length"),)
+
+
+def check_resume_config(cfg: ExperimentConfig, saved: dict, ckpt_dir: str) -> None:
+    """Refuse to resume when a setting in RESUME_FIXED differs from the checkpoint's recorded config."""
+    for section, key in RESUME_FIXED:
+        before, now = (saved.get(section) or {}).get(key), getattr(getattr(cfg, section), key)
+        if before is not None and before != now:
+            raise ConfigError(f"{section}.{key}={now} but the checkpoint {ckpt_dir} was trained with {section}.{key}="
+                              f"{before}; resume with {section}.{key}={before}, or start a new run.dir (with "
+                              f"checkpoint.pretrained={ckpt_dir} to keep the weights)")
+
+
+def split_proportions(split: str) -> list[float]:
+    """data.split ("98,1,1" or "98/1/1"; missing trailing entries are 0, as in Megatron-Core) as three
+    non-negative proportions with a positive sum."""
+    try:
+        weights = [float(x) for x in str(split).replace("/", ",").split(",")]
+    except ValueError:
+        weights = []
+    weights += [0.0] * (3 - len(weights))
+    if len(weights) != 3 or min(weights) < 0 or sum(weights) <= 0:
+        raise ConfigError(f"data.split={split!r} must be three non-negative train,valid,test proportions, e.g. "
+                          "data.split=98,1,1")
+    return weights
 
 
 def config_from_dict(values: dict) -> ExperimentConfig:

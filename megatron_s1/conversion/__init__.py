@@ -6,7 +6,17 @@ Public API:
     mcore_to_hf(ckpt_dir, out_dir, force=False, dtype=None, max_shard_size="2GB", tokenizer=None) -> summary dict
     ARCHITECTURES, Rule, Component, ConversionError  (mapping tables; see docs/conversion.md)
 """
-from megatron_s1.conversion.mappings import ARCHITECTURES, Component, ConversionError, Rule
+import importlib
+
+# The mapping tables import torch: loaded on first use, so `megatron-s1 --help` (which imports conversion.cli) stays
+# torch-free.
+_FROM_MAPPINGS = ("ARCHITECTURES", "Component", "ConversionError", "Rule")
+
+
+def __getattr__(name: str):
+    if name in _FROM_MAPPINGS:
+        return getattr(importlib.import_module("megatron_s1.conversion.mappings"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def hf_to_mcore(*args, **kwargs):

@@ -149,17 +149,9 @@ def select_best(groups: list[dict], score: Callable[[dict, str], float], thresho
 
 
 def _read_jsonl(path: str) -> list[dict]:
-    if not os.path.exists(path):
-        raise CurationError(f"input {path!r} does not exist")
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f):
-            if line.strip():
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise CurationError(f"{path}:{n + 1} is not JSON ({err.msg})") from None
-    return out
+    from megatron_s1.data.jsonl_input import json_lines
+
+    return [rec for _, rec in json_lines(path, CurationError)]
 
 
 def _cmd_best_of_n(args) -> int:

@@ -17,16 +17,14 @@ import numpy as np
 import torch
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-from megatron_s1.config.schema import ConfigError
+from megatron_s1.config.schema import ConfigError, split_proportions
 from megatron_s1.data.datasets import parse_blend
 from megatron_s1.data import packing
 
 
 def split_documents(num_docs: int, split: str, seed: int) -> list[np.ndarray]:
     """Shuffle document indices once and cut them by the train/valid/test proportions."""
-    weights = np.array([float(x) for x in split.replace("/", ",").split(",")], dtype=np.float64)
-    if len(weights) != 3 or weights.sum() <= 0:
-        raise ConfigError(f"data.split={split!r} must be three proportions like 98,1,1")
+    weights = np.array(split_proportions(split), dtype=np.float64)
     order = np.random.default_rng(seed).permutation(num_docs)
     bounds = np.round(np.cumsum(weights / weights.sum()) * num_docs).astype(np.int64)
     return [order[start:end] for start, end in zip([0, *bounds[:2]], bounds)]

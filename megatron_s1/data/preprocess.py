@@ -16,6 +16,8 @@ import numpy as np
 from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
 from megatron_s1.atomic import atomic_path
+from megatron_s1.config.schema import ConfigError
+from megatron_s1.data.jsonl_input import ONE_OBJECT, text_lines
 from megatron_s1.tokenizer import load_tokenizer
 
 _WORKER_TOKENIZER = None
@@ -27,40 +29,37 @@ def _init_worker(tokenizer_dir: Optional[str]) -> None:
     _WORKER_TOKENIZER = load_tokenizer(tokenizer_dir)
 
 
-def _tokenize_chunk(args: tuple[list[str], str, int]) -> tuple[list[np.ndarray], int, int]:
-    lines, json_key, first_line_number = args
+def _tokenize_chunk(args: tuple[list[tuple[int, str]], str, str]) -> tuple[list[np.ndarray], int, int]:
+    lines, json_key, path = args
     tokenizer = _WORKER_TOKENIZER
     texts = []
-    for offset, line in enumerate(lines):
+    for number, line in lines:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
-            raise ValueError(f"line {first_line_number + offset}: not valid JSON ({err.msg}); "
-                             "each line must be one JSON object") from None
-        if json_key not in record:
-            raise ValueError(f"line {first_line_number + offset}: no {json_key!r} field; pass --json-key "
-                             f"with one of {sorted(record)}")
+            raise ConfigError(f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno}); {ONE_OBJECT}") \
+                from None
+        if not isinstance(record, dict) or not isinstance(record.get(json_key), str):
+            fields = sorted(record) if isinstance(record, dict) else []
+            raise ConfigError(f"{path}:{number}: no string {json_key!r} field; pass --json-key with the text field"
+                              f"{' (one of ' + ', '.join(fields) + ')' if fields else ''}")
         texts.append(record[json_key])
     encoded = tokenizer.encode_batch(texts)
     docs = [np.asarray(ids + [tokenizer.eod_id], dtype=np.int32) for ids in encoded]
     return docs, sum(len(t.encode("utf-8")) for t in texts), len(texts)
 
 
-def _chunks(path: str, json_key: str) -> Iterator[tuple[list[str], str, int]]:
-    batch: list[str] = []
-    first = 1
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            if not batch:
-                first = number
-            batch.append(line)
-            if len(batch) == _CHUNK_LINES:
-                yield batch, json_key, first
-                batch = []
+def _chunks(path: str, json_key: str) -> Iterator[tuple[list[tuple[int, str]], str, str]]:
+    batch: list[tuple[int, str]] = []
+    for number, line in text_lines(path, what="--input"):
+        if not line.strip():
+            continue
+        batch.append((number, line))
+        if len(batch) == _CHUNK_LINES:
+            yield batch, json_key, path
+            batch = []
     if batch:
-        yield batch, json_key, first
+        yield batch, json_key, path
 
 
 def token_dtype(vocab_size: int):
@@ -70,8 +69,8 @@ def token_dtype(vocab_size: int):
 def preprocess(input_path: str, output_prefix: str, tokenizer_dir: Optional[str] = None, json_key: str = "text",
                workers: int = 1, progress: bool = True) -> dict:
     """Tokenise `input_path` into `output_prefix`.bin/.idx; returns counts and throughput."""
-    if not os.path.exists(input_path):
-        raise FileNotFoundError(f"input {input_path!r} does not exist; pass a jsonl file with --input")
+    if not os.path.isfile(input_path):
+        raise FileNotFoundError(f"input {input_path!r} does not exist or is not a file; pass a jsonl file with --input")
     tokenizer = load_tokenizer(tokenizer_dir)
     # Both files appear under their names only when complete: a crash never leaves a valid-looking pair.
     total_bytes = total_docs = total_tokens = 0
@@ -99,6 +98,9 @@ def preprocess(input_path: str, output_prefix: str, tokenizer_dir: Optional[str]
                 total_docs += ndocs
                 if bar is not None:
                     bar.update(nbytes)
+            if total_docs == 0:
+                raise ConfigError(f"{input_path} holds no documents (only blank lines); pass a jsonl with one "
+                                  f"{{\"{json_key}\": ...}} object per line")
             builder.finalize(tmp_idx)
     finally:
         if pool is not None:

@@ -6,14 +6,14 @@ import os
 
 
 def _cmd_rl(args) -> int:
-    from megatron_s1.config import load_config
+    from megatron_s1.config import ConfigError, load_config
     from megatron_s1.rl.trainer import RLTrainer
 
     cfg = load_config(args.config, args.overrides)
     trainer = RLTrainer(cfg, rollout_dtype=args.rollout_dtype)
     if args.offline_filter:
         if not args.output:
-            raise SystemExit("error: --offline-filter needs --output OUT.jsonl")
+            raise ConfigError("--offline-filter needs --output OUT.jsonl")
         report = trainer.offline_filter(args.offline_filter, args.output, n=args.rollouts)
         if int(os.environ.get("RANK", "0")) == 0:
             print(json.dumps({"offline_filter": report}), flush=True)

@@ -282,8 +282,20 @@ _REWARDS: dict[str, RewardFn] = {
 }
 
 
-def register_reward(task: str, fn: RewardFn) -> None:
+# Rewards that compare a response with the record's reference: a prompt of these tasks without one is refused.
+_NEEDS_REFERENCE = {"math", "mcq", "smiles", "numeric", "exact", "toy_add", "toy_copy"}
+
+
+def register_reward(task: str, fn: RewardFn, needs_reference: bool = False) -> None:
     _REWARDS[task] = fn
+    if needs_reference:
+        _NEEDS_REFERENCE.add(task)
+    else:
+        _NEEDS_REFERENCE.discard(task)
+
+
+def needs_reference(task: str) -> bool:
+    return task in _NEEDS_REFERENCE
 
 
 def known_tasks() -> list[str]:

@@ -10,10 +10,11 @@ carry images (``"images": [...]``, ``<image>`` markers; see megatron_s1/rl/multi
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 from typing import Optional
+
+from megatron_s1.config.schema import ConfigError
 
 
 class PromptSource:
@@ -72,29 +73,27 @@ class JsonlPrompts(PromptSource):
     """One JSON object per line with prompt / reference (answer) / task (reward name; default ``default_task``)."""
 
     def __init__(self, path: str, default_task: str = "math"):
-        from megatron_s1.rl.rewards import known_tasks
+        from megatron_s1.data.jsonl_input import json_lines
+        from megatron_s1.rl.rewards import known_tasks, needs_reference
 
         self.records = []
         known = known_tasks()
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{n}: not valid JSON ({err.msg}); one JSON object per line") from None
-                if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str):
-                    raise ValueError(f"{path}:{n}: a prompt record needs a string field \"prompt\"")
-                rec.setdefault("task", default_task)
-                if rec["task"] not in known:
-                    raise ValueError(f"{path}:{n}: task {rec['task']!r} has no registered reward; use one of "
-                                     f"{', '.join(sorted(known))} (or register_reward it)")
-                rec.setdefault("reference", rec.get("answer"))
-                self._check_images(rec, path, n)
-                self.records.append(rec)
+        for n, rec in json_lines(path, what="RL prompt file"):
+            if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str):
+                raise ConfigError(f"{path}:{n}: a prompt record needs a string field \"prompt\"")
+            rec.setdefault("task", default_task)
+            if rec["task"] not in known:
+                raise ConfigError(f"{path}:{n}: task {rec['task']!r} has no registered reward; use one of "
+                                  f"{', '.join(sorted(known))} (or register_reward it)")
+            rec.setdefault("reference", rec.get("answer"))
+            if needs_reference(rec["task"]) and rec["reference"] in (None, ""):
+                raise ConfigError(f"{path}:{n}: task {rec['task']!r} scores answers against a reference but the "
+                                  "record has no \"reference\" (or \"answer\"); add it, or its reward would be 0 "
+                                  "for every response")
+            self._check_images(rec, path, n)
+            self.records.append(rec)
         if not self.records:
-            raise ValueError(f"{path} holds no prompts")
+            raise ConfigError(f"{path} holds no prompts; give one JSON object per line with a \"prompt\"")
         self.tasks = sorted({rec["task"] for rec in self.records})
 
     @staticmethod
@@ -104,15 +103,15 @@ class JsonlPrompts(PromptSource):
         if images is None:
             return
         if not isinstance(images, list) or not all(isinstance(p, str) for p in images):
-            raise ValueError(f"{path}:{n}: \"images\" must be a list of image paths")
+            raise ConfigError(f"{path}:{n}: \"images\" must be a list of image paths")
         base = os.path.dirname(os.path.abspath(path))
         rec["images"] = [p if os.path.isabs(p) else os.path.join(base, p) for p in images]
         for p in rec["images"]:
             if not os.path.exists(p):
-                raise ValueError(f"{path}:{n}: image {p!r} does not exist (paths are relative to the prompt file)")
+                raise ConfigError(f"{path}:{n}: image {p!r} does not exist (paths are relative to the prompt file)")
         markers = rec["prompt"].count("<image>")
         if markers and markers != len(images):
-            raise ValueError(f"{path}:{n}: the prompt has {markers} <image> markers but {len(images)} images")
+            raise ConfigError(f"{path}:{n}: the prompt has {markers} <image> markers but {len(images)} images")
 
     @property
     def has_images(self) -> bool:
@@ -136,4 +135,4 @@ def build_prompt_source(task: str) -> PromptSource:
     if task.startswith("jsonl:"):
         parts = task.split(":")
         return JsonlPrompts(parts[1], parts[2] if len(parts) > 2 else "math")
-    raise ValueError(f"unknown rl.task {task!r}; use toy_add, toy_copy or jsonl:PATH[:REWARD_TASK]")
+    raise ConfigError(f"unknown rl.task {task!r}; use toy_add, toy_copy or jsonl:PATH[:REWARD_TASK]")

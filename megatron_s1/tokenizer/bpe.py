@@ -65,6 +65,11 @@ def read_vocab(directory: str) -> dict[str, int]:
     if not os.path.exists(vocab_path):
         raise FileNotFoundError(f"tokenizer directory {directory!r} has no vocab.json; point data.tokenizer "
                                 "at an HF byte-level BPE directory (vocab.json + merges.txt)")
+    if not os.path.isfile(os.path.join(directory, "merges.txt")):
+        # The ranks come from vocab.json (Qwen ids follow the merge order), but a directory without its merges
+        # is incomplete (a partial copy, or another tokenizer family whose ids need not follow any merge order).
+        raise FileNotFoundError(f"tokenizer directory {directory!r} has no merges.txt; copy the model's complete "
+                                "tokenizer directory (vocab.json + merges.txt)")
     with open(vocab_path, encoding="utf-8") as f:
         return json.load(f)
 

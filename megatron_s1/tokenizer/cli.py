@@ -9,9 +9,24 @@ Also runnable as `python -m megatron_s1.tokenizer.cli ...`.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 
+from megatron_s1.config.schema import ConfigError
 from megatron_s1.tokenizer.training import DOMAINS
+
+
+def _input_errors(func):
+    """SentencePiece and our tokenizer code report bad input as ValueError / RuntimeError: exit 2, one line."""
+    @functools.wraps(func)
+    def wrapper(args) -> int:
+        try:
+            return func(args)
+        except (ValueError, RuntimeError) as err:
+            if isinstance(err, ConfigError):
+                raise
+            raise ConfigError(str(err)) from err
+    return wrapper
 
 
 def _cmd_train_domain(args) -> int:
@@ -28,7 +43,7 @@ def _parse_models(items: list[str]) -> dict[str, str]:
     for item in items:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
-            raise SystemExit(f"error: --domain {item!r}: expected NAME=PATH, e.g. SMILES=out/tokenizer_SMILES.model")
+            raise ConfigError(f"--domain {item!r}: expected NAME=PATH, e.g. SMILES=out/tokenizer_SMILES.model")
         models[name] = path
     return models
 
@@ -54,7 +69,7 @@ def _cmd_compression(args) -> int:
 
     tok = load_tokenizer(args.tokenizer, **({} if args.backend == "auto" else {"backend": args.backend}))
     if not isinstance(tok, DynamicTokenizer):
-        raise SystemExit(f"error: {args.tokenizer!r} is a plain BPE directory (no domain models); build a dynamic "
+        raise ConfigError(f"{args.tokenizer!r} is a plain BPE directory (no domain models); build a dynamic "
                          "one with `megatron-s1 tokenizer build`")
     base = tok.base
     print(f"{'file':<40} {'docs':>7} {'chars':>10} {'base CR':>8} {'dynamic CR':>10} {'gain':>6}")
@@ -63,7 +78,7 @@ def _cmd_compression(args) -> int:
         if args.limit:
             docs = docs[:args.limit]
         if not docs:
-            raise SystemExit(f"error: no documents in {path}")
+            raise ConfigError(f"no documents in {path}; pass a non-empty file")
         if args.tag:
             docs = [f"<{args.tag}>{d}</{args.tag}>" for d in docs]
         b = corpus_compression(lambda batch: [base._encoding.encode_ordinary(t) for t in batch], docs)
@@ -95,7 +110,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     t.add_argument("--column", default=None, help="CSV column / JSONL key holding the documents")
     t.add_argument("--name", default=None, help="model name override: writes tokenizer_<NAME>.model")
     t.add_argument("--max-piece-length", type=int, default=16, help="longest piece in characters (default 16)")
-    t.set_defaults(func=_cmd_train_domain)
+    t.set_defaults(func=_input_errors(_cmd_train_domain))
 
     b = sub.add_parser("build", help="assemble a dynamic tokenizer directory (base BPE + domain models + tags)",
                        description="Copy a base byte-level BPE directory, add domain SentencePiece models and "
@@ -108,7 +123,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="compact: offsets right after the base ids (dynamic_tokenizer.json); intern-s1 / "
                    "intern-s1-pro: the fixed offsets of those releases (default compact)")
     b.add_argument("--out", required=True, metavar="DIR", help="output tokenizer directory")
-    b.set_defaults(func=_cmd_build)
+    b.set_defaults(func=_input_errors(_cmd_build))
 
     c = sub.add_parser("compression", help="CR = total chars / total tokens per file, base-only vs dynamic",
                        description="Print the paper's compression rate CR(tau, D) = sum|d| / sum|tau(d)| for "
@@ -121,19 +136,14 @@ def register(subparsers) -> argparse.ArgumentParser:
     c.add_argument("--limit", type=int, default=0, help="use at most this many documents per file (0: all)")
     c.add_argument("--backend", default="auto", choices=["auto", "native", "python"],
                    help="dynamic tokenizer implementation (default auto: C++ when built)")
-    c.set_defaults(func=_cmd_compression)
+    c.set_defaults(func=_input_errors(_cmd_compression))
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="megatron-s1")
-    register(parser.add_subparsers(dest="command", required=True, metavar="<command>"))
-    args = parser.parse_args(["tokenizer"] + list(sys.argv[1:] if argv is None else argv))
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    from megatron_s1.cli import main as cli_main
+
+    return cli_main(["tokenizer", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.transformer.enums import ModelType
 from megatron.core.transformer.moe.router import TopKRouter
 
-from megatron_s1.config.schema import ConfigError, ExperimentConfig
+from megatron_s1.config.schema import ConfigError, ExperimentConfig, check_resume_config
 from megatron_s1.models.language import build_transformer_config, validate_model_parallel
 from megatron_s1.models.precision import enable_fused_wgrad_accumulation
 from megatron_s1.models.specs import resolve_spec_kind
@@ -37,6 +37,7 @@ from megatron_s1.training.metrics import MetricsLogger, expert_imbalance, memory
 from megatron_s1.training.profiling import StepProfiler
 from megatron_s1.training.run_lock import run_dir_lock
 from megatron_s1.training.schedules import BatchSizeSchedule, build_lr_scheduler
+from megatron_s1.training.summary import startup_summary
 from megatron_s1.training.tasks import get_task
 
 
@@ -64,6 +65,8 @@ class Trainer:
         self.total_tokens = self.batch_schedule.tokens_after_steps(cfg.train.steps)
 
         self.task = get_task(cfg.train.task)(self)
+        if hasattr(self.task, "check_inputs"):  # input errors before the (slow) model build
+            self.task.check_inputs()
         self.tconfig = build_transformer_config(cfg)
         self.tconfig.calculate_per_token_loss = True
         self.model = self._build_model()
@@ -345,14 +348,19 @@ class Trainer:
         self._maybe_resume()
         if self.already_complete():
             return {"exit_reason": "already_complete", "valid_loss": None, **self.state}
+        if self._resumed_from:
+            check_resume_config(cfg, read_trainer_state(self._resumed_from).get("config") or {}, self._resumed_from)
         self.train_ds, self.valid_ds, _ = self._datasets()
         if self.train_ds is None:
             raise ConfigError("the train split is empty; give data.split a non-zero first entry (e.g. 98,1,1)")
         log = MetricsLogger(cfg.run.dir, self.env.is_main, cfg.logging.tensorboard, cfg.logging.progress_bar,
                             cfg.train.steps, self.state["step"])
+        log.event(startup_summary(self))  # (collective: every rank counts its parameters)
         if self._resumed_from:
             log.event(f"resumed from {self._resumed_from} at step {self.state['step']} "
                       f"({self.state['consumed_tokens']} tokens)")
+        elif cfg.checkpoint.pretrained:
+            log.event(f"loaded pretrained weights (model only) from {cfg.checkpoint.pretrained}")
         if cfg.train.exit_signal_handling:
             install_exit_signal_handlers(self._on_signal)
         last_eval, last_eval_step, last_saved_step = None, None, self._resumed_step

@@ -10,8 +10,16 @@ from typing import Optional
 from megatron_s1.atomic import atomic_open
 
 
-def _fmt(value) -> str:
+# Console formats per metric (metrics.jsonl keeps full precision): counts and rates as integers, losses to 4 decimals.
+CONSOLE_FORMATS = {"loss": "{:.4f}", "grad_norm": "{:.4f}", "lr": "{:.3e}", "tokens_per_s": "{:.0f}",
+                   "rollout_tokens_per_s": "{:.0f}", "tflops_per_gpu": "{:.3g}", "mfu": "{:.1%}",
+                   "peak_mem_gb": "{:.2f}", "moe_aux_loss": "{:.4f}", "expert_imbalance_max": "{:.3f}"}
+
+
+def _fmt(value, key: str = "") -> str:
     if isinstance(value, float):
+        if key in CONSOLE_FORMATS:
+            return CONSOLE_FORMATS[key].format(value)
         if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
             return f"{value:.3e}"
         return f"{value:.4f}"
@@ -33,6 +41,11 @@ def truncate_jsonl_after(path: str, step: int) -> None:
                 continue
     with atomic_open(path) as f:
         f.writelines(kept)
+
+
+def console_line(kind: str, record: dict, keys) -> str:
+    """`[kind] key value | ...` for the keys present in the record."""
+    return f"[{kind}] " + " | ".join(f"{k} {_fmt(record[k], k)}" for k in keys if k in record)
 
 
 class MetricsLogger:
@@ -78,7 +91,7 @@ class MetricsLogger:
                     self.writer.add_scalar(f"{kind}/{key}", value, record["step"])
             self.writer.flush()
         keys = self.CONSOLE_KEYS if kind == "train" else tuple(record)
-        line = f"[{kind}] " + " | ".join(f"{k} {_fmt(record[k])}" for k in keys if k in record)
+        line = console_line(kind, record, keys)
         if self.bar is not None:
             self.bar.write(line)
         else:

@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 import torch
 
 from megatron_s1.config.schema import ConfigError
-from megatron_s1.data.datasets import build_gpt_datasets, microbatches
+from megatron_s1.data.datasets import build_gpt_datasets, check_token_files, microbatches, parse_blend
 from megatron_s1.models.language import build_language_model
 from megatron_s1.models.specs import resolve_spec_kind
 
@@ -68,11 +68,22 @@ class PretrainTask:
     def build_model(self, tconfig, pre_process: bool, post_process: bool, vp_stage=None):
         return build_language_model(self.cfg, tconfig, pre_process, post_process, vp_stage=vp_stage)
 
+    def check_inputs(self) -> None:
+        """Data problems reported before the model is built: missing, damaged or empty .bin/.idx files and token
+        ids beyond the tokenizer."""
+        d = self.cfg.data
+        if not d.mock:
+            prefixes, _ = parse_blend(d.blend)
+            check_token_files(prefixes, self.trainer.tokenizer.vocab_size, self._cache_dir())
+
+    def _cache_dir(self) -> str:
+        return self.cfg.data.cache_dir or os.path.join(self.cfg.run.dir, "data_cache")
+
     def build_datasets(self, train_samples: int, valid_samples: int):
         cfg, tok = self.cfg, self.trainer.tokenizer
         if cfg.data.packing != "none":
             return self._packed_datasets()
-        cache = cfg.data.cache_dir or os.path.join(cfg.run.dir, "data_cache")
+        cache = self._cache_dir()
         needs_mask = resolve_spec_kind(cfg.model.spec) == "local"  # TE builds the causal mask itself
         return build_gpt_datasets(cfg.data, cfg.run.seed, tok.vocab_size, tok.eod_id,
                                   [train_samples, valid_samples, 0], cache, needs_mask)

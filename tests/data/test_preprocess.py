@@ -51,13 +51,13 @@ def test_preprocess_bad_input(tmp_path):
     preprocess(str(tmp_path / "good.jsonl"), str(tmp_path / "kept"), progress=False)
     kept = {s: (tmp_path / f"kept{s}").read_bytes() for s in (".bin", ".idx")}
     (tmp_path / "half_bad.jsonl").write_text('{"text": "fine"}\n{"content": "no text key"}\n')
-    with pytest.raises(ValueError, match="no 'text' field"):
+    with pytest.raises(ValueError, match="half_bad.jsonl:2: no string 'text' field"):
         preprocess(str(tmp_path / "half_bad.jsonl"), str(tmp_path / "kept"), progress=False)
     assert {s: (tmp_path / f"kept{s}").read_bytes() for s in (".bin", ".idx")} == kept
     with pytest.raises(FileNotFoundError, match="does not exist"):
         preprocess(str(tmp_path / "missing.jsonl"), str(tmp_path / "x"), progress=False)
     (tmp_path / "bad.jsonl").write_text('{"content": "no text key"}\n')
-    with pytest.raises(ValueError, match="line 1: no 'text' field; pass --json-key"):
+    with pytest.raises(ValueError, match="bad.jsonl:1: no string 'text' field; pass --json-key"):
         preprocess(str(tmp_path / "bad.jsonl"), str(tmp_path / "x"), progress=False)
     assert not (tmp_path / "x.bin").exists()
     assert not any(".tmp" in name for name in os.listdir(tmp_path))

@@ -25,3 +25,14 @@ def test_bundled_tokenizer_matches_hf_tokenizers_on_corpus():
 def test_missing_vocab_is_one_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="has no vocab.json"):
         ByteLevelBPETokenizer(str(tmp_path))
+
+
+def test_directory_without_merges_is_refused(tmp_path):
+    """vocab.json alone (a partial copy) is not a tokenizer directory, although the ranks come from vocab.json."""
+    import shutil
+
+    partial = tmp_path / "partial"
+    shutil.copytree(bundled_tokenizer_dir(), partial)
+    os.remove(partial / "merges.txt")
+    with pytest.raises(FileNotFoundError, match="has no merges.txt; copy the model's complete tokenizer directory"):
+        ByteLevelBPETokenizer(str(partial))

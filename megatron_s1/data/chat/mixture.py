@@ -18,14 +18,13 @@ the drawn sample list).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
-from megatron_s1.config.schema import ConfigError
+from megatron_s1.config.schema import ConfigError, split_proportions
 
 
 @dataclass
@@ -70,27 +69,20 @@ def parse_specs(datasets: list, ratios: Optional[list] = None, default_family: O
 
 def read_conversations(path: str) -> list:
     """A chat jsonl: one conversation per line, ``{"messages": [...]}`` (or a bare list of messages)."""
-    if not os.path.exists(path):
-        raise ConfigError(f"sft dataset {path!r} does not exist")
+    from megatron_s1.data.jsonl_input import json_lines
+
     out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f):
-            if not line.strip():
-                continue
-            rec = json.loads(line)
-            if isinstance(rec, list):
-                rec = {"messages": rec}
-            if not isinstance(rec, dict) or not isinstance(rec.get("messages"), list):
-                raise ConfigError(f"{path}:{n + 1}: a conversation needs a 'messages' list")
-            out.append(rec)
+    for n, rec in json_lines(path, what="sft dataset"):
+        if isinstance(rec, list):
+            rec = {"messages": rec}
+        if not isinstance(rec, dict) or not isinstance(rec.get("messages"), list):
+            raise ConfigError(f"{path}:{n}: a conversation needs a 'messages' list")
+        out.append(rec)
     return out
 
 
 def split_indices(n: int, split: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    weights = np.array([float(x) for x in split.replace("/", ",").split(",")], dtype=np.float64)
-    weights = np.concatenate([weights, np.zeros(max(0, 3 - len(weights)))])[:3]
-    if weights.sum() <= 0:
-        raise ConfigError(f"data.split={split!r} must be proportions like 95,5,0")
+    weights = np.array(split_proportions(split), dtype=np.float64)
     order = np.random.default_rng(seed).permutation(n)
     b = np.round(np.cumsum(weights / weights.sum()) * n).astype(np.int64)
     return order[: b[0]], order[b[0]: b[1]]

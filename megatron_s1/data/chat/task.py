@@ -237,6 +237,13 @@ class SftTask(PretrainTask):
                                   f"to {need - 1}); set model.vocab_size >= {need}")
             self.media = MediaLayout(cfg, self.media_ids)
 
+    def check_inputs(self) -> None:
+        """The mixture's files exist (their lines are checked, with file:line, when they are read)."""
+        s = self.cfg.sft
+        for spec in parse_specs(s.datasets, s.ratios, s.default_family):
+            if not os.path.isfile(spec.path):
+                raise ConfigError(f"sft dataset {spec.path!r} does not exist; fix the path in sft.datasets")
+
     def build_model(self, tconfig, pre_process: bool, post_process: bool, vp_stage=None):
         if not self.multimodal:
             return super().build_model(tconfig, pre_process, post_process, vp_stage)

@@ -20,25 +20,26 @@ def check_input(path: str, what: str = "input") -> None:
 def iter_jsonl(path: str, require: dict[str, str] | None = None) -> Iterator[dict]:
     """Yield one dict per non-empty line; bad JSON, non-objects or missing required keys raise
     CurationError naming ``path:line``. ``require`` maps a required key to the option that names it."""
+    from megatron_s1.data.jsonl_input import text_lines
+
     check_input(path)
     require = require or {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise CurationError(f"{path}:{lineno} is not valid JSON ({err.msg})",
-                                    "each line must be one JSON object, e.g. {\"text\": \"...\"}") from None
-            if not isinstance(obj, dict):
-                raise CurationError(f"{path}:{lineno} is a JSON {type(obj).__name__}, not an object",
-                                    "each line must be one JSON object, e.g. {\"text\": \"...\"}")
-            for key, option in require.items():
-                if key not in obj:
-                    raise CurationError(f"{path}:{lineno} has no {key!r} field (fields: {', '.join(obj) or 'none'})",
-                                        f"add it or name the right field with {option}")
-            yield obj
+    for lineno, line in text_lines(path, CurationError):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise CurationError(f"{path}:{lineno} is not valid JSON ({err.msg})",
+                                "each line must be one JSON object, e.g. {\"text\": \"...\"}") from None
+        if not isinstance(obj, dict):
+            raise CurationError(f"{path}:{lineno} is a JSON {type(obj).__name__}, not an object",
+                                "each line must be one JSON object, e.g. {\"text\": \"...\"}")
+        for key, option in require.items():
+            if key not in obj:
+                raise CurationError(f"{path}:{lineno} has no {key!r} field (fields: {', '.join(obj) or 'none'})",
+                                    f"add it or name the right field with {option}")
+        yield obj
 
 
 def text_of(obj: dict, key: str, where: str) -> str:

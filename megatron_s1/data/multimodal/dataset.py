@@ -15,7 +15,6 @@ mid-way), so placeholders and encoder outputs always agree.
 """
 from __future__ import annotations
 
-import json
 import os
 from functools import lru_cache
 from typing import Optional
@@ -23,6 +22,8 @@ from typing import Optional
 import numpy as np
 import torch
 
+from megatron_s1.config.schema import ConfigError
+from megatron_s1.data.jsonl_input import json_lines
 from megatron_s1.models.timeseries.encoder import num_timeseries_tokens, znormalize
 from megatron_s1.models.vision.preprocess import dynamic_tiles, image_prompt_ids, num_tiles, tokens_per_tile
 
@@ -76,16 +77,12 @@ class MultimodalJsonlDataset:
         self.vision, self.timeseries, self.root = vision, timeseries, root
         self.records: list[tuple[dict, str]] = []
         for path in paths:
-            if not os.path.exists(path):
-                raise FileNotFoundError(f"multimodal data file {path!r} does not exist")
             base = root or os.path.dirname(os.path.abspath(path))
-            with open(path, encoding="utf-8") as f:
-                for n, line in enumerate(f):
-                    if line.strip():
-                        rec = json.loads(line)
-                        if not isinstance(rec.get("content"), list):
-                            raise ValueError(f"{path}:{n + 1}: a sample needs a 'content' list")
-                        self.records.append((rec, base))
+            for n, rec in json_lines(path, what="multimodal data file"):
+                if not isinstance(rec, dict) or not isinstance(rec.get("content"), list):
+                    raise ConfigError(f"{path}:{n}: a sample needs a 'content' list, e.g. "
+                                      '{"content": [{"text": "..."}, {"image": "a.png"}]}')
+                self.records.append((rec, base))
         self.indices = list(range(len(self.records))) if indices is None else indices
         self.media_ids = set(media.all())
         self._layout = lru_cache(maxsize=65536)(self._build_layout)
