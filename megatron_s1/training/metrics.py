@@ -23,7 +23,8 @@ class MetricsLogger:
     run continues the same file; entries for steps re-run after a crash are dropped on resume)."""
 
     CONSOLE_KEYS = ("step", "consumed_tokens", "loss", "lr", "grad_norm", "tokens_per_s", "tflops_per_gpu",
-                    "mfu", "peak_mem_gb", "skipped_steps", "moe_aux_loss", "expert_imbalance_max")
+                    "mfu", "peak_mem_gb", "skipped_steps", "moe_aux_loss", "expert_imbalance_max",
+                    "critical_batch_tokens")
 
     def __init__(self, run_dir: str, enabled: bool, tensorboard: bool, progress_bar: str, total_steps: int,
                  start_step: int):
