@@ -20,7 +20,8 @@ def _fmt(value) -> str:
 
 class MetricsLogger:
     """Only rank 0 writes. `metrics.jsonl` gets one JSON object per logged step (append-only, so a resumed
-    run continues the same file; entries for steps re-run after a crash are dropped on resume)."""
+    run continues the same file; entries for steps re-run after a crash are dropped on resume);
+    `valid_metrics.jsonl` likewise gets the validation losses."""
 
     CONSOLE_KEYS = ("step", "consumed_tokens", "loss", "lr", "grad_norm", "tokens_per_s", "tflops_per_gpu",
                     "mfu", "peak_mem_gb", "skipped_steps", "moe_aux_loss", "expert_imbalance_max",
@@ -30,12 +31,14 @@ class MetricsLogger:
                  start_step: int):
         self.enabled = enabled
         self.path = os.path.join(run_dir, "metrics.jsonl")
+        self.paths = {"train": self.path, "valid": os.path.join(run_dir, "valid_metrics.jsonl")}
         self.writer = None
         self.bar = None
         if not enabled:
             return
         os.makedirs(run_dir, exist_ok=True)
-        self._truncate_after(start_step)
+        for path in self.paths.values():
+            _truncate_after(path, start_step)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -46,21 +49,12 @@ class MetricsLogger:
 
             self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
 
-    def _truncate_after(self, step: int) -> None:
-        """Drop records of steps after the resume point (they are recomputed, identically)."""
-        if not os.path.exists(self.path):
-            return
-        with open(self.path, encoding="utf-8") as f:
-            kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
-        with atomic_open(self.path) as f:
-            f.writelines(kept)
-
     def log(self, record: dict, kind: str = "train") -> None:
         if not self.enabled:
             return
         record = {k: v for k, v in record.items() if v is not None}
-        if kind == "train":
-            with open(self.path, "a", encoding="utf-8") as f:
+        if kind in self.paths:
+            with open(self.paths[kind], "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
         if self.writer is not None:
             for key, value in record.items():
@@ -91,6 +85,16 @@ class MetricsLogger:
             self.bar.close()
         if self.writer is not None:
             self.writer.close()
+
+
+def _truncate_after(path: str, step: int) -> None:
+    """Drop records of steps after the resume point (they are recomputed, identically)."""
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+    with atomic_open(path) as f:
+        f.writelines(kept)
 
 
 def expert_imbalance(tokens_per_expert) -> list[float]:
