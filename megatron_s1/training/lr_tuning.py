@@ -120,7 +120,7 @@ def fit_noise_law(runs: list[SweepRun]) -> NoiseLaw:
     points = [(t, b) for run in runs for t, b in run.critical if b > 0]
     if len({t for t, _ in points}) < 2:
         raise ConfigError("the sweep runs log no critical batch; run them with train.noise_scale=true "
-                          "(tune lr sets it) so the batch can be checked against the noise bound")
+                          "(tune lr sets it) or pass --critical-batch TOKENS as the noise bound")
     x = np.log([t for t, _ in points])
     y = np.log([b for _, b in points])
     gamma, log_b0 = np.polyfit(x, y, 1)
@@ -211,9 +211,8 @@ def _fit_params(lr, batch, eff, tokens, loss, scale, start=None):
     return result.x
 
 
-def fit_sweep(runs: list[SweepRun]) -> LossFit:
-    """Fit the noise law and the loss law to the usable runs (check_sweep first)."""
-    noise = fit_noise_law(runs)
+def fit_sweep(runs: list[SweepRun], noise: NoiseLaw) -> LossFit:
+    """Fit the loss law to the usable runs (check_sweep first) under the noise bound `noise`."""
     lr = np.array([r.lr for r in runs])
     batch = np.array([r.batch for r in runs])
     tokens = np.array([float(r.tokens) for r in runs])

@@ -4,6 +4,7 @@ Registered in megatron_s1.cli.PLUGIN_COMMANDS; the method is in megatron_s1/trai
 """
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import json
 import math
@@ -14,7 +15,7 @@ import sys
 from megatron_s1.atomic import atomic_open
 from megatron_s1.config.schema import ConfigError
 
-FIXED_OVERRIDES = ["train.noise_scale=true", "train.log_interval=1", "train.eval_interval=0", "checkpoint.interval=0",
+FIXED_OVERRIDES = ["train.log_interval=1", "train.eval_interval=0", "checkpoint.interval=0",
                    "checkpoint.save_final=false", "checkpoint.resume=false", "logging.tensorboard=false",
                    "logging.progress_bar=off"]
 
@@ -53,7 +54,8 @@ class Sweep:
         if self.cfg.optimizer.warmup_tokens >= consumed:
             raise ConfigError(f"optimizer.warmup_tokens={self.cfg.optimizer.warmup_tokens} is not below the sweep "
                               f"budget {consumed}; give larger --tokens or lower optimizer.warmup_tokens")
-        return [*self.args.overrides, f"run.dir={run_dir}", f"optimizer.lr={lr:g}",
+        # noise_scale first: a model-parallel sweep turns it off with an override (and passes --critical-batch).
+        return ["train.noise_scale=true", *self.args.overrides, f"run.dir={run_dir}", f"optimizer.lr={lr:g}",
                 f"optimizer.min_lr={lr * self.min_lr_ratio:g}", f"train.steps={steps}",
                 f"train.global_batch_tokens={_stages_text(stages)}",
                 f"train.eval_iters={self.eval_iters(stages[-1][1])}", *FIXED_OVERRIDES]
@@ -134,6 +136,9 @@ def _cmd_tune_lr(args) -> int:
     from megatron_s1.config import load_config
     from megatron_s1.training import lr_tuning as lt
 
+    for module in ("scipy", "matplotlib"):
+        if importlib.util.find_spec(module) is None:
+            raise ConfigError(f"tune lr needs {module}; install it with pip install -e '.[tune]'")
     cfg = load_config(args.config, args.overrides)
     if args.target_tokens is None:
         raise ConfigError("give --target-tokens, the token budget of the run to tune for")
@@ -171,10 +176,11 @@ def _cmd_tune_lr(args) -> int:
     if any(r.loss_source == "train" for r in kept):
         print("note: some runs have no validation loss at their last step; their last training loss is used "
               "(set train.eval_iters > 0 for a steadier final loss)")
-    fit = lt.fit_sweep(kept)
+    noise = lt.NoiseLaw(float(args.critical_batch), 0.0) if args.critical_batch else lt.fit_noise_law(kept)
+    fit = lt.fit_sweep(kept, noise)
     candidates = sorted(_numbers(args.candidate_batches, int) if args.candidate_batches
                         else {stage[1] for r in kept for stage in r.stages})
-    first = min(t for r in kept for t, _ in r.critical)
+    first = min((t for r in kept for t, _ in r.critical), default=min(r.stages[0][1] for r in kept))
     rec = lt.bootstrap(kept, fit, candidates, args.target_tokens, first, samples=args.bootstrap)
     report = _report(cfg, kept, runs, fit, rec, lt)
     out_dir = args.sweep_dir or os.path.dirname(os.path.abspath(run_dirs[0]))
@@ -259,6 +265,8 @@ def register(subparsers) -> None:
     q.add_argument("--sweep-dir", help="folder of the sweep runs (one sub-folder per point; finished ones are kept)")
     q.add_argument("--runs", nargs="*", default=[], help="finished run folders (or their parent) to read as well")
     q.add_argument("--target-tokens", type=int, help="token budget to recommend for")
+    q.add_argument("--critical-batch", type=float, help="a constant noise bound in tokens instead of the runs' "
+                   "logged critical_batch_tokens (for sweeps that cannot run train.noise_scale, e.g. with TP/PP)")
     q.add_argument("--candidate-batches", help="batches to choose from (default: the sweep's)")
     q.add_argument("--eval-tokens", type=int, default=8192, help="validation tokens scoring every run (default 8192)")
     q.add_argument("--nproc", type=int, default=1, help="processes per sweep run (torchrun; default 1)")

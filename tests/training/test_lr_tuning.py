@@ -61,7 +61,7 @@ def test_fit_recovers_the_law_and_the_optimum(tmp_path):
     synthetic_sweep(tmp_path)
     runs = lt.check_sweep([lt.read_run(d) for d in lt.find_runs([str(tmp_path)])])
     assert len(runs) == 12 and all(r.loss_source == "valid" for r in runs)
-    fit = lt.fit_sweep(runs)
+    fit = lt.fit_sweep(runs, lt.fit_noise_law(runs))
     assert fit.noise.b0 == pytest.approx(16.0) and fit.noise.gamma == pytest.approx(0.5)
     assert fit.residual_rms < 1e-6
     rec = lt.recommend(fit, [1024, 2048], 32768, 1024)
