@@ -231,7 +231,8 @@ def _validate(sweep: Sweep, fit, rec, out_dir: str, tokens: int) -> dict:
     recipe_stages = [tuple(int(float(x)) for x in s) for s in cfg.train.global_batch_tokens]
     result = {}
     for name, lr, stages in (("recommended", rec.lr, rec.stages), ("recipe", cfg.optimizer.lr, recipe_stages)):
-        run_dir = os.path.join(out_dir, f"validate_{name}")
+        batches = "-".join(str(b) for _, b in stages)
+        run_dir = os.path.join(out_dir, f"validate_{name}_lr{lr:.4g}_b{batches}")  # a new setting is a new run
         overrides = sweep.overrides(run_dir, lr, stages, tokens)
         why = sweep.run(run_dir, overrides)
         if why:
@@ -264,7 +265,7 @@ def register(subparsers) -> None:
     q.add_argument("--tokens", help="token budgets of the sweep runs, e.g. 8192,16384")
     q.add_argument("--sweep-dir", help="folder of the sweep runs (one sub-folder per point; finished ones are kept)")
     q.add_argument("--runs", nargs="*", default=[], help="finished run folders (or their parent) to read as well")
-    q.add_argument("--target-tokens", type=int, help="token budget to recommend for")
+    q.add_argument("--target-tokens", type=lambda x: int(float(x)), help="token budget to recommend for")
     q.add_argument("--critical-batch", type=float, help="a constant noise bound in tokens instead of the runs' "
                    "logged critical_batch_tokens (for sweeps that cannot run train.noise_scale, e.g. with TP/PP)")
     q.add_argument("--candidate-batches", help="batches to choose from (default: the sweep's)")

@@ -125,3 +125,9 @@ def test_cli_reads_prepared_metrics(tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and len(errors) == 1 and "add runs at a second batch size" in errors[0]
     assert not os.path.exists(one_batch / "tune_lr.json")
+
+
+def test_runs_without_noise_scale_need_a_given_bound():
+    runs = [lt.SweepRun("r", 1e-3, [(0, 1024)], 8192, 5.0, "valid")]
+    with pytest.raises(ConfigError, match="train.noise_scale=true.*--critical-batch"):
+        lt.fit_noise_law(runs)
