@@ -27,6 +27,10 @@ def _numbers(text: str, kind=float) -> list:
         raise ConfigError(f"{text!r} is not a comma-separated list of numbers (e.g. 1e-3,3e-3,1e-2)") from None
 
 
+def _recipe_stages(cfg) -> list:
+    return [tuple(int(float(x)) for x in stage) for stage in cfg.train.global_batch_tokens]
+
+
 def _stages_text(stages: list) -> str:
     return "[" + ",".join(f"[{int(s)},{int(b)}]" for s, b in stages) + "]"
 
@@ -210,7 +214,7 @@ def _report(cfg, kept, runs, fit, rec, lt) -> dict:
           f"{rec.lr_interval[1]:.3g}) train.global_batch_tokens={_stages_text(rec.stages)} ({switch})")
     print(f"predicted final loss {rec.loss:.4f} (68% bootstrap over {rec.bootstrap_samples}: "
           f"{rec.loss_interval[0]:.4f}..{rec.loss_interval[1]:.4f})")
-    recipe_stages = [tuple(int(float(x)) for x in s) for s in cfg.train.global_batch_tokens]
+    recipe_stages = _recipe_stages(cfg)
     recipe_loss = fit.loss(cfg.optimizer.lr, recipe_stages, rec.tokens)
     print(f"recipe as written (optimizer.lr={cfg.optimizer.lr:g}, train.global_batch_tokens="
           f"{_stages_text(recipe_stages)}): predicted {recipe_loss:.4f}")
@@ -228,7 +232,7 @@ def _validate(sweep: Sweep, fit, rec, out_dir: str, tokens: int) -> dict:
     from megatron_s1.training import lr_tuning as lt
 
     cfg = sweep.cfg
-    recipe_stages = [tuple(int(float(x)) for x in s) for s in cfg.train.global_batch_tokens]
+    recipe_stages = _recipe_stages(cfg)
     result = {}
     for name, lr, stages in (("recommended", rec.lr, rec.stages), ("recipe", cfg.optimizer.lr, recipe_stages)):
         batches = "-".join(str(b) for _, b in stages)
