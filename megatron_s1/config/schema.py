@@ -142,6 +142,10 @@ class TrainConfig:
     resume_step: Optional[int] = None  # resume from run.dir's iter_<N> (complete) instead of the latest checkpoint
     # [first, last] steps to record with torch.profiler (CPU + CUDA): run.dir/profile/{trace,kernels}_rank*.{json,txt}
     profile_steps: Optional[list] = None
+    # Gradient noise scale B_simple = tr(Sigma)/|G|^2 from micro-batch vs global-batch gradient norms (McCandlish et
+    # al. 2018, App. A.1), logged as noise_* / critical_batch_* (EMA with this decay); pure DP only. docs/scaling.md.
+    noise_scale: bool = False
+    noise_scale_ema: float = 0.9
 
 
 @dataclass

@@ -34,6 +34,8 @@ from megatron_s1.training.checkpointing import (ARCHITECTURE_FIELDS, Checkpointe
 from megatron_s1.training.distributed import (all_reduce_max_flag, init_distributed, initialize_model_parallel,
                                               seed_everything)
 from megatron_s1.training.metrics import MetricsLogger, expert_imbalance, memory_peak_gb
+from megatron_s1.training.noise_scale import (MicroBatchGradNorms, NoiseScaleEMA, check_noise_scale_supported,
+                                              step_noise_scale)
 from megatron_s1.training.profiling import StepProfiler
 from megatron_s1.training.run_lock import run_dir_lock
 from megatron_s1.training.schedules import BatchSizeSchedule, build_lr_scheduler
@@ -74,6 +76,13 @@ class Trainer:
         self.scheduler = build_lr_scheduler(cfg, self.optimizer, self.total_tokens)
         self.tconfig.grad_scale_func = self.optimizer.scale_loss
         self.tconfig.finalize_model_grads_func = finalize_model_grads
+        self._micro_norms: Optional[MicroBatchGradNorms] = None
+        if cfg.train.noise_scale:
+            check_noise_scale_supported(cfg, [self.batch_schedule.num_microbatches(s.start_tokens)
+                                              for s in self.batch_schedule.stages], self.dp_size)
+            self._micro_norms = MicroBatchGradNorms(self.model)
+            self._noise_ema = NoiseScaleEMA(cfg.train.noise_scale_ema)
+            self.tconfig.finalize_model_grads_func = self._finalize_grads
         if cfg.parallel.overlap_grad_reduce:
             self.tconfig.no_sync_func = [m.no_sync for m in self.model]
             if len(self.model) == 1:
@@ -88,6 +97,7 @@ class Trainer:
         self._signal: Optional[int] = None
         # (get, set) of extra per-rank state checkpointed with the run (the RL driver's samplers), or None.
         self.rank_state = None
+        self._below_critical = False
         self._flops_per_token = flops.training_flops_per_token(cfg.model, cfg.data.seq_length)
         self._peak = None
         if torch.cuda.is_available():
@@ -162,7 +172,13 @@ class Trainer:
         return self.task.build_datasets(train_samples, cfg.train.eval_iters * gbs_max * evals)
 
     def _forward_step(self, data_iterator, model):
+        if self._micro_norms is not None:
+            self._micro_norms.boundary()  # the previous micro-batch's backward is done
         return self.task.forward_step(next(data_iterator), model)
+
+    def _finalize_grads(self, *args, **kwargs):
+        self._micro_norms.boundary()  # the last micro-batch, before the DP reduction mixes ranks
+        return finalize_model_grads(*args, **kwargs)
 
     def _run_schedule(self, dataset, first_sample: int, global_batch: int, forward_only: bool):
         cfg = self.cfg
@@ -184,6 +200,7 @@ class Trainer:
         total = torch.zeros(2, device=self.env.device)
         for item in losses:
             total += item["lm loss"].to(total.device)
+        self._micro_tokens = [float(item["lm loss"][1]) for item in losses] if self._micro_norms else None
         dist.all_reduce(total)
         return (total[0] / total[1].clamp_min(1)).item()
 
@@ -237,8 +254,12 @@ class Trainer:
         for chunk in self.model:
             chunk.zero_grad_buffer()
         self.optimizer.zero_grad()
+        if self._micro_norms is not None:
+            self._micro_norms.start()
         loss = self._run_schedule(self.train_ds, self.state["consumed_samples"], global_batch, forward_only=False)
+        loss_scale = float(self.optimizer.get_loss_scale())  # before an overflow could change it
         stepped, grad_norm = self._optimizer_step()
+        noise = self._noise_scale(loss_scale, grad_norm) if self._micro_norms is not None else {}
         if not math.isfinite(loss):
             stepped = False  # the update already happened only if grads were finite; count the step as skipped
         batch_tokens = global_batch * self.cfg.data.seq_length
@@ -250,7 +271,21 @@ class Trainer:
             self.state["skipped_steps"] += 1
         return {"loss": loss, "grad_norm": grad_norm, "global_batch_tokens": batch_tokens,
                 "lr": self.optimizer.param_groups[0]["lr"], "stepped": stepped,
-                "num_microbatches": global_batch // (self.cfg.data.micro_batch_size * self.dp_size)}
+                "num_microbatches": global_batch // (self.cfg.data.micro_batch_size * self.dp_size), **noise}
+
+    def _noise_scale(self, loss_scale: float, grad_norm: float) -> dict:
+        """This step's gradient-noise-scale estimates and their EMA (metrics keys noise_*, critical_batch_*)."""
+        micro = self._micro_norms.stop()
+        if not math.isfinite(grad_norm):
+            return {}
+        step = step_noise_scale(micro, self._micro_tokens, loss_scale, grad_norm, self.env.device)
+        self._noise_ema.update(step["grad_sq"], step["trace"])
+        grad_sq, trace = self._noise_ema.averages()
+        critical = self._noise_ema.b_simple()
+        return {"noise_grad_sq_step": step["grad_sq"], "noise_trace_step": step["trace"],
+                "noise_grad_sq": grad_sq, "noise_trace": trace,
+                "critical_batch_tokens": critical if math.isfinite(critical) else None,
+                "critical_batch_sequences": critical / self.cfg.data.seq_length if math.isfinite(critical) else None}
 
     def evaluate(self) -> float:
         cfg = self.cfg
@@ -394,8 +429,13 @@ class Trainer:
                         "tflops_per_gpu": tflops, "mfu": tflops / self._peak if self._peak else None,
                         "peak_mem_gb": memory_peak_gb(), "skipped_steps": self.state["skipped_steps"],
                         "global_batch_tokens": result["global_batch_tokens"], **moe,
+                        **{k: v for k, v in result.items() if k.startswith(("noise_", "critical_batch_"))},
                     }
                     log.log(record)
+                    below_critical = (result.get("critical_batch_tokens") or 0.0) > result["global_batch_tokens"]
+                    if below_critical != self._below_critical:
+                        self._below_critical = below_critical
+                        log.event(_critical_batch_message(step, result))
                     interval_tokens = 0
                 if cfg.train.eval_interval and step % cfg.train.eval_interval == 0 and self.valid_ds is not None:
                     last_eval, last_eval_step = self.evaluate(), step
@@ -431,6 +471,14 @@ class Trainer:
             self.checkpointer.close()
             log.close()
         return {"exit_reason": exit_reason, "valid_loss": last_eval, **self.state}
+
+
+def _critical_batch_message(step: int, result: dict) -> str:
+    batch, critical = result["global_batch_tokens"], result["critical_batch_tokens"] or 0.0
+    if critical > batch:
+        return (f"step {step}: global batch {batch} tokens is below the critical batch ~{critical:.0f} tokens "
+                f"(gradient noise scale B_simple): a larger batch would take fewer steps for the same loss")
+    return f"step {step}: global batch {batch} tokens is again at or above the critical batch ~{critical:.0f} tokens"
 
 
 def train(cfg: ExperimentConfig) -> dict:

@@ -50,21 +50,25 @@ def console_line(kind: str, record: dict, keys) -> str:
 
 class MetricsLogger:
     """Only rank 0 writes. `metrics.jsonl` gets one JSON object per logged step (append-only, so a resumed
-    run continues the same file; entries for steps re-run after a crash are dropped on resume)."""
+    run continues the same file; entries for steps re-run after a crash are dropped on resume);
+    `valid_metrics.jsonl` likewise gets the validation losses."""
 
     CONSOLE_KEYS = ("step", "consumed_tokens", "loss", "lr", "grad_norm", "tokens_per_s", "tflops_per_gpu",
-                    "mfu", "peak_mem_gb", "skipped_steps", "moe_aux_loss", "expert_imbalance_max")
+                    "mfu", "peak_mem_gb", "skipped_steps", "moe_aux_loss", "expert_imbalance_max",
+                    "critical_batch_tokens")
 
     def __init__(self, run_dir: str, enabled: bool, tensorboard: bool, progress_bar: str, total_steps: int,
                  start_step: int):
         self.enabled = enabled
         self.path = os.path.join(run_dir, "metrics.jsonl")
+        self.paths = {"train": self.path, "valid": os.path.join(run_dir, "valid_metrics.jsonl")}
         self.writer = None
         self.bar = None
         if not enabled:
             return
         os.makedirs(run_dir, exist_ok=True)
-        self._truncate_after(start_step)
+        for path in self.paths.values():
+            truncate_jsonl_after(path, start_step)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -75,15 +79,12 @@ class MetricsLogger:
 
             self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
 
-    def _truncate_after(self, step: int) -> None:
-        truncate_jsonl_after(self.path, step)
-
     def log(self, record: dict, kind: str = "train") -> None:
         if not self.enabled:
             return
         record = {k: v for k, v in record.items() if v is not None}
-        if kind == "train":
-            with open(self.path, "a", encoding="utf-8") as f:
+        if kind in self.paths:
+            with open(self.paths[kind], "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
         if self.writer is not None:
             for key, value in record.items():

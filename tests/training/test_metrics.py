@@ -17,6 +17,8 @@ def test_metrics_jsonl_and_console(tmp_path, train_args):
             assert key in r, key
         assert len(r["expert_imbalance"]) == 2 and all(x >= 1.0 for x in r["expert_imbalance"])
     assert records[0]["consumed_tokens"] == 2 * 1024
+    valid = [json.loads(line) for line in open(tmp_path / "valid_metrics.jsonl")]
+    assert [v["step"] for v in valid] == [2, 4] and all(set(v) == {"step", "loss"} for v in valid)
     assert "[train] step 2" in proc.stdout and "[valid] step 2" in proc.stdout
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "tensorboard"))
     result = json.loads(proc.stdout.strip().splitlines()[-1])["result"]

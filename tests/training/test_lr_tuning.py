@@ -1,0 +1,133 @@
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from megatron_s1.config.schema import ConfigError
+from megatron_s1.training import lr_tuning as lt
+from tests.conftest import run_cli
+
+# Ground truth for synthetic sweeps: B_crit(t) = 16 sqrt(t); L = 5 (D_eff/1000)^-0.1 + 0.08 (ln lr - ln lr*)^2 with
+# lr* = 3e-3 (B/1024)^0.5 (D/16384)^-0.2.
+NOISE = lt.NoiseLaw(16.0, 0.5)
+TRUTH = lt.LossFit(np.array([math.log(5.0), 0.1, math.log(0.08), math.log(3e-3), 0.5, -0.2]), (1024.0, 16384.0, 1000.0),
+                   NOISE, 0.0)
+
+
+def test_laws_by_hand():
+    assert lt.mean_log_batch([(0, 1024), (4096, 4096)], 8192) == pytest.approx(2048.0)  # geometric, token-weighted
+    flat = lt.NoiseLaw(1024.0, 0.0)
+    assert lt.effective_tokens([(0, 1024)], 10000, flat) == pytest.approx(5000.0)  # D / (1 + B / B_noise)
+    assert lt.effective_tokens([(0, 3072)], 10000, flat) == pytest.approx(2500.0)
+    # At lr = e * lr*(B0, D0) the parabola adds C * 1^2 to A (D_eff / D0_eff)^-alpha = 5.
+    assert float(lt.predicted_loss(TRUTH.params, 3e-3 * math.e, 1024, 1000.0, 16384, TRUTH.scale)) == pytest.approx(5.08)
+    assert float(lt.predicted_loss(TRUTH.params, 3e-3, 4096, 1000.0, 16384, TRUTH.scale)) == pytest.approx(
+        5.0 + 0.08 * (0.5 * math.log(4)) ** 2)
+
+
+def test_batch_schedule_switches_where_the_noise_bound_crosses():
+    # 16 sqrt(t): 512 at 1024 tokens (1024 suffices), reaches 1024 at 4096 tokens and 2048 at 16384.
+    assert lt.batch_schedule(NOISE, [2048, 1024, 4096], 10000, 1024) == [(0, 1024), (4096, 2048)]
+    assert lt.batch_schedule(NOISE, [1024, 2048, 4096], 20000, 1024) == [(0, 1024), (4096, 2048), (16384, 4096)]
+    assert lt.batch_schedule(NOISE, [1024, 2048], 20000, 6400) == [(0, 2048), (16384, 2048)][:1]  # 1280 > 1024
+    assert lt.batch_schedule(lt.NoiseLaw(5000.0, 0.0), [1024, 2048], 20000, 100) == [(0, 2048)]  # largest if none
+
+
+def write_run(root, lr, batch, tokens, final_loss, first_loss=8.0, noise=NOISE, name=None):
+    run_dir = root / (name or f"lr{lr:g}_b{batch}_t{tokens}")
+    run_dir.mkdir(parents=True)
+    steps = tokens // batch
+    with open(run_dir / "metrics.jsonl", "w") as f:
+        for step in range(1, steps + 1):
+            loss = first_loss + (final_loss - first_loss) * (step - 1) / max(1, steps - 1)
+            f.write(json.dumps({"step": step, "consumed_tokens": step * batch, "loss": loss, "lr": lr,
+                                "global_batch_tokens": batch,
+                                "critical_batch_tokens": float(noise(step * batch))}) + "\n")
+    with open(run_dir / "valid_metrics.jsonl", "w") as f:
+        f.write(json.dumps({"step": steps, "loss": final_loss}) + "\n")
+    return run_dir
+
+
+def synthetic_sweep(root, lrs=(1e-3, 3e-3, 1e-2), batches=(1024, 2048), budgets=(8192, 16384)):
+    for lr in lrs:
+        for batch in batches:
+            for tokens in budgets:
+                write_run(root, lr, batch, tokens, TRUTH.loss(lr, [(0, batch)], tokens))
+
+
+def test_fit_recovers_the_law_and_the_optimum(tmp_path):
+    synthetic_sweep(tmp_path)
+    runs = lt.check_sweep([lt.read_run(d) for d in lt.find_runs([str(tmp_path)])])
+    assert len(runs) == 12 and all(r.loss_source == "valid" for r in runs)
+    fit = lt.fit_sweep(runs, lt.fit_noise_law(runs))
+    assert fit.noise.b0 == pytest.approx(16.0) and fit.noise.gamma == pytest.approx(0.5)
+    assert fit.residual_rms < 1e-6
+    rec = lt.recommend(fit, [1024, 2048], 32768, 1024)
+    assert rec.stages == [(0, 1024), (4096, 2048)]
+    truth_lr = TRUTH.best_lr(rec.stages, 32768)
+    # Hand: mean batch = exp((4096 ln 1024 + 28672 ln 2048) / 32768) = 1024 * 2^(7/8); lr* = 3e-3 2^(7/16) 2^-0.2.
+    assert truth_lr == pytest.approx(3e-3 * 2 ** (7 / 16) * 2 ** -0.2)
+    assert rec.lr == pytest.approx(truth_lr, rel=1e-4)
+    assert rec.loss == pytest.approx(TRUTH.loss(truth_lr, rec.stages, 32768), rel=1e-6)
+    # A worse LR is predicted worse, by the parabola.
+    assert fit.loss(rec.lr * math.e, rec.stages, 32768) == pytest.approx(rec.loss + 0.08, rel=1e-4)
+
+
+def test_diverged_runs_are_excluded(tmp_path):
+    synthetic_sweep(tmp_path)
+    write_run(tmp_path, 0.1, 1024, 8192, float("nan"))
+    write_run(tmp_path, 0.05, 1024, 8192, 8.5)  # ended above where it started
+    runs = [lt.read_run(d) for d in lt.find_runs([str(tmp_path)])]
+    reasons = {r.name: r.diverged for r in runs if r.diverged}
+    assert reasons == {"lr0.1_b1024_t8192": "non-finite loss",
+                       "lr0.05_b1024_t8192": "final loss 8.5000 not below the first step's 8.0000"}
+    assert len(lt.check_sweep(runs)) == 12
+
+
+@pytest.mark.parametrize("sweep, message", [
+    (dict(batches=(1024,)), "one batch size (1024 tokens)"),
+    (dict(budgets=(8192,)), "one token budget (8192 tokens)"),
+    (dict(lrs=(1e-3, 3e-3)), "2 usable learning rate(s)"),
+    (dict(lrs=(1e-3, 3e-3, 1e-2), budgets=(8192,), batches=(1024, 2048, 4096)), "one token budget"),
+])
+def test_underdetermined_sweeps_say_what_to_add(tmp_path, sweep, message):
+    synthetic_sweep(tmp_path, **sweep)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        lt.check_sweep([lt.read_run(d) for d in lt.find_runs([str(tmp_path)])])
+
+
+def test_too_few_points():
+    runs = [lt.SweepRun(f"r{i}", lr, [(0, b)], t, 5.0, "valid") for i, (lr, b, t) in
+            enumerate([(1e-3, 1024, 8192), (3e-3, 2048, 8192), (1e-2, 1024, 16384), (1e-3, 2048, 16384)])]
+    with pytest.raises(ConfigError, match="4 usable runs.*needs at least 8"):
+        lt.check_sweep(runs)
+
+
+def test_cli_reads_prepared_metrics(tmp_path):
+    sweep = tmp_path / "sweep"
+    synthetic_sweep(sweep)
+    write_run(sweep, 0.1, 1024, 8192, float("nan"))
+    proc = run_cli(["tune", "lr", "--runs", str(sweep), "--target-tokens", "32768", "--bootstrap", "20"])
+    assert "excluded lr0.1_b1024_t8192 (lr 0.1, batch 1024, 8192 tokens): non-finite loss" in proc.stdout
+    assert "train.global_batch_tokens=[[0,1024],[4096,2048]]" in proc.stdout
+    report = json.load(open(sweep / "tune_lr.json"))
+    assert report["used"] == 12 and list(report["excluded"]) == ["lr0.1_b1024_t8192"]
+    assert report["recommended"]["lr"] == pytest.approx(3e-3 * 2 ** (7 / 16) * 2 ** -0.2, rel=1e-4)
+    assert f"optimizer.lr={report['recommended']['lr']:.3g}" in proc.stdout
+    with open(sweep / "tune_lr.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+    one_batch = tmp_path / "one_batch"
+    synthetic_sweep(one_batch, batches=(2048,))
+    proc = run_cli(["tune", "lr", "--runs", str(one_batch), "--target-tokens", "32768"], check=False)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "add runs at a second batch size" in errors[0]
+    assert not os.path.exists(one_batch / "tune_lr.json")
+
+
+def test_runs_without_noise_scale_need_a_given_bound():
+    runs = [lt.SweepRun("r", 1e-3, [(0, 1024)], 8192, 5.0, "valid")]
+    with pytest.raises(ConfigError, match="train.noise_scale=true.*--critical-batch"):
+        lt.fit_noise_law(runs)
