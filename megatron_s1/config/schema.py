@@ -172,7 +172,7 @@ class OptimizerConfig:
 @dataclass
 class CheckpointConfig:
     interval: int = 0  # 0 = only at the end and on signals
-    keep_last: int = 2
+    keep_last: int = 2  # newest complete iterations kept; 0 keeps all
     async_save: bool = False  # GPU only
     resume: bool = True  # auto-resume from run.dir/checkpoints/latest
     pretrained: Optional[str] = None  # initial weights (model only) from another checkpoint dir
@@ -515,7 +515,7 @@ def check_values(cfg: ExperimentConfig) -> None:
                                  ("train.steps", t.steps, 0), ("train.log_interval", t.log_interval, 1),
                                  ("train.eval_interval", t.eval_interval, 0), ("train.eval_iters", t.eval_iters, 0),
                                  ("checkpoint.interval", cfg.checkpoint.interval, 0),
-                                 ("checkpoint.keep_last", cfg.checkpoint.keep_last, 1)):
+                                 ("checkpoint.keep_last", cfg.checkpoint.keep_last, 0)):
         if value < least:
             raise ConfigError(f"{dotted}={value} must be >= {least}")
     stages = t.global_batch_tokens
