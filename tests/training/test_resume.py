@@ -1,4 +1,5 @@
-"""Exact resume after kill -9, SIGTERM save-and-exit, resharding TP=2 -> TP=1, config/checkpoint mismatch."""
+"""Exact resume after kill -9, SIGTERM save-and-exit, resharding TP=2 -> TP=1, config/checkpoint mismatch
+(shapes; non-shape settings of checkpoint.pretrained refused unless checkpoint.allow_model_changes lists them)."""
 import json
 import os
 import random
@@ -90,6 +91,36 @@ def test_checkpoint_shape_mismatch_is_one_clear_error(tmp_path, train_args, init
                               f"checkpoint.pretrained={init_checkpoint}"), check=False)
     assert proc.returncode == 2
     assert "does not match the model config (model.hidden_size: checkpoint 64 vs config 96)" in proc.stderr
+
+
+@pytest.mark.parametrize("override,saved,stated", [("model.rotary_base=500000", "10000", "500000"),
+                                                    ("model.norm_epsilon=1e-05", "1e-06", "1e-05")])
+def test_pretrained_model_setting_change_is_refused(tmp_path, train_args, init_checkpoint, capsys, override, saved,
+                                                    stated):
+    """A stated non-shape model field that differs from checkpoint.pretrained's: one line, before the model build."""
+    from megatron_s1.cli import main
+
+    field = override.split("=")[0]
+    code = main(train_args(str(tmp_path), "train.steps=1", override, f"checkpoint.pretrained={init_checkpoint}"))
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert code == 2 and len(errors) == 1 and errors[0].startswith("error: "), errors
+    assert f"{field}: checkpoint {saved}, config {stated}" in errors[0]
+    assert f"checkpoint.allow_model_changes=[{field.split('.')[1]}]" in errors[0]
+    assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_pretrained_model_setting_change_when_allowed(tmp_path, train_args, init_checkpoint, capsys):
+    from megatron_s1.cli import main
+
+    pretrained = f"checkpoint.pretrained={init_checkpoint}"
+    assert main(train_args(str(tmp_path), pretrained, "model.rotary_base=500000",
+                           "checkpoint.allow_model_changes=[rotary_bsae]")) == 2
+    assert "lists rotary_bsae, not a model field" in capsys.readouterr().err
+    proc = run_cli(train_args(str(tmp_path), "train.steps=0", pretrained, "model.rotary_base=500000",
+                              "checkpoint.allow_model_changes=[rotary_base]"))
+    assert "model.rotary_base: checkpoint 10000, config 500000" in proc.stderr
+    state = json.load(open(tmp_path / "checkpoints" / "iter_0000000" / "trainer_state.json"))
+    assert state["config"]["model"]["rotary_base"] == 500000
 
 
 def _result(proc):
