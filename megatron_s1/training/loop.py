@@ -340,6 +340,10 @@ class Trainer:
         self._resumed_from = self._resume_checkpoint() if cfg.checkpoint.resume else None
         if self._resumed_from is None and cfg.checkpoint.pretrained:
             path = resolve_checkpoint_dir(cfg.checkpoint.pretrained)
+            problem = checkpoint_problem(path, checksums=True)  # collective: each rank checks its share of files
+            if problem:
+                raise ConfigError(f"checkpoint.pretrained={cfg.checkpoint.pretrained}: {path} {problem}; restore it "
+                                  "or point checkpoint.pretrained at another complete checkpoint")
             self.checkpointer.load(path, model_only=True)
             if self._model_changes:
                 self._warn(f"warning: {path} was trained with other model settings "

@@ -3,6 +3,7 @@
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import time
@@ -121,6 +122,24 @@ def test_pretrained_model_setting_change_when_allowed(tmp_path, train_args, init
     assert "model.rotary_base: checkpoint 10000, config 500000" in proc.stderr
     state = json.load(open(tmp_path / "checkpoints" / "iter_0000000" / "trainer_state.json"))
     assert state["config"]["model"]["rotary_base"] == 500000
+
+
+def test_corrupted_pretrained_checkpoint_is_refused(tmp_path, train_args, init_checkpoint):
+    """checkpoint.pretrained is verified against its CRC-32 manifest: one flipped byte in a shard, one error line."""
+    pretrained = tmp_path / "pretrained"
+    shutil.copytree(os.path.join(init_checkpoint, "iter_0000000"), pretrained)
+    shard = max(pretrained.glob("*.distcp"), key=lambda p: p.stat().st_size)
+    with open(shard, "r+b") as f:
+        f.seek(shard.stat().st_size // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    run_dir = tmp_path / "run"
+    proc = run_cli(train_args(str(run_dir), "train.steps=1", f"checkpoint.pretrained={pretrained}"), check=False)
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-3000:]
+    assert f"has a corrupted {shard.name} (CRC-32 mismatch)" in errors[0]
+    assert not (run_dir / "checkpoints").exists()
 
 
 def _result(proc):
