@@ -161,3 +161,8 @@ def test_resume_from_step0_checkpoint(tmp_path, train_args):
     run_cli(train_args(str(tmp_path), "train.steps=0"))
     proc = run_cli(train_args(str(tmp_path), "train.steps=2"))
     assert "resumed from" in proc.stdout and sorted(losses(str(tmp_path))) == [1, 2]
+    # eval --ckpt: the same weights from any directory give the final validation loss of that run.
+    args = train_args(str(tmp_path / "elsewhere"))
+    evaluated = json.loads(run_cli(["eval", "--ckpt", str(tmp_path / "checkpoints"), *args[1:]]).stdout.splitlines()[-1])
+    assert evaluated["checkpoint"] == str(tmp_path / "checkpoints" / "iter_0000002") and evaluated["step"] == 2
+    assert evaluated["valid_loss"] == _result(proc)["valid_loss"]
