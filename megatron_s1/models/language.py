@@ -39,8 +39,8 @@ def _require_launcher(parallel: ParallelConfig, processes: int, world_size: int)
     """A model-parallel layout run as one plain process (not under torchrun / srun): say how to launch it."""
     if world_size != 1 or processes == 1 or "WORLD_SIZE" in os.environ:
         return
-    sizes = " ".join(f"parallel.{name}={getattr(parallel, name)}" for name in
-                     ("tensor", "pipeline", "context", "expert", "expert_tensor") if (getattr(parallel, name) or 1) > 1)
+    names = ("tensor", "pipeline", "context", "expert", "expert_tensor")
+    sizes = " ".join(f"parallel.{n}={getattr(parallel, n)}" for n in names if (getattr(parallel, n) or 1) > 1)
     is_cli = os.path.basename(sys.argv[0]) in ("megatron-s1", "cli.py") and len(sys.argv) > 1
     command = shlex.join(sys.argv[1:]) if is_cli else "COMMAND --config RECIPE ..."
     raise ConfigError(f"{sizes} needs {processes} processes (or a multiple) but this is a single process; launch it "

@@ -163,6 +163,7 @@ def test_resume_from_step0_checkpoint(tmp_path, train_args):
     assert "resumed from" in proc.stdout and sorted(losses(str(tmp_path))) == [1, 2]
     # eval --ckpt: the same weights from any directory give the final validation loss of that run.
     args = train_args(str(tmp_path / "elsewhere"))
-    evaluated = json.loads(run_cli(["eval", "--ckpt", str(tmp_path / "checkpoints"), *args[1:]]).stdout.splitlines()[-1])
+    out = run_cli(["eval", "--ckpt", str(tmp_path / "checkpoints"), *args[1:]]).stdout
+    evaluated = json.loads(out.splitlines()[-1])
     assert evaluated["checkpoint"] == str(tmp_path / "checkpoints" / "iter_0000002") and evaluated["step"] == 2
     assert evaluated["valid_loss"] == _result(proc)["valid_loss"]
