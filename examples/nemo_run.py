@@ -11,6 +11,7 @@ Examples (from the repository root; needs `pip install nemo-run leptonai==0.27.3
 
   python examples/nemo_run.py cpt                                    # tiny CPT recipe, locally
   python examples/nemo_run.py cpt --nproc-per-node 2 train.steps=10  # 2 workers, dotted overrides
+  python examples/nemo_run.py cpt --dryrun train.steps=10            # print the torchrun + megatron-s1 command
   python examples/nemo_run.py sft --executor slurm --dryrun          # print the sbatch script only
   python examples/nemo_run.py cpt --executor slurm --recipe examples/cpt/my_run.yaml \\
       --nodes 16 --gpus-per-node 8 --partition batch --account my-acct --time 24:00:00
@@ -81,6 +82,35 @@ def megatron_s1(recipe: str, overrides: list[str] | None = None, command: str = 
     if run_dir and not any(o.startswith("run.dir=") for o in overrides or []):
         args.append(f"run.dir={run_dir}")
     return run.Script(path=_entry_point(container), args=args)
+
+
+def check_recipe(recipe: str, overrides: list[str]) -> str | None:
+    """The one `error: ...` line megatron-s1 would end with for this recipe + overrides, or None when they load
+    (megatron_s1.config needs only PyYAML: no torch on the submitting host)."""
+    if REPO not in sys.path:
+        sys.path.append(REPO)  # an installed megatron-s1 first, else this checkout's
+    from megatron_s1.config import ConfigError, load_config
+    from megatron_s1.console import one_line
+
+    try:
+        load_config(recipe, overrides)
+    except ConfigError as err:
+        return f"error: {one_line(err)}"
+    return None
+
+
+def node_commands(request, command: list[str]) -> list[str]:
+    """What each node of a local dry run runs: NeMo-Run's torchrun line with its generated script (`exec
+    COMMAND`) replaced by COMMAND itself, shell-quoted."""
+    lines = []
+    for replicas in request.role_params.values():
+        for node, replica in enumerate(replicas):
+            args = list(replica.args)
+            if "--no-python" in args:  # torchrun ... --no-python SCRIPT: the script is `exec COMMAND`
+                at = args.index("--no-python") + 1
+                args[at:at + 1] = command
+            lines.append(f"[node {node}] {shlex.join(args)}")
+    return lines
 
 
 def as_inline(script):
@@ -195,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", choices=["local", "slurm"], default="local",
                    help="local: torchrun on this machine; slurm: sbatch via NeMo-Run (default: local)")
     p.add_argument("--dryrun", action="store_true",
-                   help="print what would run (for slurm: the generated sbatch script) and submit nothing")
+                   help="validate the recipe and overrides, print what would run (local: each node's torchrun + "
+                   "megatron-s1 command; slurm: the generated sbatch script) and run nothing")
     p.add_argument("--detach", action="store_true", help="return after submitting instead of tailing the logs")
     p.add_argument("--nproc-per-node", type=int, default=1, help="local: worker processes (default: 1)")
 
@@ -223,21 +254,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_intermixed_args(argv)
+    os.chdir(REPO)  # recipes and run directories are relative to the checkout
+    recipe = os.path.abspath(args.recipe or RECIPES[args.stage])  # srun --chdir is NeMo-Run's job dir
+    problem = check_recipe(recipe, args.overrides)  # a typo fails here, not after the job starts
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     try:
         run = _nemo_run()
     except ImportError:
         print("error: nemo-run is not installed: pip install nemo-run leptonai==0.27.3", file=sys.stderr)
         return 2
 
-    os.chdir(REPO)  # recipes and run directories are relative to the checkout
-    recipe = os.path.abspath(args.recipe or RECIPES[args.stage])  # srun --chdir is NeMo-Run's job dir
-    if not args.dryrun and not os.path.exists(recipe):
-        print(f"error: recipe {recipe} not found", file=sys.stderr)
-        return 2
     run_dir = os.path.abspath(args.run_dir or os.path.join(REPO, "runs", "s1_nemo", args.stage))
     container = args.executor == "slurm" and bool(args.container_image)
     script = FACTORIES[args.stage](recipe, args.overrides, command=args.command, run_dir=run_dir,
                                    container=container)
+    command = [script.path, *script.args]
     if args.executor == "local":
         script = as_inline(script)
         executor = local_executor(args.nproc_per_node)
@@ -254,9 +287,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.dryrun:
             exp.dryrun(log=False)
             for job in exp.jobs:
-                # The sbatch command + script (slurm) or the torchrun command line (local), unwrapped.
                 info = getattr(job, "_dryrun_info", None)
-                print(getattr(info, "request", info))
+                request = getattr(info, "request", info)
+                if args.executor == "local":  # each node's torchrun + megatron-s1 command
+                    print("\n".join(node_commands(request, command)))
+                else:  # the sbatch script (its srun line runs torchrun + megatron-s1 on every node)
+                    print(request)
             return 0
         exp.run(sequential=True, detach=args.detach)
     if args.detach:

@@ -44,19 +44,25 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    from megatron_s1.config import load_config
+    from megatron_s1.config import ConfigError, load_config
+    from megatron_s1.training.checkpointing import read_trainer_state, resolve_checkpoint_dir
     from megatron_s1.training.loop import Trainer
 
-    overrides = list(args.overrides) + ["checkpoint.resume=true"]
-    cfg = load_config(args.config, overrides)
+    # --ckpt: any checkpoint (a run's, converted, averaged) loaded as pretrained weights, its model config filling
+    # what the recipe leaves unstated; without it the run.dir's latest complete checkpoint.
+    extra = [f"checkpoint.pretrained={args.ckpt}", "checkpoint.resume=false"] if args.ckpt else \
+        ["checkpoint.resume=true"]
+    cfg = load_config(args.config, list(args.overrides) + extra)
     trainer = Trainer(cfg)
     trainer._maybe_resume()
-    if trainer._resumed_from is None:
-        raise SystemExit(f"error: no checkpoint under {cfg.run.dir}/checkpoints; train first or set run.dir")
+    if trainer._resumed_from is None and not args.ckpt:
+        raise ConfigError(f"no checkpoint under {cfg.run.dir}/checkpoints; train first, set run.dir or pass --ckpt DIR")
     trainer.train_ds, trainer.valid_ds, _ = trainer._datasets()
     loss = trainer.evaluate()
     if trainer.env.is_main:
-        print(json.dumps({"step": trainer.state["step"], "valid_loss": loss}), flush=True)
+        path = trainer._resumed_from or resolve_checkpoint_dir(args.ckpt)
+        print(json.dumps({"checkpoint": path, "step": read_trainer_state(path)["step"], "valid_loss": loss}),
+              flush=True)
     return 0
 
 
@@ -93,10 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("eval", help="validation loss of the latest checkpoint in run.dir",
-                       description="Load run.dir/checkpoints/latest and report the validation loss "
+    p = sub.add_parser("eval", help="validation loss of a checkpoint (run.dir's latest, or --ckpt DIR)",
+                       description="Load run.dir/checkpoints/latest (or --ckpt DIR) and report the validation loss "
                        "(train.eval_iters global batches of the validation split).")
     _add_config_args(p)
+    p.add_argument("--ckpt", default=None, help="any Megatron checkpoint (iter_* directory, checkpoints/ root, "
+                   "converted or averaged); model fields the recipe leaves unstated come from it")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("preprocess", help="tokenise jsonl into a Megatron .bin/.idx dataset",

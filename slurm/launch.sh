@@ -34,7 +34,8 @@
 #   S1_SRUN_ARGS        extra srun arguments, word-split (e.g. "--cpu-bind=none --mpi=none")
 #   S1_REQUEUE          1 (default): requeue after a preemption save; 0: just stop
 #   S1_MAX_REQUEUES     stop requeueing after this many restarts of the job (default: 100)
-#   S1_DRY_RUN          1: print the srun command line and exit
+#   S1_DRY_RUN          1: validate the recipe and overrides (megatron-s1 config, with this host's
+#                       megatron-s1), print the srun command line and each node's torchrun command, exit
 set -uo pipefail
 
 die() { echo "launch.sh: error: $*" >&2; exit 2; }
@@ -104,8 +105,14 @@ fi
 SRUN+=(bash "$S1_HOME/slurm/node.sh" "$RECIPE" "${OVERRIDES[@]}")
 
 if [ "${S1_DRY_RUN:-0}" = 1 ]; then
+    # node.sh in dry-run mode validates the recipe + overrides (exit 2 and one error line if bad) and prints
+    # the torchrun command of a task, as resolved on this host (its megatron-s1, workers per node).
+    NODE_CMD=$(S1_DRY_RUN=1 SLURM_JOB_NUM_NODES=$NNODES bash "$S1_HOME/slurm/node.sh" "$RECIPE" "${OVERRIDES[@]}") \
+        || exit $?
     printf '%q ' "${SRUN[@]}"
     echo
+    echo "# each of the $NNODES node(s) runs:"
+    echo "$NODE_CMD"
     exit 0
 fi
 

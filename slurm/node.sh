@@ -4,6 +4,7 @@
 # `megatron-s1 $S1_COMMAND --config RECIPE OVERRIDES...`.
 #
 #   usage: node.sh RECIPE.yaml [dotted.override=value ...]
+#   S1_DRY_RUN=1: check the recipe and overrides with `megatron-s1 config`, print the torchrun command, exit
 #
 # Preemption: SIGUSR1 reaches this task (Slurm signals the job step), the batch shell forwards it, or
 # both. torchrun itself ignores SIGUSR1 (its default action would kill it and orphan the workers);
@@ -57,6 +58,13 @@ CMD=("$PYTHON" -m torch.distributed.run
      --rdzv-id="${SLURM_JOB_ID:-local}-${SLURM_RESTART_COUNT:-0}"
      --max-restarts="${S1_MAX_RESTARTS:-0}"
      --no-python megatron-s1 "${S1_COMMAND:-train}" --config "$RECIPE" "$@")
+if [ "${S1_DRY_RUN:-0}" = 1 ]; then
+    # Read the recipe and overrides as every worker will (a bad one: one error line, exit 2), print the command.
+    megatron-s1 config --config "$RECIPE" "$@" >/dev/null || exit $?
+    printf '%q ' "${CMD[@]}"
+    echo
+    exit 0
+fi
 if [ "${SLURM_NODEID:-0}" = 0 ]; then
     echo "[node $(hostname)] $(printf '%q ' "${CMD[@]}")"
 fi

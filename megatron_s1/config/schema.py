@@ -176,6 +176,9 @@ class CheckpointConfig:
     async_save: bool = False  # GPU only
     resume: bool = True  # auto-resume from run.dir/checkpoints/latest
     pretrained: Optional[str] = None  # initial weights (model only) from another checkpoint dir
+    # Non-shape model fields (e.g. [rotary_base]) the recipe may set to other values than checkpoint.pretrained
+    # was trained with; any other stated difference is refused (docs/checkpointing.md).
+    allow_model_changes: list = field(default_factory=list)
     save_final: bool = True  # save when train.steps is reached (benchmarks turn it off)
 
 

@@ -11,18 +11,26 @@ from megatron_s1.conversion.mappings import ConversionError, get_architecture
 
 
 def _rope_theta(hf: dict) -> float:
-    params = hf.get("rope_parameters")
-    if isinstance(params, dict):  # transformers >= 5
-        rope_type = params.get("rope_type", params.get("type", "default"))
-        if rope_type != "default":
-            raise ConversionError(f"rope_parameters.rope_type={rope_type!r} (RoPE scaling) is not supported; "
-                                  "only the default RoPE of Qwen3 maps to Megatron")
-        if "rope_theta" in params:
-            return params["rope_theta"]
-    scaling = hf.get("rope_scaling")
-    if scaling:
-        raise ConversionError(f"rope_scaling={scaling!r} is not supported; only the default RoPE maps to Megatron")
-    return hf.get("rope_theta", 10000.0)
+    """The RoPE base of a text config, read as transformers reads it (`convert_rope_params_to_dict` and
+    `standardize_rope_params` of transformers' PreTrainedConfig): a non-empty `rope_scaling` replaces
+    `rope_parameters` whole; `rope_type` (legacy spelling `type`) defaults to "default"; `rope_theta` comes from
+    that dict, else the top-level key, else 10000. Our models implement plain RoPE only, so any other rope_type
+    (yarn, linear, dynamic, llama3, longrope, ...) is refused: converting it as plain RoPE would be a wrong model."""
+    field = "rope_scaling" if hf.get("rope_scaling") else "rope_parameters"
+    params = hf.get(field) or {}
+    if not isinstance(params, dict):
+        raise ConversionError(f"config.json {field}={params!r} is not a mapping; expected e.g. "
+                              '{"rope_type": "default", "rope_theta": 1000000.0}')
+    if "full_attention" in params:  # nested per layer type; every layer is full attention (no sliding window)
+        field, params = f"{field}.full_attention", params["full_attention"] or {}
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type != "default":
+        raise ConversionError(
+            f"config.json {field} has rope_type={rope_type!r} (RoPE scaling), which transformers applies but "
+            "megatron-s1 models do not implement (plain RoPE only), so the converted model would compute different "
+            f"attention; remove {field} from config.json (or set its rope_type to \"default\") to convert with "
+            "plain RoPE, if the weights were trained so (Qwen3 releases add YaRN only to extend the context)")
+    return params.get("rope_theta", hf.get("rope_theta", 10000.0))
 
 
 def _require(hf: dict, key: str, expected, why: str) -> None:
@@ -153,10 +161,9 @@ def _square(value, key: str) -> int:
 def _pro_text_fields(text: dict) -> dict:
     """Intern-S1-Pro text config (Qwen3-MoE + grouped router + FoPE) -> ModelConfig fields."""
     text = dict(text)
-    scaling = dict(text.pop("rope_scaling", None) or {})
+    scaling = dict(text.get("rope_scaling") or {})
     fope = {k: scaling.pop(k) for k in ("fope_init_factor", "fope_sep_head", "num_inv_freq") if k in scaling}
-    if scaling.get("rope_type", scaling.get("type", "default")) != "default":
-        raise ConversionError(f"rope_scaling={scaling!r}: only default RoPE (+ FoPE) maps to Megatron")
+    text["rope_scaling"] = scaling  # the FoPE keys are mapped below; the rest is read as for Qwen3
     text["architectures"], text["model_type"] = ["Qwen3MoeForCausalLM"], "qwen3_moe"
     _, fields = hf_to_model_fields(text)
     groups = text.get("router_n_groups")

@@ -6,7 +6,10 @@ CPU spec works, and the HF conversion tables stay simple).
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
+import shlex
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +35,18 @@ def resolve_params_dtype(model: ModelConfig) -> torch.dtype:
     return _DTYPES[model.params_dtype]
 
 
+def _require_launcher(parallel: ParallelConfig, processes: int, world_size: int) -> None:
+    """A model-parallel layout run as one plain process (not under torchrun / srun): say how to launch it."""
+    if world_size != 1 or processes == 1 or "WORLD_SIZE" in os.environ:
+        return
+    names = ("tensor", "pipeline", "context", "expert", "expert_tensor")
+    sizes = " ".join(f"parallel.{n}={getattr(parallel, n)}" for n in names if (getattr(parallel, n) or 1) > 1)
+    is_cli = os.path.basename(sys.argv[0]) in ("megatron-s1", "cli.py") and len(sys.argv) > 1
+    command = shlex.join(sys.argv[1:]) if is_cli else "COMMAND --config RECIPE ..."
+    raise ConfigError(f"{sizes} needs {processes} processes (or a multiple) but this is a single process; launch it "
+                      f"with torchrun: torchrun --nproc-per-node {processes} -m megatron_s1.cli {command}")
+
+
 def validate_model_parallel(model: ModelConfig, parallel: ParallelConfig, world_size: int) -> None:
     """Shape/layout checks that Megatron would otherwise report as assertion failures deep inside."""
     tp, pp, cp, ep = parallel.tensor, parallel.pipeline, parallel.context, parallel.expert
@@ -52,10 +67,11 @@ def validate_model_parallel(model: ModelConfig, parallel: ParallelConfig, world_
     if model.num_moe_experts is not None and model.num_moe_experts % ep:
         raise ConfigError(f"parallel.expert={ep} does not divide model.num_moe_experts={model.num_moe_experts}; "
                           "choose an EP size that divides it")
+    etp = parallel.expert_tensor or tp
+    _require_launcher(parallel, math.lcm(tp * pp * cp, etp * ep * pp if model.num_moe_experts else 1), world_size)
     if world_size % (tp * pp * cp):
         raise ConfigError(f"world size {world_size} is not divisible by TPxPPxCP = {tp}x{pp}x{cp}; "
                           "change the parallel sizes or the number of processes")
-    etp = parallel.expert_tensor or tp
     if model.num_moe_experts is not None and world_size % (etp * ep * pp):
         raise ConfigError(f"world size {world_size} is not divisible by ETPxEPxPP = {etp}x{ep}x{pp}; "
                           "change the parallel sizes or the number of processes")

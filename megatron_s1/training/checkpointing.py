@@ -42,8 +42,9 @@ ITERATION = re.compile(r"iter_(\d+)")
 SHAPE_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "kv_channels",
                 "ffn_hidden_size", "num_moe_experts", "moe_ffn_hidden_size", "vocab_size", "qk_layernorm",
                 "untie_embeddings_and_output_weights")
-# Fields that change what the weights compute without changing their shapes: a difference from the checkpoint is
-# reported (it may be intended, e.g. a larger rotary_base for long-context training).
+# Fields that change what the weights compute without changing their shapes: a stated value that differs from
+# checkpoint.pretrained's is refused unless checkpoint.allow_model_changes lists it (e.g. a larger rotary_base for
+# long-context training).
 ARCHITECTURE_FIELDS = ("rotary_base", "position_embedding_type", "max_position_embeddings", "normalization",
                        "norm_epsilon", "activation", "add_qkv_bias", "moe_router_topk", "moe_norm_topk_prob",
                        "moe_shared_expert_intermediate_size", "moe_router_groups", "fope_sep_head",
@@ -225,13 +226,43 @@ def resolve_checkpoint_dir(path: str) -> str:
     return latest
 
 
-def adopt_checkpoint_model(cfg: ExperimentConfig, ckpt_dir: str, stated: frozenset) -> None:
-    """Take the model fields the recipe does not state (`stated`: dotted keys given by recipe, preset or overrides)
-    from the checkpoint's stored config. (Stated ones that differ are reported when the weights load.)"""
-    saved = read_trainer_state(ckpt_dir)["config"]["model"]
+def adopt_checkpoint_model(cfg: ExperimentConfig, ckpt_dir: str, stated: frozenset) -> dict:
+    """Reconcile the model config with the one `ckpt_dir` (checkpoint.pretrained) was trained with, before anything
+    is built. Fields the recipe does not state (`stated`: dotted keys given by recipe, preset or overrides) are
+    taken from the checkpoint. Stated fields must match it: a shape field always (ConfigError), a non-shape one
+    (ARCHITECTURE_FIELDS) unless checkpoint.allow_model_changes lists it, a deliberate change such as a larger
+    rotary_base for long-context training. Returns the allowed differences {field: (checkpoint, config)}."""
+    state = read_trainer_state(ckpt_dir)
+    saved = state["config"]["model"]
     for key in SHAPE_FIELDS + ARCHITECTURE_FIELDS:
         if key in saved and f"model.{key}" not in stated:
             setattr(cfg.model, key, saved[key])
+    check_model_shape(cfg, state, ckpt_dir)
+    allowed = _allowed_model_changes(cfg)
+    diffs = {k: (saved[k], getattr(cfg.model, k)) for k in ARCHITECTURE_FIELDS
+             if k in saved and saved[k] != getattr(cfg.model, k)}
+    refused = [k for k in diffs if k not in allowed]
+    if refused:
+        raise ConfigError(f"checkpoint.pretrained={ckpt_dir} was trained with other model settings than the config "
+                          f"states ({describe_model_changes({k: diffs[k] for k in refused})}); drop "
+                          f"{', '.join('model.' + k for k in refused)} from the recipe / overrides (or set the "
+                          "checkpoint's values) to train the model it holds, or add checkpoint.allow_model_changes="
+                          f"[{','.join(refused)}] to change {'it' if len(refused) == 1 else 'them'} deliberately")
+    return diffs
+
+
+def describe_model_changes(diffs: dict) -> str:
+    return "; ".join(f"model.{k}: checkpoint {before!r}, config {now!r}" for k, (before, now) in diffs.items())
+
+
+def _allowed_model_changes(cfg: ExperimentConfig) -> set:
+    names = {str(n).removeprefix("model.") for n in cfg.checkpoint.allow_model_changes}
+    unknown = sorted(names - set(ARCHITECTURE_FIELDS))
+    if unknown:
+        raise ConfigError(f"checkpoint.allow_model_changes lists {', '.join(unknown)}, not a model field that may "
+                          f"differ from a pretrained checkpoint; choose from {', '.join(ARCHITECTURE_FIELDS)} (shape "
+                          "fields must match the weights)")
+    return names
 
 
 def check_model_shape(cfg: ExperimentConfig, state: dict, ckpt_dir: str) -> None:

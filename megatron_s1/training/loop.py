@@ -27,8 +27,8 @@ from megatron_s1.models.precision import enable_fused_wgrad_accumulation
 from megatron_s1.models.specs import resolve_spec_kind
 from megatron_s1.tokenizer import load_tokenizer
 from megatron_s1.training import flops
-from megatron_s1.training.checkpointing import (ARCHITECTURE_FIELDS, Checkpointer, _uses_distributed_optimizer,
-                                                adopt_checkpoint_model, checkpoint_problem, checkpoint_root,
+from megatron_s1.training.checkpointing import (Checkpointer, _uses_distributed_optimizer, adopt_checkpoint_model,
+                                                checkpoint_problem, checkpoint_root, describe_model_changes,
                                                 install_exit_signal_handlers, iteration_dir_name, list_iterations,
                                                 read_trainer_state, resolve_checkpoint_dir, resume_candidates)
 from megatron_s1.training.distributed import (all_reduce_max_flag, init_distributed, initialize_model_parallel,
@@ -46,9 +46,11 @@ from megatron_s1.training.tasks import get_task
 class Trainer:
     def __init__(self, cfg: ExperimentConfig):
         self.cfg = cfg
+        self._model_changes: dict = {}  # stated model fields that differ from checkpoint.pretrained's, allowed
         if cfg.checkpoint.pretrained and getattr(cfg, "stated", None) is not None:
             # The model fields the recipe leaves unstated come from the checkpoint (e.g. a converted HF model).
-            adopt_checkpoint_model(cfg, resolve_checkpoint_dir(cfg.checkpoint.pretrained), cfg.stated)
+            self._model_changes = adopt_checkpoint_model(cfg, resolve_checkpoint_dir(cfg.checkpoint.pretrained),
+                                                         cfg.stated)
         self.env = init_distributed()
         validate_model_parallel(cfg.model, cfg.parallel, self.env.world_size)
         initialize_model_parallel(cfg)
@@ -338,22 +340,20 @@ class Trainer:
         self._resumed_from = self._resume_checkpoint() if cfg.checkpoint.resume else None
         if self._resumed_from is None and cfg.checkpoint.pretrained:
             path = resolve_checkpoint_dir(cfg.checkpoint.pretrained)
+            problem = checkpoint_problem(path, checksums=True)  # collective: each rank checks its share of files
+            if problem:
+                raise ConfigError(f"checkpoint.pretrained={cfg.checkpoint.pretrained}: {path} {problem}; restore it "
+                                  "or point checkpoint.pretrained at another complete checkpoint")
             self.checkpointer.load(path, model_only=True)
-            self._warn_architecture_mismatch(path)
+            if self._model_changes:
+                self._warn(f"warning: {path} was trained with other model settings "
+                           f"({describe_model_changes(self._model_changes)}); the config's are used, as "
+                           "checkpoint.allow_model_changes allows")
             if self.env.is_main:
                 print(f"loaded pretrained weights from {path}", flush=True)
         self._resumed_step = self.state["step"] if self._resumed_from else None
         if self._resumed_from and self.rank_state is not None:
             self.rank_state[1](self.checkpointer.load_rank_state(self._resumed_from))
-
-    def _warn_architecture_mismatch(self, ckpt_dir: str) -> None:
-        saved = read_trainer_state(ckpt_dir)["config"]["model"]
-        current = self.cfg.to_dict()["model"]
-        diffs = [f"model.{k}: checkpoint {saved[k]!r} vs config {current.get(k)!r}" for k in ARCHITECTURE_FIELDS
-                 if k in saved and saved[k] != current.get(k)]
-        if diffs:
-            self._warn(f"warning: {ckpt_dir} was trained with other settings ({'; '.join(diffs)}); the config's "
-                       "values are used (drop them from the recipe to take the checkpoint's)")
 
     def _target_step(self) -> int:
         exit_at = self.cfg.train.exit_at_step

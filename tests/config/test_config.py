@@ -1,5 +1,6 @@
 import glob
 import os
+import sys
 
 import pytest
 
@@ -70,6 +71,25 @@ def test_parallel_layout_errors():
         validate_model_parallel(cfg.model, cfg.parallel, world_size=2)
     cfg = _cfg("parallel.tensor=2", "parallel.expert=2")
     validate_model_parallel(cfg.model, cfg.parallel, world_size=4)  # a valid layout passes
+
+
+@pytest.mark.parametrize("overrides,processes", [(["parallel.tensor=2"], 2),
+                                                 (["parallel.tensor=2", "parallel.expert=2"], 4),
+                                                 (["parallel.pipeline=2", "parallel.expert=2"], 4)])
+def test_model_parallel_without_torchrun_says_how_to_launch(monkeypatch, overrides, processes):
+    """One plain process with a model-parallel layout: the error names the torchrun command (lcm of TPxPPxCP and
+    ETPxEPxPP processes)."""
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    argv = ["train", "--config", "examples/cpt/tiny_cpu.yaml", *overrides]
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/megatron-s1", *argv])
+    cfg = _cfg(*overrides)
+    with pytest.raises(ConfigError) as err:
+        validate_model_parallel(cfg.model, cfg.parallel, world_size=1)
+    assert str(err.value).startswith(f"{' '.join(overrides)} needs {processes} processes")
+    assert str(err.value).endswith(f"torchrun --nproc-per-node {processes} -m megatron_s1.cli {' '.join(argv)}")
+    monkeypatch.setenv("WORLD_SIZE", "1")  # under torchrun with one worker: the divisibility error
+    with pytest.raises(ConfigError, match="world size 1 is not divisible"):
+        validate_model_parallel(cfg.model, cfg.parallel, world_size=1)
 
 
 def test_yaml_booleans_in_string_fields():

@@ -1,5 +1,6 @@
-"""examples/nemo_run.py: --help, the Slurm dry run (sbatch script with srun + torchrun) and a real
-LocalExecutor run of the tiny CPT recipe. Skipped without nemo-run (pip install nemo-run leptonai==0.27.3)."""
+"""examples/nemo_run.py: --help, the recipe + overrides check, the Slurm dry run (sbatch script with srun +
+torchrun), the local dry run (each node's torchrun + megatron-s1 command) and a real LocalExecutor run of the tiny
+CPT recipe. The NeMo-Run parts are skipped without nemo-run (pip install nemo-run leptonai==0.27.3)."""
 from __future__ import annotations
 
 import importlib.util
@@ -60,6 +61,29 @@ def test_slurm_dryrun_prints_sbatch_with_srun_and_torchrun(tmp_path):
                  f"megatron-s1 train --config {REPO}/examples/sft/tiny_cpu.yaml train.steps=100 "
                  f"run.dir={tmp_path}/run"):
         assert part in cmd, (part, cmd)
+
+
+@needs_nemo_run
+def test_local_dryrun_prints_each_node_command(tmp_path):
+    proc = _run(["cpt", "--dryrun", "--nproc-per-node", "2", "--run-dir", str(tmp_path / "run"), "train.steps=3",
+                 "data.blend=[a,b]"], tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    nodes = [ln for ln in proc.stdout.splitlines() if ln.startswith("[node ")]
+    assert len(nodes) == 1 and "PopenRequest" not in proc.stdout, proc.stdout
+    assert nodes[0].startswith("[node 0] torchrun "), nodes
+    for part in ("--nnodes 1 --nproc-per-node 2", f"--no-python {os.path.dirname(sys.executable)}/megatron-s1 train "
+                 f"--config {REPO}/examples/cpt/tiny_cpu.yaml train.steps=3 'data.blend=[a,b]' run.dir={tmp_path}/run"):
+        assert part in nodes[0], (part, nodes[0])
+    assert not (tmp_path / "run").exists()
+
+
+def test_dryrun_validates_the_recipe_and_overrides(tmp_path):
+    """Before NeMo-Run is involved (no nemo-run needed): a typo is one error line and exit code 2."""
+    proc = _run(["cpt", "--dryrun", "train.stepz=10"], tmp_path, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == "", proc.stdout
+    assert proc.stderr.strip().splitlines() == ["error: unknown config key 'train.stepz'; did you mean 'steps'?"]
+    proc = _run(["sft", "--executor", "slurm", "--dryrun", "--recipe", "examples/sft/missing.yaml"], tmp_path)
+    assert proc.returncode == 2 and "examples/sft/missing.yaml' does not exist" in proc.stderr, proc.stderr
 
 
 @needs_nemo_run

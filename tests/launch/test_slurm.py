@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -161,15 +162,34 @@ def test_scripts_parse():
         subprocess.run(["bash", "-n", os.path.join(REPO, "slurm", name)], check=True)
 
 
-def test_launcher_dry_run(tmp_path):
-    """S1_DRY_RUN=1 prints the srun line: one task per node running node.sh, container flags when asked."""
+def _dry_run(tmp_path, *overrides: str, **env_vars: str) -> subprocess.CompletedProcess:
+    # This environment's megatron-s1 validates the recipe (a container job has no S1_VENV: PATH is used).
     env = dict(os.environ, S1_DRY_RUN="1", S1_RUN_DIR=str(tmp_path / "run"), SLURM_JOB_ID="42",
-               SLURM_JOB_NUM_NODES="4", SLURM_JOB_NAME="s1-cpt", S1_CONTAINER_IMAGE="nvcr.io#nvidia/pytorch:25.01-py3")
+               SLURM_JOB_NUM_NODES="4", SLURM_JOB_NAME="s1-cpt", S1_RDZV_HOST="head", S1_NPROC_PER_NODE="8",
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""), **env_vars)
     env.pop("SLURM_JOB_NODELIST", None)
-    out = subprocess.run(["bash", "slurm/launch.sh", RECIPE, "train.steps=3"], cwd=REPO, env=env,
-                         capture_output=True, text=True, check=True).stdout
-    out = out.replace("\\,", ",")  # printf %q escapes commas
+    return subprocess.run(["bash", "slurm/launch.sh", RECIPE, *overrides], cwd=REPO, env=env, capture_output=True,
+                          text=True)
+
+
+def test_launcher_dry_run(tmp_path):
+    """S1_DRY_RUN=1 prints the srun line (one task per node running node.sh, container flags when asked) and the
+    torchrun + megatron-s1 command every node runs."""
+    proc = _dry_run(tmp_path, "train.steps=3", S1_CONTAINER_IMAGE="nvcr.io#nvidia/pytorch:25.01-py3")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.replace("\\,", ",")  # printf %q escapes commas
     assert out.startswith("srun --nodes=4 --ntasks-per-node=1 --kill-on-bad-exit=1"), out
     assert "--container-image=nvcr.io#nvidia/pytorch:25.01-py3" in out
     assert f"--container-mounts={REPO}:{REPO},{tmp_path}/run:{tmp_path}/run" in out
     assert f"slurm/node.sh {RECIPE} train.steps=3 run.dir={tmp_path}/run" in out
+    node = out.splitlines()[out.splitlines().index("# each of the 4 node(s) runs:") + 1]
+    for part in ("-m torch.distributed.run --nnodes=4 --nproc-per-node=8 --rdzv-backend=c10d",
+                 "--rdzv-endpoint=head:", "--rdzv-id=42-0",
+                 f"--no-python megatron-s1 train --config {RECIPE} train.steps=3 run.dir={tmp_path}/run"):
+        assert part in node, (part, node)
+
+
+def test_launcher_dry_run_validates_the_overrides(tmp_path):
+    proc = _dry_run(tmp_path, "train.stepz=10")
+    assert proc.returncode == 2 and proc.stdout == "", proc.stdout
+    assert proc.stderr.strip().splitlines() == ["error: unknown config key 'train.stepz'; did you mean 'steps'?"]

@@ -1,7 +1,9 @@
-"""Exact resume after kill -9, SIGTERM save-and-exit, resharding TP=2 -> TP=1, config/checkpoint mismatch."""
+"""Exact resume after kill -9, SIGTERM save-and-exit, resharding TP=2 -> TP=1, config/checkpoint mismatch
+(shapes; non-shape settings of checkpoint.pretrained refused unless checkpoint.allow_model_changes lists them)."""
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import time
@@ -92,6 +94,54 @@ def test_checkpoint_shape_mismatch_is_one_clear_error(tmp_path, train_args, init
     assert "does not match the model config (model.hidden_size: checkpoint 64 vs config 96)" in proc.stderr
 
 
+@pytest.mark.parametrize("override,saved,stated", [("model.rotary_base=500000", "10000", "500000"),
+                                                    ("model.norm_epsilon=1e-05", "1e-06", "1e-05")])
+def test_pretrained_model_setting_change_is_refused(tmp_path, train_args, init_checkpoint, capsys, override, saved,
+                                                    stated):
+    """A stated non-shape model field that differs from checkpoint.pretrained's: one line, before the model build."""
+    from megatron_s1.cli import main
+
+    field = override.split("=")[0]
+    code = main(train_args(str(tmp_path), "train.steps=1", override, f"checkpoint.pretrained={init_checkpoint}"))
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert code == 2 and len(errors) == 1 and errors[0].startswith("error: "), errors
+    assert f"{field}: checkpoint {saved}, config {stated}" in errors[0]
+    assert f"checkpoint.allow_model_changes=[{field.split('.')[1]}]" in errors[0]
+    assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_pretrained_model_setting_change_when_allowed(tmp_path, train_args, init_checkpoint, capsys):
+    from megatron_s1.cli import main
+
+    pretrained = f"checkpoint.pretrained={init_checkpoint}"
+    assert main(train_args(str(tmp_path), pretrained, "model.rotary_base=500000",
+                           "checkpoint.allow_model_changes=[rotary_bsae]")) == 2
+    assert "lists rotary_bsae, not a model field" in capsys.readouterr().err
+    proc = run_cli(train_args(str(tmp_path), "train.steps=0", pretrained, "model.rotary_base=500000",
+                              "checkpoint.allow_model_changes=[rotary_base]"))
+    assert "model.rotary_base: checkpoint 10000, config 500000" in proc.stderr
+    state = json.load(open(tmp_path / "checkpoints" / "iter_0000000" / "trainer_state.json"))
+    assert state["config"]["model"]["rotary_base"] == 500000
+
+
+def test_corrupted_pretrained_checkpoint_is_refused(tmp_path, train_args, init_checkpoint):
+    """checkpoint.pretrained is verified against its CRC-32 manifest: one flipped byte in a shard, one error line."""
+    pretrained = tmp_path / "pretrained"
+    shutil.copytree(os.path.join(init_checkpoint, "iter_0000000"), pretrained)
+    shard = max(pretrained.glob("*.distcp"), key=lambda p: p.stat().st_size)
+    with open(shard, "r+b") as f:
+        f.seek(shard.stat().st_size // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    run_dir = tmp_path / "run"
+    proc = run_cli(train_args(str(run_dir), "train.steps=1", f"checkpoint.pretrained={pretrained}"), check=False)
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-3000:]
+    assert f"has a corrupted {shard.name} (CRC-32 mismatch)" in errors[0]
+    assert not (run_dir / "checkpoints").exists()
+
+
 def _result(proc):
     return json.loads(proc.stdout.strip().splitlines()[-1])["result"]
 
@@ -111,3 +161,9 @@ def test_resume_from_step0_checkpoint(tmp_path, train_args):
     run_cli(train_args(str(tmp_path), "train.steps=0"))
     proc = run_cli(train_args(str(tmp_path), "train.steps=2"))
     assert "resumed from" in proc.stdout and sorted(losses(str(tmp_path))) == [1, 2]
+    # eval --ckpt: the same weights from any directory give the final validation loss of that run.
+    args = train_args(str(tmp_path / "elsewhere"))
+    out = run_cli(["eval", "--ckpt", str(tmp_path / "checkpoints"), *args[1:]]).stdout
+    evaluated = json.loads(out.splitlines()[-1])
+    assert evaluated["checkpoint"] == str(tmp_path / "checkpoints" / "iter_0000002") and evaluated["step"] == 2
+    assert evaluated["valid_loss"] == _result(proc)["valid_loss"]

@@ -34,7 +34,9 @@ def test_sft_tiny_cpu_heldout_loss_drops(tmp_path):
     assert mix["sha256"] == expected["sha256"]  # the logged mixture is the recipe's, reproducibly
     assert mix["valid_samples"] == 88 and mix["template"] == "qwen3" and mix["packing"] == "vlbs"
     assert set(mix["families"]) == {"general", "scientific"}
-    assert "sft mixture: 1588 train / 88 held-out" in proc.stdout
+    # The numbers docs/sft.md quotes: 794 train conversations x 2 epochs, 88 held out (882 in the corpus).
+    assert "sft mixture: 1588 train samples drawn from 794 train conversations / 88 held-out conversations; " \
+           "tiny_chat=1588 (100.0%, 2 passes)" in proc.stdout
 
 
 def test_sft_multimodal_turns(tmp_path):

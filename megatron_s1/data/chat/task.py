@@ -268,9 +268,11 @@ class SftTask(PretrainTask):
             os.makedirs(cfg.run.dir, exist_ok=True)
             with open(os.path.join(cfg.run.dir, "sft_mixture.json"), "w", encoding="utf-8") as f:
                 json.dump(info, f, indent=1)
-            shares = ", ".join(f"{x['name']}={x['drawn']} ({x['share']:.1%})" for x in info["datasets"])
-            print(f"sft mixture: {info['train_samples']} train / {info['valid_samples']} held-out conversations; "
-                  f"{shares}; sha256 {info['sha256']}", flush=True)
+            shares = ", ".join(f"{x['name']}={x['drawn']} ({x['share']:.1%}, {x['passes']:g} passes)"
+                               for x in info["datasets"])
+            pool = sum(x["train_conversations"] for x in info["datasets"])
+            print(f"sft mixture: {info['train_samples']} train samples drawn from {pool} train conversations / "
+                  f"{info['valid_samples']} held-out conversations; {shares}; sha256 {info['sha256']}", flush=True)
         if len(train_s) == 0:
             raise ConfigError("sft: no train conversation has an assistant token within data.seq_length")
         with_mask = resolve_spec_kind(cfg.model.spec) == "local"
