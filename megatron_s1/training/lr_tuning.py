@@ -112,8 +112,8 @@ class NoiseLaw:
         return self.b0 * np.power(np.maximum(tokens, 1.0), self.gamma)
 
     def crossing(self, batch: float) -> float:
-        """Tokens at which B_crit reaches `batch` (inf when it never grows)."""
-        return (batch / self.b0) ** (1.0 / self.gamma) if self.gamma > 0 else math.inf
+        """Tokens at which B_crit(t) equals `batch` (inf for a constant bound)."""
+        return (batch / self.b0) ** (1.0 / self.gamma) if self.gamma else math.inf
 
 
 def fit_noise_law(runs: list[SweepRun]) -> NoiseLaw:
@@ -227,8 +227,9 @@ def fit_sweep(runs: list[SweepRun], noise: NoiseLaw) -> LossFit:
 
 # ------------------------------------------------------------------ the constrained choice
 def batch_schedule(noise: NoiseLaw, candidates: list[int], tokens: float, first_tokens: float) -> list:
-    """Smallest candidate batch at or above B_crit(t) from `first_tokens` on, switching up where B_crit crosses
-    the next candidate (Intern-S1's batch warmup); the largest candidate where the bound exceeds them all."""
+    """Smallest candidate batch at or above B_crit(t) from `first_tokens` on (the largest where the bound exceeds
+    them all), as stages: the batch changes where B_crit(t) crosses a candidate, up when the noise scale grows
+    (Intern-S1's batch warmup) and down when it shrinks."""
     candidates = sorted(candidates)
 
     def pick(t: float) -> int:
@@ -236,12 +237,11 @@ def batch_schedule(noise: NoiseLaw, candidates: list[int], tokens: float, first_
         return above[0] if above else candidates[-1]
 
     stages = [(0, pick(first_tokens))]
-    for b in candidates:
-        if b <= stages[-1][1]:
-            continue
-        start = noise.crossing(candidates[candidates.index(b) - 1])  # where the smaller batch falls below
-        if start < tokens:
-            stages.append((int(round(start)), b))
+    for start in sorted(noise.crossing(b) for b in candidates[:-1]):
+        if first_tokens < start < tokens:
+            batch = pick(start * (1 + 1e-9))  # just past the crossing, where B_crit is on its new side of it
+            if batch != stages[-1][1]:
+                stages.append((int(round(start)), batch))
     return stages
 
 

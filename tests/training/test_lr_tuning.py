@@ -33,6 +33,10 @@ def test_batch_schedule_switches_where_the_noise_bound_crosses():
     assert lt.batch_schedule(NOISE, [1024, 2048, 4096], 20000, 1024) == [(0, 1024), (4096, 2048), (16384, 4096)]
     assert lt.batch_schedule(NOISE, [1024, 2048], 20000, 6400) == [(0, 2048), (16384, 2048)][:1]  # 1280 > 1024
     assert lt.batch_schedule(lt.NoiseLaw(5000.0, 0.0), [1024, 2048], 20000, 100) == [(0, 2048)]  # largest if none
+    # A shrinking noise scale, 2^22 / t: 4096 at 1024 tokens, down to 2048 at 2048 and to 1024 at 4096 tokens.
+    shrinking = lt.NoiseLaw(2.0 ** 22, -1.0)
+    assert lt.batch_schedule(shrinking, [1024, 2048, 4096], 10000, 1024) == [(0, 4096), (2048, 2048), (4096, 1024)]
+    assert lt.batch_schedule(shrinking, [1024, 2048, 4096], 3000, 1024) == [(0, 4096), (2048, 2048)]
 
 
 def write_run(root, lr, batch, tokens, final_loss, first_loss=8.0, noise=NOISE, name=None):
