@@ -173,6 +173,9 @@ def _cmd_tune_lr(args) -> int:
         run = lt.read_run(run_dir)
         run.diverged = run.diverged or failures.get(run_dir, "")
         runs.append(run)
+    if not runs:
+        raise ConfigError(f"none of the {len(run_dirs)} sweep runs wrote metrics.jsonl (listed above); see their "
+                          f"train.log, fix the recipe or overrides and rerun")
     for run in runs:
         if run.diverged:
             print(f"excluded {run.name} (lr {run.lr:g}, batch {round(run.batch)}, {run.tokens} tokens): {run.diverged}")
@@ -236,7 +239,7 @@ def _validate(sweep: Sweep, fit, rec, out_dir: str, tokens: int) -> dict:
     result = {}
     for name, lr, stages in (("recommended", rec.lr, rec.stages), ("recipe", cfg.optimizer.lr, recipe_stages)):
         batches = "-".join(str(b) for _, b in stages)
-        run_dir = os.path.join(out_dir, f"validate_{name}_lr{lr:.4g}_b{batches}")  # a new setting is a new run
+        run_dir = os.path.join(out_dir, f"{lt.VALIDATION_PREFIX}{name}_lr{lr:.4g}_b{batches}")  # new setting: new run
         overrides = sweep.overrides(run_dir, lr, stages, tokens)
         why = sweep.run(run_dir, overrides)
         if why:

@@ -130,8 +130,52 @@ def test_cli_reads_prepared_metrics(tmp_path):
     assert proc.returncode == 2 and len(errors) == 1 and "add runs at a second batch size" in errors[0]
     assert not os.path.exists(one_batch / "tune_lr.json")
 
+    write_run(tmp_path / "diverged", 0.05, 2048, 8192, 8.5)  # ended above its first loss
+    proc = run_cli(["tune", "lr", "--runs", str(sweep / "lr0.1_b1024_t8192"), str(tmp_path / "diverged"),
+                    "--target-tokens", "32768"], check=False)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "all 2 sweep runs diverged or failed" in errors[0]
+    assert proc.stdout.count("excluded lr0.1_b1024_t8192") == 1
+
 
 def test_runs_without_noise_scale_need_a_given_bound():
     runs = [lt.SweepRun("r", 1e-3, [(0, 1024)], 8192, 5.0, "valid")]
     with pytest.raises(ConfigError, match="train.noise_scale=true.*--critical-batch"):
         lt.fit_noise_law(runs)
+
+
+def test_all_runs_diverged_say_so(tmp_path):
+    synthetic_sweep(tmp_path)
+    for run_dir in tmp_path.iterdir():
+        # No validation at the last step, so the last training loss is the final loss: infinite.
+        (run_dir / "valid_metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 9.0}) + "\n")
+        with open(run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"step": 99, "consumed_tokens": 10 ** 6, "loss": float("inf"), "lr": 1e-3,
+                                "global_batch_tokens": 1024}) + "\n")
+    runs = [lt.read_run(d) for d in lt.find_runs([str(tmp_path)])]
+    assert {r.loss_source for r in runs} == {"train"} and all(r.diverged == "non-finite loss" for r in runs)
+    with pytest.raises(ConfigError, match=r"all 12 sweep runs diverged or failed .*--lrs 0.000111111,0.000333333"):
+        lt.check_sweep(runs)
+
+
+def test_missing_or_broken_metrics_files(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="empty holds no sweep runs"):
+        lt.find_runs([str(tmp_path / "empty")])
+    with pytest.raises(ConfigError, match="nowhere does not exist"):
+        lt.find_runs([str(tmp_path / "nowhere")])
+    sweep = tmp_path / "sweep"
+    good = write_run(sweep, 1e-3, 1024, 4096, 6.0)
+    write_run(sweep, 1e-3, 1024, 4096, 5.0, name="validate_recommended_lr0.001_b1024")  # not a sweep point
+    assert lt.find_runs([str(sweep)]) == [str(good)]
+    (good / "valid_metrics.jsonl").unlink()
+    run = lt.read_run(str(good))
+    assert (run.loss_source, run.final_loss) == ("train", 6.0)
+    with open(good / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "loss": 5.9}\n{"step": 6, "lo')  # a record without the batch, then one cut short
+    with pytest.raises(ConfigError, match=r"metrics.jsonl line 5 lacks consumed_tokens, global_batch_tokens, lr"):
+        lt.read_run(str(good))
+    lines = (good / "metrics.jsonl").read_text().splitlines()
+    (good / "metrics.jsonl").write_text("\n".join(lines[:4] + lines[5:]))
+    with pytest.raises(ConfigError, match=r"metrics.jsonl line 5 is not a JSON record"):
+        lt.read_run(str(good))
