@@ -27,7 +27,8 @@ PARAM_NAMES = ("log_A", "alpha", "log_C", "k0", "kB", "kD")
 MIN_LRS, MIN_BATCHES, MIN_BUDGETS = 3, 2, 2
 MIN_POINTS = len(PARAM_NAMES) + 2  # two residual degrees of freedom at least
 METRICS_KEYS = ("step", "consumed_tokens", "global_batch_tokens", "loss", "lr")
-VALIDATION_PREFIX = "validate_"  # `tune lr --validate` runs: beside the sweep's, never part of the fit
+# Runs of `tune lr --validate` / `--holdout-tokens`: beside the sweep's, never part of the fit.
+VALIDATION_PREFIX, HOLDOUT_PREFIX = "validate_", "holdout_"
 
 
 @dataclass
@@ -97,13 +98,14 @@ def read_run(run_dir: str) -> SweepRun:
 
 def find_runs(paths: list[str]) -> list[str]:
     """Run folders among `paths` (a run folder itself, or a folder whose sub-folders are runs; validation runs
-    of `tune lr --validate` are skipped there)."""
+    and held-out runs of `tune lr` are skipped there)."""
     runs = []
     for path in paths:
         if os.path.exists(os.path.join(path, "metrics.jsonl")):
             runs.append(path)
         elif os.path.isdir(path):
-            found = sorted(os.path.join(path, d) for d in os.listdir(path) if not d.startswith(VALIDATION_PREFIX)
+            found = sorted(os.path.join(path, d) for d in os.listdir(path)
+                           if not d.startswith((VALIDATION_PREFIX, HOLDOUT_PREFIX))
                            and os.path.exists(os.path.join(path, d, "metrics.jsonl")))
             if not found:
                 raise ConfigError(f"{path} holds no sweep runs (no metrics.jsonl in it or its sub-folders); pass "

@@ -179,3 +179,25 @@ def test_missing_or_broken_metrics_files(tmp_path):
     (good / "metrics.jsonl").write_text("\n".join(lines[:4] + lines[5:]))
     with pytest.raises(ConfigError, match=r"metrics.jsonl line 5 is not a JSON record"):
         lt.read_run(str(good))
+
+
+def test_holdout_runs_are_compared_not_fitted(tmp_path):
+    # The sweep's points and the held-out runs at the target are complete already (the truth's losses), so the
+    # sweep trains nothing; the held-out runs must be predicted, not fitted, and the fit is exact here.
+    sweep = tmp_path / "sweep"
+    synthetic_sweep(sweep)
+    for lr in (1e-3, 3e-3, 1e-2):
+        for batch in (1024, 2048):
+            write_run(sweep, lr, batch, 32768, TRUTH.loss(lr, [(0, batch)], 32768) + (0.05 if lr == 1e-2 else 0.0),
+                      name=f"holdout_lr{lr:g}_b{batch}_t32768")
+    proc = run_cli(["tune", "lr", "-c", "examples/cpt/tiny_cpu.yaml", "--lrs", "1e-3,3e-3,1e-2", "--batches",
+                    "1024,2048", "--tokens", "8192,16384", "--sweep-dir", str(sweep), "--target-tokens", "32768",
+                    "--holdout-tokens", "32768", "--bootstrap", "10"])
+    assert "sweep: training" not in proc.stdout and "sweep: 12 runs, 12 used" in proc.stdout
+    report = json.load(open(sweep / "tune_lr.json"))
+    assert report["residual_rms"] < 1e-6 and len(report["holdout"]) == 6
+    for name, row in report["holdout"].items():
+        offset = 0.05 if name.startswith("holdout_lr0.01_") else 0.0
+        assert row["measured"] - row["predicted"] == pytest.approx(offset, abs=1e-5)
+    mean = np.mean([row["relative_error"] for row in report["holdout"].values()])
+    assert f"holdout: 6 runs, mean error {100 * mean:+.2f}%" in proc.stdout and mean > 0.002
