@@ -135,10 +135,6 @@ class NoiseLaw:
     def __call__(self, tokens):
         return self.b0 * np.power(np.maximum(tokens, 1.0), self.gamma)
 
-    def crossing(self, batch: float) -> float:
-        """Tokens at which B_crit(t) equals `batch` (inf for a constant bound)."""
-        return (batch / self.b0) ** (1.0 / self.gamma) if self.gamma else math.inf
-
 
 def fit_noise_law(runs: list[SweepRun]) -> NoiseLaw:
     points = [(t, b) for run in runs for t, b in run.critical if b > 0]
@@ -255,21 +251,18 @@ def fit_sweep(runs: list[SweepRun], noise: NoiseLaw) -> LossFit:
 
 # ------------------------------------------------------------------ the constrained choice
 def batch_schedule(noise: NoiseLaw, candidates: list[int], tokens: float, first_tokens: float) -> list:
-    """Smallest candidate batch at or above B_crit(t) from `first_tokens` on (the largest where the bound exceeds
-    them all), as stages: the batch changes where B_crit(t) crosses a candidate, up when the noise scale grows
-    (Intern-S1's batch warmup) and down when it shrinks."""
+    """Stages [(start_tokens, batch), ...] giving each step the smallest candidate batch at or above B_crit at the
+    tokens seen before it (from `first_tokens`, where the noise law starts; the largest candidate where the bound
+    exceeds them all). Walked step by step, so every switch is at a step boundary, as the trainer makes it; the
+    batch grows with a growing noise scale (Intern-S1's batch warmup) and shrinks with a shrinking one."""
     candidates = sorted(candidates)
-
-    def pick(t: float) -> int:
-        above = [b for b in candidates if b >= noise(t)]
-        return above[0] if above else candidates[-1]
-
-    stages = [(0, pick(first_tokens))]
-    for start in sorted(noise.crossing(b) for b in candidates[:-1]):
-        if first_tokens < start < tokens:
-            batch = pick(start * (1 + 1e-9))  # just past the crossing, where B_crit is on its new side of it
-            if batch != stages[-1][1]:
-                stages.append((int(round(start)), batch))
+    stages, consumed = [], 0
+    while consumed < tokens:
+        bound = noise(max(consumed, first_tokens))
+        batch = next((b for b in candidates if b >= bound), candidates[-1])
+        if not stages or stages[-1][1] != batch:
+            stages.append((consumed, batch))
+        consumed += batch
     return stages
 
 

@@ -9,9 +9,9 @@ from megatron_s1.config.schema import ConfigError
 from megatron_s1.training import lr_tuning as lt
 from tests.conftest import run_cli
 
-# Ground truth for synthetic sweeps: B_crit(t) = 16 sqrt(t); L = 5 (D_eff/1000)^-0.1 + 0.08 (ln lr - ln lr*)^2 with
+# Ground truth for synthetic sweeps: B_crit(t) = 15 sqrt(t); L = 5 (D_eff/1000)^-0.1 + 0.08 (ln lr - ln lr*)^2 with
 # lr* = 3e-3 (B/1024)^0.5 (D/16384)^-0.2.
-NOISE = lt.NoiseLaw(16.0, 0.5)
+NOISE = lt.NoiseLaw(15.0, 0.5)
 TRUTH = lt.LossFit(np.array([math.log(5.0), 0.1, math.log(0.08), math.log(3e-3), 0.5, -0.2]), (1024.0, 16384.0, 1000.0),
                    NOISE, 0.0)
 
@@ -28,15 +28,18 @@ def test_laws_by_hand():
 
 
 def test_batch_schedule_switches_where_the_noise_bound_crosses():
-    # 16 sqrt(t): 512 at 1024 tokens (1024 suffices), reaches 1024 at 4096 tokens and 2048 at 16384.
-    assert lt.batch_schedule(NOISE, [2048, 1024, 4096], 10000, 1024) == [(0, 1024), (4096, 2048)]
-    assert lt.batch_schedule(NOISE, [1024, 2048, 4096], 20000, 1024) == [(0, 1024), (4096, 2048), (16384, 4096)]
-    assert lt.batch_schedule(NOISE, [1024, 2048], 20000, 6400) == [(0, 2048), (16384, 2048)][:1]  # 1280 > 1024
+    # 15 sqrt(t): 480 at 1024 tokens (1024 suffices), 1073 at 5120, the first step boundary past 1024; with 2048
+    # from there, 2092 at 19456 tokens is the first past 2048.
+    assert lt.batch_schedule(NOISE, [2048, 1024, 4096], 10000, 1024) == [(0, 1024), (5120, 2048)]
+    assert lt.batch_schedule(NOISE, [1024, 2048, 4096], 20000, 1024) == [(0, 1024), (5120, 2048), (19456, 4096)]
+    assert lt.batch_schedule(NOISE, [1024, 2048], 20000, 6400) == [(0, 2048)]  # 1200 > 1024; 2121 > all at the end
     assert lt.batch_schedule(lt.NoiseLaw(5000.0, 0.0), [1024, 2048], 20000, 100) == [(0, 2048)]  # largest if none
-    # A shrinking noise scale, 2^22 / t: 4096 at 1024 tokens, down to 2048 at 2048 and to 1024 at 4096 tokens.
+    assert lt.batch_schedule(lt.NoiseLaw(1024.0, 0.0), [1024, 2048], 20000, 100) == [(0, 1024)]  # "at or above"
+    # A shrinking noise scale, 2^22 / t: 4096 at 1024 tokens, 1024 at the next step boundary (4096 tokens).
     shrinking = lt.NoiseLaw(2.0 ** 22, -1.0)
-    assert lt.batch_schedule(shrinking, [1024, 2048, 4096], 10000, 1024) == [(0, 4096), (2048, 2048), (4096, 1024)]
-    assert lt.batch_schedule(shrinking, [1024, 2048, 4096], 3000, 1024) == [(0, 4096), (2048, 2048)]
+    assert lt.batch_schedule(shrinking, [1024, 2048, 4096], 10000, 1024) == [(0, 4096), (4096, 1024)]
+    assert lt.batch_schedule(shrinking, [1024, 2048, 4096], 4096, 1024) == [(0, 4096)]
+    assert lt.batch_schedule(shrinking, [2048, 4096], 10000, 1024) == [(0, 4096), (4096, 2048)]
 
 
 def write_run(root, lr, batch, tokens, final_loss, first_loss=8.0, noise=NOISE, name=None):
@@ -66,13 +69,13 @@ def test_fit_recovers_the_law_and_the_optimum(tmp_path):
     runs = lt.check_sweep([lt.read_run(d) for d in lt.find_runs([str(tmp_path)])])
     assert len(runs) == 12 and all(r.loss_source == "valid" for r in runs)
     fit = lt.fit_sweep(runs, lt.fit_noise_law(runs))
-    assert fit.noise.b0 == pytest.approx(16.0) and fit.noise.gamma == pytest.approx(0.5)
+    assert fit.noise.b0 == pytest.approx(15.0) and fit.noise.gamma == pytest.approx(0.5)
     assert fit.residual_rms < 1e-6
     rec = lt.recommend(fit, [1024, 2048], 32768, 1024)
-    assert rec.stages == [(0, 1024), (4096, 2048)]
+    assert rec.stages == [(0, 1024), (5120, 2048)]
     truth_lr = TRUTH.best_lr(rec.stages, 32768)
-    # Hand: mean batch = exp((4096 ln 1024 + 28672 ln 2048) / 32768) = 1024 * 2^(7/8); lr* = 3e-3 2^(7/16) 2^-0.2.
-    assert truth_lr == pytest.approx(3e-3 * 2 ** (7 / 16) * 2 ** -0.2)
+    # Hand: mean batch = exp((5120 ln 1024 + 27648 ln 2048) / 32768) = 1024 * 2^(27/32); lr* = 3e-3 2^(27/64) 2^-0.2.
+    assert truth_lr == pytest.approx(3e-3 * 2 ** (27 / 64) * 2 ** -0.2)
     assert rec.lr == pytest.approx(truth_lr, rel=1e-4)
     assert rec.loss == pytest.approx(TRUTH.loss(truth_lr, rec.stages, 32768), rel=1e-6)
     # A worse LR is predicted worse, by the parabola.
@@ -115,10 +118,10 @@ def test_cli_reads_prepared_metrics(tmp_path):
     write_run(sweep, 0.1, 1024, 8192, float("nan"))
     proc = run_cli(["tune", "lr", "--runs", str(sweep), "--target-tokens", "32768", "--bootstrap", "20"])
     assert "excluded lr0.1_b1024_t8192 (lr 0.1, batch 1024, 8192 tokens): non-finite loss" in proc.stdout
-    assert "train.global_batch_tokens=[[0,1024],[4096,2048]]" in proc.stdout
+    assert "train.global_batch_tokens=[[0,1024],[5120,2048]]" in proc.stdout
     report = json.load(open(sweep / "tune_lr.json"))
     assert report["used"] == 12 and list(report["excluded"]) == ["lr0.1_b1024_t8192"]
-    assert report["recommended"]["lr"] == pytest.approx(3e-3 * 2 ** (7 / 16) * 2 ** -0.2, rel=1e-4)
+    assert report["recommended"]["lr"] == pytest.approx(3e-3 * 2 ** (27 / 64) * 2 ** -0.2, rel=1e-4)
     assert f"optimizer.lr={report['recommended']['lr']:.3g}" in proc.stdout
     with open(sweep / "tune_lr.png", "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
