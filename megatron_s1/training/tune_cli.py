@@ -41,6 +41,18 @@ class Sweep:
     def __init__(self, args, cfg):
         self.args, self.cfg = args, cfg
         self.min_lr_ratio = cfg.optimizer.min_lr / cfg.optimizer.lr
+        if args.seeds < 1:
+            raise ConfigError(f"--seeds {args.seeds}: give 1 or more training seeds per setting")
+        # The recipe's seed first, so a sweep run with one seed is reused when more are asked for.
+        self.seeds = [cfg.run.seed + k for k in range(args.seeds)]
+
+    def seeded(self, run_dir: str, lr: float, stages: list, tokens: int) -> list[tuple[str, list[str]]]:
+        """(run folder, overrides) of one setting at every seed."""
+        out = []
+        for k, seed in enumerate(self.seeds):
+            folder = run_dir if k == 0 else f"{run_dir}_seed{seed}"
+            out.append((folder, self.overrides(folder, lr, stages, tokens) + ([f"run.seed={seed}"] if k else [])))
+        return out
 
     def eval_iters(self, batch_tokens: int) -> int:
         # Every run is scored on the same validation tokens: the first eval_tokens of the split.
@@ -65,7 +77,8 @@ class Sweep:
                 f"train.eval_iters={self.eval_iters(stages[-1][1])}", *FIXED_OVERRIDES]
 
     def points(self, budgets: str = "", prefix: str = "") -> list[tuple[str, list[str]]]:
-        """(run folder, overrides) of every LR x batch x budget (the sweep's --tokens unless `budgets` is given)."""
+        """(run folder, overrides) of every LR x batch x budget x seed (the sweep's --tokens unless `budgets` is
+        given)."""
         a = self.args
         out = []
         for lr, batch, tokens in itertools.product(_numbers(a.lrs), _numbers(a.batches, int),
@@ -73,8 +86,8 @@ class Sweep:
             if tokens % batch:
                 raise ConfigError(f"token budget {tokens} is not a multiple of batch {batch}; pick budgets that "
                                   f"every --batches value divides")
-            run_dir = os.path.join(a.sweep_dir, f"{prefix}lr{lr:g}_b{batch}_t{tokens}")
-            out.append((run_dir, self.overrides(run_dir, lr, [(0, batch)], tokens)))
+            out += self.seeded(os.path.join(a.sweep_dir, f"{prefix}lr{lr:g}_b{batch}_t{tokens}"), lr, [(0, batch)],
+                               tokens)
         return out
 
     def command(self, overrides: list[str]) -> list[str]:
@@ -251,25 +264,35 @@ def _validate(sweep: Sweep, fit, rec, out_dir: str, tokens: int) -> dict:
     for name, lr, stages in (("recommended", rec.lr, rec.stages), ("recipe", cfg.optimizer.lr, recipe_stages)):
         batches = "-".join(str(b) for _, b in stages)
         run_dir = os.path.join(out_dir, f"{lt.VALIDATION_PREFIX}{name}_lr{lr:.4g}_b{batches}")  # new setting: new run
-        overrides = sweep.overrides(run_dir, lr, stages, tokens)
-        why = sweep.run(run_dir, overrides)
-        if why:
-            raise RuntimeError(f"validation run {name} failed: {why}")
-        result[name] = _compare(fit, lt.read_run(run_dir), f"validate {name}")
+        runs = []
+        for folder, overrides in sweep.seeded(run_dir, lr, stages, tokens):
+            why = sweep.run(folder, overrides)
+            if why:
+                raise RuntimeError(f"validation run {name} failed: {why}")
+            runs.append(lt.read_run(folder))
+        result[name] = _compare(fit, runs, f"validate {name}")
     gain = result["recipe"]["measured"] - result["recommended"]["measured"]
     print(f"validate: the recommendation is {'better' if gain > 0 else 'worse'} than the recipe by {abs(gain):.4f} "
           f"({100 * gain / result['recipe']['measured']:+.2f}% of the recipe's loss)")
     return result
 
 
-def _compare(fit, run, label: str) -> dict:
-    """A finished run's final loss against the fit's prediction for its LR, batch schedule and tokens."""
+def _compare(fit, runs: list, label: str) -> dict:
+    """The mean final loss of finished runs of one setting (one per seed) against the fit's prediction for their
+    LR, batch schedule and tokens."""
+    import numpy as np
+
+    run = runs[0]
     predicted = fit.loss(run.lr, run.stages, run.tokens)
-    error = (run.final_loss - predicted) / predicted
-    print(f"{label}: lr {run.lr:.3g}, {_stages_text(run.stages)}, {run.tokens} tokens: measured "
-          f"{run.final_loss:.4f}, predicted {predicted:.4f} ({100 * error:+.2f}%)")
-    return {"lr": run.lr, "stages": run.stages, "tokens": run.tokens, "measured": run.final_loss,
-            "predicted": predicted, "relative_error": error}
+    losses = [r.final_loss for r in runs]
+    measured = float(np.mean(losses))
+    error = (measured - predicted) / predicted
+    spread = (f" (mean of {len(losses)} seeds: {', '.join(f'{x:.4f}' for x in losses)}; sd "
+              f"{float(np.std(losses, ddof=1)):.4f})" if len(losses) > 1 else "")
+    print(f"{label}: lr {run.lr:.3g}, {_stages_text(run.stages)}, {run.tokens} tokens: measured {measured:.4f}"
+          f"{spread}, predicted {predicted:.4f} ({100 * error:+.2f}%)")
+    return {"lr": run.lr, "stages": run.stages, "tokens": run.tokens, "measured": measured,
+            "measured_seeds": losses, "predicted": predicted, "relative_error": error}
 
 
 def _holdout(sweep: Sweep, fit) -> dict:
@@ -285,7 +308,7 @@ def _holdout(sweep: Sweep, fit) -> dict:
         if why or run.diverged:
             print(f"holdout {os.path.basename(run_dir)} excluded: {why or run.diverged}")
             continue
-        result[run.name] = _compare(fit, run, f"holdout {run.name}")
+        result[run.name] = _compare(fit, [run], f"holdout {run.name}")
     errors = np.array([r["relative_error"] for r in result.values()])
     if len(errors):
         print(f"holdout: {len(errors)} runs, mean error {100 * errors.mean():+.2f}%, rms "
@@ -314,6 +337,8 @@ def register(subparsers) -> None:
                    "logged critical_batch_tokens (for sweeps that cannot run train.noise_scale, e.g. with TP/PP)")
     q.add_argument("--candidate-batches", help="batches to choose from (default: the sweep's)")
     q.add_argument("--eval-tokens", type=int, default=8192, help="validation tokens scoring every run (default 8192)")
+    q.add_argument("--seeds", type=int, default=1, help="training seeds per sweep point and validation run (run.seed "
+                   "= the recipe's, +1, ...; default 1): averages out the scatter of short runs")
     q.add_argument("--nproc", type=int, default=1, help="processes per sweep run (torchrun; default 1)")
     q.add_argument("--bootstrap", type=int, default=200, help="bootstrap replicates (default 200)")
     q.add_argument("--plot", help="PNG of the fit (default SWEEP_DIR/tune_lr.png)")

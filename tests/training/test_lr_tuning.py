@@ -204,3 +204,16 @@ def test_holdout_runs_are_compared_not_fitted(tmp_path):
         assert row["measured"] - row["predicted"] == pytest.approx(offset, abs=1e-5)
     mean = np.mean([row["relative_error"] for row in report["holdout"].values()])
     assert f"holdout: 6 runs, mean error {100 * mean:+.2f}%" in proc.stdout and mean > 0.002
+
+
+def test_seeds_repeat_every_point(tmp_path):
+    args = ["tune", "lr", "-c", "examples/cpt/tiny_cpu.yaml", "--lrs", "1e-3,3e-3", "--batches", "1024",
+            "--tokens", "8192", "--sweep-dir", str(tmp_path), "--target-tokens", "32768", "--dry-run"]
+    lines = run_cli(args + ["--seeds", "2"]).stdout.splitlines()
+    # The recipe's seed (1234) keeps the one-seed folder, so a one-seed sweep is reused.
+    assert [(line.split("run.dir=")[1].split()[0], line.split("run.seed=")[-1] if "run.seed=" in line else "")
+            for line in lines] == [(f"{tmp_path}/lr0.001_b1024_t8192", ""), (f"{tmp_path}/lr0.001_b1024_t8192_seed1235",
+                                    "1235"), (f"{tmp_path}/lr0.003_b1024_t8192", ""),
+                                   (f"{tmp_path}/lr0.003_b1024_t8192_seed1235", "1235")]
+    proc = run_cli(args + ["--seeds", "0"], check=False)
+    assert proc.returncode == 2 and proc.stderr.count("error:") == 1 and "--seeds 0" in proc.stderr
