@@ -26,6 +26,9 @@ from megatron_s1.config.schema import ConfigError
 PARAM_NAMES = ("log_A", "alpha", "log_C", "k0", "kB", "kD")
 MIN_LRS, MIN_BATCHES, MIN_BUDGETS = 3, 2, 2
 MIN_POINTS = len(PARAM_NAMES) + 2  # two residual degrees of freedom at least
+METRICS_KEYS = ("step", "consumed_tokens", "global_batch_tokens", "loss", "lr")
+# Runs of `tune lr --validate` / `--holdout-tokens`: beside the sweep's, never part of the fit.
+VALIDATION_PREFIX, HOLDOUT_PREFIX = "validate_", "holdout_"
 
 
 @dataclass
@@ -44,14 +47,29 @@ class SweepRun:
         return mean_log_batch(self.stages, self.tokens)
 
 
-def _read_jsonl(path: str) -> list[dict]:
+def _read_jsonl(path: str, keys: tuple) -> list[dict]:
+    """The records of a metrics file; a line that is not a record with `keys` is one ConfigError naming it."""
+    records = []
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                missing = [k for k in keys if k not in record]
+            except (json.JSONDecodeError, TypeError):
+                record, missing = None, None
+            if missing is None or missing:
+                why = f"lacks {', '.join(missing)}" if missing else "is not a JSON record"
+                raise ConfigError(f"{path} line {number} {why} (not a finished megatron-s1 train run?); rerun that "
+                                  f"sweep point or remove its folder")
+            records.append(record)
+    return records
 
 
 def read_run(run_dir: str) -> SweepRun:
     """One sweep run from its metrics files; `diverged` says why it cannot be used (non-finite or no progress)."""
-    records = _read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
+    records = _read_jsonl(os.path.join(run_dir, "metrics.jsonl"), METRICS_KEYS)
     name = os.path.basename(os.path.normpath(run_dir))
     if not records:
         raise ConfigError(f"{run_dir}/metrics.jsonl is empty; rerun that sweep point or remove its folder")
@@ -64,7 +82,7 @@ def read_run(run_dir: str) -> SweepRun:
             stages.append((0 if not stages else start, batch))
         consumed = r["consumed_tokens"]
     valid_path = os.path.join(run_dir, "valid_metrics.jsonl")
-    valid = _read_jsonl(valid_path) if os.path.exists(valid_path) else []
+    valid = _read_jsonl(valid_path, ("step", "loss")) if os.path.exists(valid_path) else []
     valid = [v for v in valid if v["step"] == records[-1]["step"]]
     final, source = (valid[-1]["loss"], "valid") if valid else (records[-1]["loss"], "train")
     losses = [r["loss"] for r in records] + [final]
@@ -79,14 +97,20 @@ def read_run(run_dir: str) -> SweepRun:
 
 
 def find_runs(paths: list[str]) -> list[str]:
-    """Run folders among `paths` (a run folder itself, or a folder whose sub-folders are runs)."""
+    """Run folders among `paths` (a run folder itself, or a folder whose sub-folders are runs; validation runs
+    and held-out runs of `tune lr` are skipped there)."""
     runs = []
     for path in paths:
         if os.path.exists(os.path.join(path, "metrics.jsonl")):
             runs.append(path)
         elif os.path.isdir(path):
-            runs += sorted(os.path.join(path, d) for d in os.listdir(path)
-                           if os.path.exists(os.path.join(path, d, "metrics.jsonl")))
+            found = sorted(os.path.join(path, d) for d in os.listdir(path)
+                           if not d.startswith((VALIDATION_PREFIX, HOLDOUT_PREFIX))
+                           and os.path.exists(os.path.join(path, d, "metrics.jsonl")))
+            if not found:
+                raise ConfigError(f"{path} holds no sweep runs (no metrics.jsonl in it or its sub-folders); pass "
+                                  f"the folder of a finished sweep, or run one with --lrs/--batches/--tokens")
+            runs += found
         else:
             raise ConfigError(f"{path} does not exist; pass sweep run folders (with metrics.jsonl) or their parent")
     return runs
@@ -110,10 +134,6 @@ class NoiseLaw:
 
     def __call__(self, tokens):
         return self.b0 * np.power(np.maximum(tokens, 1.0), self.gamma)
-
-    def crossing(self, batch: float) -> float:
-        """Tokens at which B_crit reaches `batch` (inf when it never grows)."""
-        return (batch / self.b0) ** (1.0 / self.gamma) if self.gamma > 0 else math.inf
 
 
 def fit_noise_law(runs: list[SweepRun]) -> NoiseLaw:
@@ -183,10 +203,14 @@ def check_sweep(runs: list[SweepRun]) -> list[SweepRun]:
     batches = sorted({round(r.batch) for r in kept})
     budgets = sorted({r.tokens for r in kept})
     note = f" ({len(runs) - len(kept)} diverged run(s) excluded)" if len(kept) < len(runs) else ""
+    if not kept:
+        lowest = min(r.lr for r in runs)
+        raise ConfigError(f"all {len(runs)} sweep runs diverged or failed (listed above): add lower learning rates "
+                          f"(e.g. --lrs {lowest / 9:g},{lowest / 3:g}) where they diverged, see train.log where "
+                          f"training failed")
     if len(batches) < MIN_BATCHES:
-        raise ConfigError(f"the sweep has one batch size ({batches[0] if batches else 'none'} tokens){note}; add runs "
-                          f"at a second batch size (e.g. --batches {batches[0] if batches else 1024},"
-                          f"{2 * batches[0] if batches else 2048}) so the LR law can follow the batch")
+        raise ConfigError(f"the sweep has one batch size ({batches[0]} tokens){note}; add runs at a second batch "
+                          f"size (e.g. --batches {batches[0]},{2 * batches[0]}) so the LR law can follow the batch")
     if len(budgets) < MIN_BUDGETS:
         raise ConfigError(f"the sweep has one token budget ({budgets[0]} tokens){note}; add runs at a second "
                           f"budget (e.g. --tokens {budgets[0]},{2 * budgets[0]}) so the law can extrapolate in tokens")
@@ -227,21 +251,18 @@ def fit_sweep(runs: list[SweepRun], noise: NoiseLaw) -> LossFit:
 
 # ------------------------------------------------------------------ the constrained choice
 def batch_schedule(noise: NoiseLaw, candidates: list[int], tokens: float, first_tokens: float) -> list:
-    """Smallest candidate batch at or above B_crit(t) from `first_tokens` on, switching up where B_crit crosses
-    the next candidate (Intern-S1's batch warmup); the largest candidate where the bound exceeds them all."""
+    """Stages [(start_tokens, batch), ...] giving each step the smallest candidate batch at or above B_crit at the
+    tokens seen before it (from `first_tokens`, where the noise law starts; the largest candidate where the bound
+    exceeds them all). Walked step by step, so every switch is at a step boundary, as the trainer makes it; the
+    batch grows with a growing noise scale (Intern-S1's batch warmup) and shrinks with a shrinking one."""
     candidates = sorted(candidates)
-
-    def pick(t: float) -> int:
-        above = [b for b in candidates if b >= noise(t)]
-        return above[0] if above else candidates[-1]
-
-    stages = [(0, pick(first_tokens))]
-    for b in candidates:
-        if b <= stages[-1][1]:
-            continue
-        start = noise.crossing(candidates[candidates.index(b) - 1])  # where the smaller batch falls below
-        if start < tokens:
-            stages.append((int(round(start)), b))
+    stages, consumed = [], 0
+    while consumed < tokens:
+        bound = noise(max(consumed, first_tokens))
+        batch = next((b for b in candidates if b >= bound), candidates[-1])
+        if not stages or stages[-1][1] != batch:
+            stages.append((consumed, batch))
+        consumed += batch
     return stages
 
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
-
 from megatron_s1.config.schema import ConfigError, ExperimentConfig
 
 
@@ -81,6 +79,9 @@ class BatchSizeSchedule:
 
 def build_lr_scheduler(cfg: ExperimentConfig, optimizer, total_tokens: int) -> OptimizerParamScheduler:
     """LR/WD scheduler whose 'steps' are tokens (it is stepped with the tokens of each global batch)."""
+    # Imported here: the batch schedule alone (tune lr's sweep planning) should not pay for importing Megatron-Core.
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
     o = cfg.optimizer
     # train.steps=0 (write initial weights only) still needs a well-formed schedule.
     decay_tokens = o.decay_tokens or max(total_tokens, o.warmup_tokens + 1)

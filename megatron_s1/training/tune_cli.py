@@ -41,6 +41,18 @@ class Sweep:
     def __init__(self, args, cfg):
         self.args, self.cfg = args, cfg
         self.min_lr_ratio = cfg.optimizer.min_lr / cfg.optimizer.lr
+        if args.seeds < 1:
+            raise ConfigError(f"--seeds {args.seeds}: give 1 or more training seeds per setting")
+        # The recipe's seed first, so a sweep run with one seed is reused when more are asked for.
+        self.seeds = [cfg.run.seed + k for k in range(args.seeds)]
+
+    def seeded(self, run_dir: str, lr: float, stages: list, tokens: int) -> list[tuple[str, list[str]]]:
+        """(run folder, overrides) of one setting at every seed."""
+        out = []
+        for k, seed in enumerate(self.seeds):
+            folder = run_dir if k == 0 else f"{run_dir}_seed{seed}"
+            out.append((folder, self.overrides(folder, lr, stages, tokens) + ([f"run.seed={seed}"] if k else [])))
+        return out
 
     def eval_iters(self, batch_tokens: int) -> int:
         # Every run is scored on the same validation tokens: the first eval_tokens of the split.
@@ -64,15 +76,18 @@ class Sweep:
                 f"train.global_batch_tokens={_stages_text(stages)}",
                 f"train.eval_iters={self.eval_iters(stages[-1][1])}", *FIXED_OVERRIDES]
 
-    def points(self) -> list[tuple[str, list[str]]]:
+    def points(self, budgets: str = "", prefix: str = "") -> list[tuple[str, list[str]]]:
+        """(run folder, overrides) of every LR x batch x budget x seed (the sweep's --tokens unless `budgets` is
+        given)."""
         a = self.args
         out = []
-        for lr, batch, tokens in itertools.product(_numbers(a.lrs), _numbers(a.batches, int), _numbers(a.tokens, int)):
+        for lr, batch, tokens in itertools.product(_numbers(a.lrs), _numbers(a.batches, int),
+                                                   _numbers(budgets or a.tokens, int)):
             if tokens % batch:
-                raise ConfigError(f"token budget {tokens} is not a multiple of batch {batch}; pick --tokens that "
+                raise ConfigError(f"token budget {tokens} is not a multiple of batch {batch}; pick budgets that "
                                   f"every --batches value divides")
-            run_dir = os.path.join(a.sweep_dir, f"lr{lr:g}_b{batch}_t{tokens}")
-            out.append((run_dir, self.overrides(run_dir, lr, [(0, batch)], tokens)))
+            out += self.seeded(os.path.join(a.sweep_dir, f"{prefix}lr{lr:g}_b{batch}_t{tokens}"), lr, [(0, batch)],
+                               tokens)
         return out
 
     def command(self, overrides: list[str]) -> list[str]:
@@ -104,7 +119,7 @@ def _completed(run_dir: str, steps: int) -> bool:
         return False
 
 
-def _plot(path: str, runs: list, fit, rec, lr_tuning) -> None:
+def _plot(path: str, runs: list, fit, rec, validation: dict) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -113,7 +128,7 @@ def _plot(path: str, runs: list, fit, rec, lr_tuning) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     groups = sorted({(round(r.batch), r.tokens) for r in runs})
-    lrs = [r.lr for r in runs] + [rec.lr]
+    lrs = [r.lr for r in runs] + [rec.lr] + [v["lr"] for v in validation.values()]
     grid = np.geomspace(min(lrs) / 1.5, max(lrs) * 1.5, 100)
     for i, (batch, tokens) in enumerate(groups):
         color = f"C{i % 10}"
@@ -125,6 +140,10 @@ def _plot(path: str, runs: list, fit, rec, lr_tuning) -> None:
             label=f"predicted at target D={int(rec.tokens)}")
     ax.errorbar([rec.lr], [rec.loss], yerr=[[rec.loss - rec.loss_interval[0]], [rec.loss_interval[1] - rec.loss]],
                 fmt="k*", markersize=12, label=f"recommended lr={rec.lr:.3g}")
+    for name, marker in (("recommended", "D"), ("recipe", "s")):
+        if name in validation:
+            ax.scatter([validation[name]["lr"]], [validation[name]["measured"]], marker=marker, facecolors="none",
+                       edgecolors="k", s=60, label=f"{name} run at the target (measured)")
     ax.set_xscale("log")
     ax.set_xlabel("peak learning rate")
     ax.set_ylabel("final loss")
@@ -147,6 +166,9 @@ def _cmd_tune_lr(args) -> int:
     if args.target_tokens is None:
         raise ConfigError("give --target-tokens, the token budget of the run to tune for")
     sweep = Sweep(args, cfg)
+    if args.holdout_tokens and not (args.lrs and args.batches and args.sweep_dir):
+        raise ConfigError("--holdout-tokens trains the sweep's LRs x batches: give it with --lrs, --batches, --tokens "
+                          "and --sweep-dir")
     failures, run_dirs = {}, []
     if args.lrs or args.batches or args.tokens:
         if not (args.lrs and args.batches and args.tokens and args.sweep_dir):
@@ -173,6 +195,9 @@ def _cmd_tune_lr(args) -> int:
         run = lt.read_run(run_dir)
         run.diverged = run.diverged or failures.get(run_dir, "")
         runs.append(run)
+    if not runs:
+        raise ConfigError(f"none of the {len(run_dirs)} sweep runs wrote metrics.jsonl (listed above); see their "
+                          f"train.log, fix the recipe or overrides and rerun")
     for run in runs:
         if run.diverged:
             print(f"excluded {run.name} (lr {run.lr:g}, batch {round(run.batch)}, {run.tokens} tokens): {run.diverged}")
@@ -189,9 +214,11 @@ def _cmd_tune_lr(args) -> int:
     report = _report(cfg, kept, runs, fit, rec, lt)
     out_dir = args.sweep_dir or os.path.dirname(os.path.abspath(run_dirs[0]))
     plot = args.plot or os.path.join(out_dir, "tune_lr.png")
-    _plot(plot, kept, fit, rec, lt)
     if args.validate:
         report["validation"] = _validate(sweep, fit, rec, out_dir, args.target_tokens)
+    if args.holdout_tokens:
+        report["holdout"] = _holdout(sweep, fit)
+    _plot(plot, kept, fit, rec, report.get("validation", {}))
     with atomic_open(args.out or os.path.join(out_dir, "tune_lr.json")) as f:
         json.dump(report, f, indent=1)
     print(f"wrote {plot} and {args.out or os.path.join(out_dir, 'tune_lr.json')}")
@@ -236,20 +263,56 @@ def _validate(sweep: Sweep, fit, rec, out_dir: str, tokens: int) -> dict:
     result = {}
     for name, lr, stages in (("recommended", rec.lr, rec.stages), ("recipe", cfg.optimizer.lr, recipe_stages)):
         batches = "-".join(str(b) for _, b in stages)
-        run_dir = os.path.join(out_dir, f"validate_{name}_lr{lr:.4g}_b{batches}")  # a new setting is a new run
-        overrides = sweep.overrides(run_dir, lr, stages, tokens)
-        why = sweep.run(run_dir, overrides)
-        if why:
-            raise RuntimeError(f"validation run {name} failed: {why}")
-        run = lt.read_run(run_dir)
-        predicted = fit.loss(lr, stages, run.tokens)
-        result[name] = {"lr": lr, "stages": stages, "tokens": run.tokens, "measured": run.final_loss,
-                        "predicted": predicted, "relative_error": (run.final_loss - predicted) / predicted}
-        print(f"validate {name}: lr {lr:.3g}, {_stages_text(stages)}, {run.tokens} tokens: measured "
-              f"{run.final_loss:.4f}, predicted {predicted:.4f} ({100 * result[name]['relative_error']:+.2f}%)")
+        run_dir = os.path.join(out_dir, f"{lt.VALIDATION_PREFIX}{name}_lr{lr:.4g}_b{batches}")  # new setting: new run
+        runs = []
+        for folder, overrides in sweep.seeded(run_dir, lr, stages, tokens):
+            why = sweep.run(folder, overrides)
+            if why:
+                raise RuntimeError(f"validation run {name} failed: {why}")
+            runs.append(lt.read_run(folder))
+        result[name] = _compare(fit, runs, f"validate {name}")
     gain = result["recipe"]["measured"] - result["recommended"]["measured"]
     print(f"validate: the recommendation is {'better' if gain > 0 else 'worse'} than the recipe by {abs(gain):.4f} "
           f"({100 * gain / result['recipe']['measured']:+.2f}% of the recipe's loss)")
+    return result
+
+
+def _compare(fit, runs: list, label: str) -> dict:
+    """The mean final loss of finished runs of one setting (one per seed) against the fit's prediction for their
+    LR, batch schedule and tokens."""
+    import numpy as np
+
+    run = runs[0]
+    predicted = fit.loss(run.lr, run.stages, run.tokens)
+    losses = [r.final_loss for r in runs]
+    measured = float(np.mean(losses))
+    error = (measured - predicted) / predicted
+    spread = (f" (mean of {len(losses)} seeds: {', '.join(f'{x:.4f}' for x in losses)}; sd "
+              f"{float(np.std(losses, ddof=1)):.4f})" if len(losses) > 1 else "")
+    print(f"{label}: lr {run.lr:.3g}, {_stages_text(run.stages)}, {run.tokens} tokens: measured {measured:.4f}"
+          f"{spread}, predicted {predicted:.4f} ({100 * error:+.2f}%)")
+    return {"lr": run.lr, "stages": run.stages, "tokens": run.tokens, "measured": measured,
+            "measured_seeds": losses, "predicted": predicted, "relative_error": error}
+
+
+def _holdout(sweep: Sweep, fit) -> dict:
+    """Train the sweep's LRs x batches at --holdout-tokens (runs the fit never sees) and compare with the fit."""
+    import numpy as np
+
+    from megatron_s1.training import lr_tuning as lt
+
+    result = {}
+    for run_dir, overrides in sweep.points(sweep.args.holdout_tokens, lt.HOLDOUT_PREFIX):
+        why = sweep.run(run_dir, overrides)
+        run = lt.read_run(run_dir) if not why else None
+        if why or run.diverged:
+            print(f"holdout {os.path.basename(run_dir)} excluded: {why or run.diverged}")
+            continue
+        result[run.name] = _compare(fit, [run], f"holdout {run.name}")
+    errors = np.array([r["relative_error"] for r in result.values()])
+    if len(errors):
+        print(f"holdout: {len(errors)} runs, mean error {100 * errors.mean():+.2f}%, rms "
+              f"{100 * np.sqrt(np.mean(errors ** 2)):.2f}%, largest {100 * errors[np.argmax(abs(errors))]:+.2f}%")
     return result
 
 
@@ -274,12 +337,16 @@ def register(subparsers) -> None:
                    "logged critical_batch_tokens (for sweeps that cannot run train.noise_scale, e.g. with TP/PP)")
     q.add_argument("--candidate-batches", help="batches to choose from (default: the sweep's)")
     q.add_argument("--eval-tokens", type=int, default=8192, help="validation tokens scoring every run (default 8192)")
+    q.add_argument("--seeds", type=int, default=1, help="training seeds per sweep point and validation run (run.seed "
+                   "= the recipe's, +1, ...; default 1): averages out the scatter of short runs")
     q.add_argument("--nproc", type=int, default=1, help="processes per sweep run (torchrun; default 1)")
     q.add_argument("--bootstrap", type=int, default=200, help="bootstrap replicates (default 200)")
     q.add_argument("--plot", help="PNG of the fit (default SWEEP_DIR/tune_lr.png)")
     q.add_argument("--out", help="JSON report (default SWEEP_DIR/tune_lr.json)")
     q.add_argument("--dry-run", action="store_true", help="print each sweep run as 'RECIPE overrides...' (one a "
                    "line, for Slurm arrays: docs/scaling.md) and stop")
+    q.add_argument("--holdout-tokens", help="also train the sweep's LRs x batches at these budgets (e.g. the "
+                   "target) and report the fit's error on them; never part of the fit")
     q.add_argument("--validate", action="store_true", help="then train at the recommendation and at the recipe's "
                    "own LR / batch on the target budget, and compare with the predictions")
     q.set_defaults(func=_cmd_tune_lr)
