@@ -39,13 +39,21 @@ class _HostStream:
 _HOST_STREAM = _HostStream()
 
 
+class _HostStreamClass(_HostStream):
+    """torch.cuda.Stream / Event replaced by a class, not a function: libraries evaluate annotations such as
+    `torch.cuda.Stream | None` at import time. Constructing it returns the one host stream."""
+
+    def __new__(cls, *args, **kwargs):
+        return _HOST_STREAM
+
+
 def enable() -> None:
     global _ENABLED
     if _ENABLED or torch.cuda.is_available():
         return
     _ENABLED = True
-    torch.cuda.Stream = lambda *a, **k: _HOST_STREAM  # type: ignore[assignment]
-    torch.cuda.Event = lambda *a, **k: _HOST_STREAM  # type: ignore[assignment]
+    torch.cuda.Stream = _HostStreamClass  # type: ignore[assignment]
+    torch.cuda.Event = _HostStreamClass  # type: ignore[assignment]
     torch.cuda.current_stream = lambda *a, **k: _HOST_STREAM  # type: ignore[assignment]
     torch.cuda.default_stream = lambda *a, **k: _HOST_STREAM  # type: ignore[assignment]
     torch.cuda.stream = lambda *a, **k: contextlib.nullcontext()  # type: ignore[assignment]
