@@ -12,9 +12,9 @@ import math
 import os
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from tests.conversion.hf_models import make_pro_model
+from tests.conversion.hf_models import make_pro_model, write_two_shards
 
 BLOCK = 128
 # Shapes not multiple of 128 (partial edge blocks): q_proj [192, 192], k_proj [96, 192], expert gate [80, 192],
@@ -76,14 +76,7 @@ def make_fp8_pro_model(out_dir: str, seed: int = 0, **overrides) -> str:
             out[name] = tensor.to(torch.bfloat16).contiguous()
             kept.add(name.rsplit(".", 1)[0])
     os.makedirs(out_dir)
-    names = sorted(out)
-    weight_map = {}
-    for i in range(2):
-        file = f"model-{i + 1:05d}-of-00002.safetensors"
-        save_file({n: out[n] for n in names[i::2]}, os.path.join(out_dir, file), metadata={"format": "pt"})
-        weight_map.update({n: file for n in names[i::2]})
-    with open(os.path.join(out_dir, "model.safetensors.index.json"), "w") as f:
-        json.dump({"metadata": {}, "weight_map": weight_map}, f, indent=2)
+    write_two_shards(out, out_dir)
     with open(os.path.join(source, "config.json")) as f:
         config = json.load(f)
     config["text_config"]["dtype"] = "bfloat16"

@@ -116,7 +116,6 @@ def make_pro_model(out_dir: str, seed: int = 0, groups: int = 2, **overrides) ->
     import os
 
     import transformers
-    from safetensors.torch import save_file
 
     from megatron_s1.models.pro.fope import fope_inv_freq
 
@@ -140,14 +139,7 @@ def make_pro_model(out_dir: str, seed: int = 0, groups: int = 2, **overrides) ->
     state["model.language_model.rotary_emb.cos_coef"] = torch.eye(freqs) + 0.3 * torch.randn(shape)
     state["model.language_model.rotary_emb.sin_coef"] = torch.eye(freqs) + 0.3 * torch.randn(shape)
     os.makedirs(out_dir, exist_ok=True)
-    names = sorted(state)
-    weight_map = {}
-    for i in range(2):
-        file = f"model-{i + 1:05d}-of-00002.safetensors"
-        save_file({n: state[n] for n in names[i::2]}, os.path.join(out_dir, file), metadata={"format": "pt"})
-        weight_map.update({n: file for n in names[i::2]})
-    with open(os.path.join(out_dir, "model.safetensors.index.json"), "w") as f:
-        json.dump({"metadata": {}, "weight_map": weight_map}, f, indent=2)
+    write_two_shards(state, out_dir)
     text_config = {k: v for k, v in text.items() if k != "initializer_range"}
     text_config.update(model_type="interns1_pro_text", hidden_act="silu", attention_bias=False,
                        decoder_sparse_step=1, mlp_only_layers=[], router_n_groups=groups,
@@ -159,3 +151,21 @@ def make_pro_model(out_dir: str, seed: int = 0, groups: int = 2, **overrides) ->
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
     return out_dir
+
+
+def write_two_shards(state: dict, out_dir: str) -> None:
+    """Save `state` as an HF checkpoint in two safetensors shards with its index (names alternate between the
+    shards, so a converter must follow the index)."""
+    import json
+    import os
+
+    from safetensors.torch import save_file
+
+    names = sorted(state)
+    weight_map = {}
+    for i in range(2):
+        file = f"model-{i + 1:05d}-of-00002.safetensors"
+        save_file({n: state[n] for n in names[i::2]}, os.path.join(out_dir, file), metadata={"format": "pt"})
+        weight_map.update({n: file for n in names[i::2]})
+    with open(os.path.join(out_dir, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {}, "weight_map": weight_map}, f, indent=2)

@@ -17,6 +17,7 @@ import types
 import torch
 
 from tests.conftest import reference_path
+from tests.conversion.hf_models import write_two_shards
 
 PACKAGE = "interns1_pro_release"
 
@@ -83,8 +84,6 @@ def release_model(config: dict):
 def write_release_checkpoint(out_dir: str, seed: int = 0) -> str:
     """A random tiny Pro checkpoint as the release lays it out (per-expert tensors, `model.visual.*`, one FoPE
     coefficient pair), every tensor O(0.1..1) so that a wrong mapping shows in the logits."""
-    from safetensors.torch import save_file
-
     torch.manual_seed(seed)
     config = tiny_config()
     model = release_model(config)
@@ -96,14 +95,7 @@ def write_release_checkpoint(out_dir: str, seed: int = 0) -> str:
             tensor = 0.1 * torch.randn_like(tensor)
         state[name] = tensor.detach().contiguous()
     os.makedirs(out_dir, exist_ok=True)
-    names = sorted(state)
-    weight_map = {}
-    for i in range(2):
-        file = f"model-{i + 1:05d}-of-00002.safetensors"
-        save_file({n: state[n] for n in names[i::2]}, os.path.join(out_dir, file), metadata={"format": "pt"})
-        weight_map.update({n: file for n in names[i::2]})
-    with open(os.path.join(out_dir, "model.safetensors.index.json"), "w") as f:
-        json.dump({"metadata": {}, "weight_map": weight_map}, f, indent=2)
+    write_two_shards(state, out_dir)
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
     return out_dir
