@@ -490,6 +490,7 @@ void Encoder::check_balanced(std::string_view text) const {
 void Encoder::encode_one(std::string_view text, Plan& plan, size_t index) const {
   if (strict_tags_) check_balanced(text);
   Ctx ctx;
+  if (!rules_validator_) ctx.pending = &plan.pending[index];
   const std::vector<Item> its = items(text, ctx);
   std::vector<int32_t>& ops = plan.ops[index];
   std::vector<std::string>& spans = plan.spans[index];
@@ -502,6 +503,8 @@ void Encoder::encode_one(std::string_view text, Plan& plan, size_t index) const 
   };
   std::vector<int> stack;
   std::vector<SpPiece> pieces;
+  std::string norm;
+  SpScratch scratch;
   for (const Item& it : its) {
     const int top = stack.empty() ? -1 : stack.back();
     switch (it.type) {
@@ -511,10 +514,10 @@ void Encoder::encode_one(std::string_view text, Plan& plan, size_t index) const 
         } else {
           const SpBpeModel& m = *domains_[top];
           pieces.clear();
-          m.encode(it.text, pieces);
-          for (SpPiece& p : pieces) {
+          m.encode(it.text, norm, pieces, scratch);
+          for (const SpPiece& p : pieces) {
             if (p.id == 0) {
-              add_span(p.text, top);  // fallback: base BPE, remapped through this domain
+              add_span(std::string_view(norm).substr(p.start, p.len), top);  // fallback: base BPE, remapped
             } else {
               auto o = m.added_override.find(p.id);
               ops.push_back(o != m.added_override.end() ? o->second : m.offset + p.id);
@@ -573,24 +576,6 @@ void parallel_for(size_t n, int threads, F&& fn) {
 
 }  // namespace
 
-std::vector<std::string> Encoder::pending_smiles(const std::vector<std::string>& texts, int threads) const {
-  if (rules_validator_) return {};
-  std::vector<std::vector<std::string>> per_text(texts.size());
-  parallel_for(texts.size(), threads, [&](size_t i) {
-    Ctx ctx;
-    ctx.pending = &per_text[i];
-    items(texts[i], ctx);
-  });
-  std::unordered_set<std::string> seen;
-  std::vector<std::string> out;
-  for (auto& v : per_text) {
-    for (auto& s : v) {
-      if (seen.insert(s).second) out.push_back(std::move(s));
-    }
-  }
-  return out;
-}
-
 void Encoder::set_verdicts(const std::vector<std::string>& candidates, const std::vector<bool>& verdicts) {
   if (candidates.size() != verdicts.size()) throw std::invalid_argument("candidates/verdicts length mismatch");
   std::lock_guard<std::mutex> lock(verdict_mutex_);
@@ -603,12 +588,26 @@ std::unique_ptr<Plan> Encoder::plan(const std::vector<std::string>& texts, int t
   p->ops.resize(texts.size());
   p->spans.resize(texts.size());
   p->span_domain.resize(texts.size());
+  p->pending.resize(texts.size());
   parallel_for(texts.size(), threads, [&](size_t i) { encode_one(texts[i], *p, i); });
   return p;
 }
 
-std::vector<std::vector<int32_t>> Encoder::assemble(const Plan& plan,
-                                                    const std::vector<std::vector<int32_t>>& ids) const {
+void Encoder::replan(Plan& plan, const std::vector<size_t>& which, const std::vector<std::string>& texts,
+                     int threads) const {
+  if (which.size() != texts.size()) throw std::invalid_argument("replan: which/texts length mismatch");
+  for (size_t i : which) {
+    if (i >= plan.ops.size()) throw std::invalid_argument("replan: document index out of range");
+    plan.ops[i].clear();
+    plan.spans[i].clear();
+    plan.span_domain[i].clear();
+    plan.pending[i].clear();
+  }
+  parallel_for(texts.size(), threads, [&](size_t j) { encode_one(texts[j], plan, which[j]); });
+}
+
+std::vector<std::vector<int32_t>> Encoder::assemble(const Plan& plan, const std::vector<int32_t>& ids,
+                                                    const std::vector<size_t>& starts) const {
   std::vector<std::vector<int32_t>> out(plan.ops.size());
   size_t base = 0;
   for (size_t t = 0; t < plan.ops.size(); ++t) {
@@ -619,30 +618,34 @@ std::vector<std::vector<int32_t>> Encoder::assemble(const Plan& plan,
         dst.push_back(op);
         continue;
       }
-      const size_t k = static_cast<size_t>(-op - 1);
-      if (base + k >= ids.size()) throw std::invalid_argument("assemble: fewer span encodings than spans");
-      const int domain = plan.span_domain[t][k];
-      const auto& span = ids[base + k];
+      const size_t k = base + static_cast<size_t>(-op - 1);
+      if (k + 1 >= starts.size()) throw std::invalid_argument("assemble: fewer span encodings than spans");
+      const int domain = plan.span_domain[t][k - base];
+      const auto first = ids.begin() + starts[k], last = ids.begin() + starts[k + 1];
       if (domain < 0 || domains_[domain]->base_remap.empty()) {
-        dst.insert(dst.end(), span.begin(), span.end());
+        dst.insert(dst.end(), first, last);
       } else {
         const auto& remap = domains_[domain]->base_remap;
-        for (int32_t id : span) {
-          auto it = remap.find(id);
-          dst.push_back(it == remap.end() ? id : it->second);
+        for (auto id = first; id != last; ++id) {
+          auto it = remap.find(*id);
+          dst.push_back(it == remap.end() ? *id : it->second);
         }
       }
     }
     base += plan.spans[t].size();
   }
-  if (base != ids.size()) throw std::invalid_argument("assemble: more span encodings than spans");
+  if (base + 1 != starts.size()) throw std::invalid_argument("assemble: more span encodings than spans");
   return out;
 }
 
-std::vector<SpPiece> Encoder::encode_domain(int domain, const std::string& text) const {
+std::vector<std::pair<std::string, int>> Encoder::encode_domain(int domain, const std::string& text) const {
   if (domain < 0 || domain >= static_cast<int>(domains_.size())) throw std::out_of_range("domain index");
-  std::vector<SpPiece> out;
-  domains_[domain]->encode(text, out);
+  std::vector<SpPiece> pieces;
+  std::string norm;
+  SpScratch scratch;
+  domains_[domain]->encode(text, norm, pieces, scratch);
+  std::vector<std::pair<std::string, int>> out;
+  for (const SpPiece& p : pieces) out.emplace_back(norm.substr(p.start, p.len), p.id);
   return out;
 }
 

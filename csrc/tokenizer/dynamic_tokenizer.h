@@ -24,8 +24,26 @@ enum DetectorKind { kSmiles = 0, kProtein = 1, kXna = 2 };
 enum PieceType { kNormal = 1, kUnknown = 2, kControl = 3, kUserDefined = 4, kUnused = 5, kByte = 6 };
 
 struct SpPiece {
-  int id;           // local id, 0 = unknown run
-  std::string text; // normalized surface ('▁' for escaped spaces)
+  int id;          // local id, 0 = unknown run
+  uint32_t start;  // byte range [start, start + len) of the normalized text ('▁' for escaped spaces)
+  uint32_t len;
+};
+
+// Working memory of SpBpeModel::encode, reused across the calls of one thread.
+struct SpScratch {
+  struct Symbol {
+    int prev, next;
+    uint32_t start, len;
+    int id;  // piece id of the symbol's text, -1 when it is no piece
+    bool freeze;
+  };
+  struct Pair {
+    uint64_t key;  // merged piece's score, then leftmost first (see agenda_key)
+    uint32_t right;
+    uint32_t size;  // bytes of the merged text: the pair is stale once either side has merged since
+  };
+  std::vector<Symbol> symbols;
+  std::vector<Pair> agenda;
 };
 
 class SpBpeModel {
@@ -38,9 +56,10 @@ class SpBpeModel {
   std::unordered_map<int, int> base_remap;      // base id -> global domain id
 
   void init(std::vector<std::string> pieces, std::vector<float> scores, std::vector<int> types);
-  std::string normalize(std::string_view in) const;
-  // SentencePieceProcessor::Encode(text) equivalent: pieces with local ids, consecutive unknowns merged.
-  void encode(std::string_view text, std::vector<SpPiece>& out) const;
+  void normalize(std::string_view in, std::string& out) const;
+  // SentencePieceProcessor::Encode(text) equivalent: pieces with local ids, consecutive unknowns merged. `norm`
+  // receives the normalized text the pieces point into.
+  void encode(std::string_view text, std::string& norm, std::vector<SpPiece>& out, SpScratch& scratch) const;
 
  private:
   std::vector<std::string> pieces_;
@@ -48,11 +67,16 @@ class SpBpeModel {
   int lookup(std::string_view s) const;
   std::unordered_map<std::string_view, int> piece_ids_;  // NORMAL / USER_DEFINED / UNUSED
   std::vector<std::string_view> user_defined_;            // longest first
-  int merged_id(int left, int right) const;
-  // Merges without string hashing: for left piece id L, merge_rights_[merge_start_[L] .. merge_start_[L + 1]) holds
-  // (right id, id of the concatenated piece), sorted by right id.
-  std::vector<uint32_t> merge_start_;
-  std::vector<std::pair<int, int>> merge_rights_;
+  // Merges without string hashing: open-addressing table (left piece id, right piece id) -> concatenated piece.
+  struct MergeSlot {
+    uint64_t key;  // left << 32 | right; kNoMerge when empty
+    int id;
+    float score;
+  };
+  static constexpr uint64_t kNoMerge = ~uint64_t{0};
+  std::vector<MergeSlot> merges_;
+  int merge_shift_ = 64;
+  const MergeSlot* merge_of(int left, int right) const;
   int byte_ids_[128];  // single ASCII character -> piece id (-1: none)
 };
 
@@ -67,6 +91,9 @@ struct Plan {
   std::vector<std::vector<int32_t>> ops;                 // id >= 0, or -(k+1): k-th span of this text
   std::vector<std::vector<std::string>> spans;           // base-BPE text per text
   std::vector<std::vector<int>> span_domain;             // remap domain per span (-1 none)
+  // SMILES candidates without a cached (RDKit) verdict, per text: planned as not SMILES; replan() those texts
+  // once set_verdicts() has the answers. Always empty with the rules validator.
+  std::vector<std::vector<std::string>> pending;
 };
 
 class Encoder {
@@ -75,14 +102,16 @@ class Encoder {
           std::vector<std::pair<int, int>> detectors, const std::vector<uint32_t>& decimal_digits,
           bool rules_validator, bool strict_tags, bool rescan_detected, bool protein_skips_nucleotides);
 
-  // Candidates (unique) whose SMILES verdict is not cached yet; only meaningful without the rules validator.
-  std::vector<std::string> pending_smiles(const std::vector<std::string>& texts, int threads) const;
   void set_verdicts(const std::vector<std::string>& candidates, const std::vector<bool>& verdicts);
   std::unique_ptr<Plan> plan(const std::vector<std::string>& texts, int threads) const;
-  std::vector<std::vector<int32_t>> assemble(const Plan& plan, const std::vector<std::vector<int32_t>>& ids) const;
+  // Plans texts[j] again as document which[j] of `plan` (after set_verdicts answered its pending candidates).
+  void replan(Plan& plan, const std::vector<size_t>& which, const std::vector<std::string>& texts, int threads) const;
+  // ids[starts[k] .. starts[k + 1]): base-BPE ids of the k-th span of the plan (all documents, in order).
+  std::vector<std::vector<int32_t>> assemble(const Plan& plan, const std::vector<int32_t>& ids,
+                                             const std::vector<size_t>& starts) const;
 
   // Testing hooks.
-  std::vector<SpPiece> encode_domain(int domain, const std::string& text) const;
+  std::vector<std::pair<std::string, int>> encode_domain(int domain, const std::string& text) const;
   bool rules_ok(const std::string& candidate) const;
   std::vector<std::pair<size_t, size_t>> smiles_matches(const std::string& text) const;
 
@@ -96,7 +125,7 @@ class Encoder {
     std::string_view text;
   };
   struct Ctx {
-    std::vector<std::string>* pending = nullptr;  // collect unknown verdicts (scan pass)
+    std::vector<std::string>* pending = nullptr;  // collects candidates without a verdict
   };
 
   size_t smiles_unit(std::string_view s, size_t p) const;

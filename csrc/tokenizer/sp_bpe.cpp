@@ -2,7 +2,7 @@
 // normalization flags (dummy prefix, extra-whitespace removal, space escaping), user-defined symbols,
 // score-ordered pair merges (ties: leftmost), and consecutive unknown pieces merged into one.
 #include <algorithm>
-#include <queue>
+#include <cstring>
 #include <stdexcept>
 
 #include "dynamic_tokenizer.h"
@@ -19,6 +19,21 @@ size_t utf8_len(unsigned char c) {
   if ((c >> 4) == 0xE) return 3;
   if ((c >> 3) == 0x1E) return 4;
   return 1;
+}
+
+uint64_t merge_key(int left, int right) {
+  return (static_cast<uint64_t>(static_cast<uint32_t>(left)) << 32) | static_cast<uint32_t>(right);
+}
+
+size_t merge_hash(uint64_t key, int shift) { return static_cast<size_t>((key * 0x9E3779B97F4A7C15ull) >> shift); }
+
+// Heap key of a candidate pair: higher merged-piece score first, then the leftmost pair (sentencepiece's order).
+uint64_t agenda_key(float score, uint32_t left) {
+  if (score == 0.0f) score = 0.0f;  // -0 ties with +0, as in a float comparison
+  uint32_t bits;
+  std::memcpy(&bits, &score, sizeof bits);
+  bits = (bits & 0x80000000u) ? ~bits : bits | 0x80000000u;  // order-preserving map of the float onto uint32
+  return (static_cast<uint64_t>(bits) << 32) | (0xFFFFFFFFu - left);
 }
 
 }  // namespace
@@ -40,29 +55,37 @@ void SpBpeModel::init(std::vector<std::string> pieces, std::vector<float> scores
   }
   std::sort(user_defined_.begin(), user_defined_.end(),
             [](std::string_view a, std::string_view b) { return a.size() > b.size(); });
-  std::vector<std::vector<std::pair<int, int>>> by_left(pieces_.size());
+  std::vector<std::pair<uint64_t, int>> merges;  // (left << 32 | right, concatenated piece)
   for (const auto& [piece, id] : piece_ids_) {
     for (size_t k = 1; k < piece.size(); ++k) {
       const int left = lookup(piece.substr(0, k));
       const int right = lookup(piece.substr(k));
-      if (left >= 0 && right >= 0) by_left[left].emplace_back(right, id);
+      if (left >= 0 && right >= 0) merges.emplace_back(merge_key(left, right), id);
     }
   }
-  merge_start_.assign(1, 0);
-  merge_rights_.clear();
-  for (auto& v : by_left) {
-    std::sort(v.begin(), v.end());
-    merge_rights_.insert(merge_rights_.end(), v.begin(), v.end());
-    merge_start_.push_back(static_cast<uint32_t>(merge_rights_.size()));
+  size_t slots = 16;
+  merge_shift_ = 60;
+  while (slots < 2 * merges.size() + 1) {
+    slots *= 2;
+    --merge_shift_;
+  }
+  merges_.assign(slots, MergeSlot{kNoMerge, -1, 0.0f});
+  for (const auto& [key, id] : merges) {
+    size_t slot = merge_hash(key, merge_shift_);
+    while (merges_[slot].key != kNoMerge) slot = (slot + 1) & (slots - 1);
+    merges_[slot] = {key, id, scores_[id]};
   }
   for (int c = 0; c < 128; ++c) byte_ids_[c] = lookup(std::string_view(reinterpret_cast<const char*>(&c), 1));
 }
 
-int SpBpeModel::merged_id(int left, int right) const {
-  const auto first = merge_rights_.begin() + merge_start_[left];
-  const auto last = merge_rights_.begin() + merge_start_[left + 1];
-  const auto it = std::lower_bound(first, last, std::make_pair(right, -1));
-  return it != last && it->first == right ? it->second : -1;
+const SpBpeModel::MergeSlot* SpBpeModel::merge_of(int left, int right) const {
+  const uint64_t key = merge_key(left, right);
+  const size_t mask = merges_.size() - 1;
+  for (size_t slot = merge_hash(key, merge_shift_);; slot = (slot + 1) & mask) {
+    const MergeSlot& m = merges_[slot];
+    if (m.key == key) return &m;
+    if (m.key == kNoMerge) return nullptr;
+  }
 }
 
 int SpBpeModel::lookup(std::string_view s) const {
@@ -70,14 +93,14 @@ int SpBpeModel::lookup(std::string_view s) const {
   return it == piece_ids_.end() ? -1 : it->second;
 }
 
-std::string SpBpeModel::normalize(std::string_view in) const {
-  std::string out;
-  if (in.empty()) return out;
+void SpBpeModel::normalize(std::string_view in, std::string& out) const {
+  out.clear();
+  if (in.empty()) return;
   size_t i = 0;
   if (remove_extra_whitespaces) {
     while (i < in.size() && in[i] == ' ') ++i;
   }
-  if (i == in.size()) return out;
+  if (i == in.size()) return;
   out.reserve(in.size() + 8);
   if (add_dummy_prefix) out += escape_whitespaces ? kSpaceSymbol : std::string(" ");
   bool prev_space = remove_extra_whitespaces;
@@ -101,86 +124,86 @@ std::string SpBpeModel::normalize(std::string_view in) const {
       out.resize(out.size() - space.size());
     }
   }
-  return out;
 }
 
-void SpBpeModel::encode(std::string_view text, std::vector<SpPiece>& out) const {
-  const std::string norm = normalize(text);
+void SpBpeModel::encode(std::string_view text, std::string& norm, std::vector<SpPiece>& out,
+                        SpScratch& scratch) const {
+  normalize(text, norm);
   if (norm.empty()) return;
-  struct Symbol {
-    int prev, next;
-    size_t start, len;
-    bool freeze;
-    int id;  // piece id of the symbol's text, -1 when it is no piece
-  };
-  struct Pair {
-    int left, right;
-    float score;
-    size_t size;
-    int id;
-  };
-  struct Worse {
-    bool operator()(const Pair& a, const Pair& b) const {
-      return a.score < b.score || (a.score == b.score && a.left > b.left);
-    }
-  };
-  std::vector<Symbol> symbols;
-  symbols.reserve(norm.size());
-  size_t pos = 0;
-  while (pos < norm.size()) {
+  std::vector<SpScratch::Symbol>& symbols = scratch.symbols;
+  std::vector<SpScratch::Pair>& agenda = scratch.agenda;
+  symbols.clear();
+  agenda.clear();
+  const std::string_view s(norm);
+  for (size_t pos = 0; pos < s.size();) {
     size_t len = 0;
     bool freeze = false;
     for (std::string_view u : user_defined_) {
-      if (norm.compare(pos, u.size(), u) == 0) {
+      if (s.compare(pos, u.size(), u) == 0) {
         len = u.size();
         freeze = true;
         break;
       }
     }
-    if (!len) len = std::min(utf8_len(static_cast<unsigned char>(norm[pos])), norm.size() - pos);
-    const unsigned char first = norm[pos];
-    const int id = len == 1 && first < 128 ? byte_ids_[first] : lookup(std::string_view(norm).substr(pos, len));
+    if (!len) len = std::min(utf8_len(static_cast<unsigned char>(s[pos])), s.size() - pos);
+    const unsigned char first = s[pos];
+    const int id = len == 1 && first < 128 ? byte_ids_[first] : lookup(s.substr(pos, len));
     const int index = static_cast<int>(symbols.size());
-    symbols.push_back({index - 1, pos + len < norm.size() ? index + 1 : -1, pos, len, freeze, id});
+    symbols.push_back({index - 1, pos + len < s.size() ? index + 1 : -1, static_cast<uint32_t>(pos),
+                       static_cast<uint32_t>(len), id, freeze});
     pos += len;
   }
-  std::priority_queue<Pair, std::vector<Pair>, Worse> agenda;
-  auto maybe_add = [&](int left, int right) {
-    if (left < 0 || right < 0 || symbols[left].freeze || symbols[right].freeze) return;
-    const size_t size = symbols[left].len + symbols[right].len;
-    int id;
-    if (symbols[left].id >= 0 && symbols[right].id >= 0) {
-      id = merged_id(symbols[left].id, symbols[right].id);
-    } else {  // a symbol that is no piece: only the string can tell
-      id = lookup(std::string_view(norm).substr(symbols[left].start, size));
+  // The id of the piece that symbols `left` + `right` merge into (-1: none); `score` receives its score.
+  const auto merged = [&](const SpScratch::Symbol& l, const SpScratch::Symbol& r, float* score) {
+    if (l.id >= 0 && r.id >= 0) {
+      const MergeSlot* m = merge_of(l.id, r.id);
+      if (m == nullptr) return -1;
+      *score = m->score;
+      return m->id;
     }
-    if (id < 0) return;
-    agenda.push({left, right, scores_[id], size, id});
+    const int id = lookup(s.substr(l.start, l.len + r.len));  // a symbol that is no piece: only the string tells
+    if (id >= 0) *score = scores_[id];
+    return id;
   };
-  for (size_t i = 1; i < symbols.size(); ++i) maybe_add(static_cast<int>(i) - 1, static_cast<int>(i));
+  const auto candidate = [&](int left, int right) {
+    const SpScratch::Symbol& l = symbols[left];
+    const SpScratch::Symbol& r = symbols[right];
+    float score;
+    if (l.freeze || r.freeze || merged(l, r, &score) < 0) return false;
+    agenda.push_back({agenda_key(score, static_cast<uint32_t>(left)), static_cast<uint32_t>(right), l.len + r.len});
+    return true;
+  };
+  const auto worse = [](const SpScratch::Pair& a, const SpScratch::Pair& b) { return a.key < b.key; };
+  for (size_t i = 1; i < symbols.size(); ++i) candidate(static_cast<int>(i) - 1, static_cast<int>(i));
+  std::make_heap(agenda.begin(), agenda.end(), worse);
+  const auto push = [&](int left, int right) {
+    if (left >= 0 && right >= 0 && candidate(left, right)) std::push_heap(agenda.begin(), agenda.end(), worse);
+  };
   while (!agenda.empty()) {
-    const Pair top = agenda.top();
-    agenda.pop();
-    Symbol& l = symbols[top.left];
-    Symbol& r = symbols[top.right];
-    if (l.len == 0 || r.len == 0 || l.len + r.len != top.size) continue;
+    std::pop_heap(agenda.begin(), agenda.end(), worse);
+    const SpScratch::Pair top = agenda.back();
+    agenda.pop_back();
+    const int left = static_cast<int>(0xFFFFFFFFu - static_cast<uint32_t>(top.key));
+    SpScratch::Symbol& l = symbols[left];
+    SpScratch::Symbol& r = symbols[top.right];
+    if (l.len == 0 || r.len == 0 || l.len + r.len != top.size) continue;  // stale: a side has merged since
+    float score;
+    l.id = merged(l, r, &score);
     l.len += r.len;
-    l.id = top.id;
     l.next = r.next;
-    if (r.next >= 0) symbols[r.next].prev = top.left;
+    if (r.next >= 0) symbols[r.next].prev = left;
     r.len = 0;
-    maybe_add(l.prev, top.left);
-    maybe_add(top.left, l.next);
+    push(l.prev, left);
+    push(left, l.next);
   }
   bool last_unknown = false;
   for (int i = 0; i >= 0 && !symbols.empty(); i = symbols[i].next) {
-    const Symbol& s = symbols[i];
-    std::string_view w = std::string_view(norm).substr(s.start, s.len);
-    const int id = s.id < 0 ? 0 : s.id;
+    const SpScratch::Symbol& sym = symbols[i];
+    const int id = sym.id < 0 ? 0 : sym.id;
     if (id == 0 && last_unknown) {
-      out.back().text.append(w);
+      out.back().len += sym.len;
     } else {
-      out.push_back({id, std::string(w)});
+      out.push_back({id, sym.start, sym.len});
     }
     last_unknown = id == 0;
   }

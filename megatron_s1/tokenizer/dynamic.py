@@ -367,16 +367,18 @@ class DynamicTokenizer:
     def _encode_native_valid(self, texts: list[str], num_threads: int) -> list[list[int]]:
         texts = [_nfc(t) for t in texts]
         native = self._native
-        if self.validator_kind == "rdkit":
-            pending = native.pending_smiles(texts, num_threads)
-            if pending:
-                native.set_verdicts(pending, [self._validate_smiles(c) for c in pending])
         try:
             plan = native.plan(texts, num_threads)
         except ValueError as err:
             if str(err).startswith("unbalanced tag"):
                 raise UnbalancedTagError(str(err)) from None
             raise
+        # RDKit verdicts are cached in the encoder; documents that met uncached candidates are planned again
+        candidates, documents = plan.pending()
+        while candidates:
+            native.set_verdicts(candidates, [self._validate_smiles(c) for c in candidates])
+            native.replan(plan, documents, [texts[i] for i in documents], num_threads)
+            candidates, documents = plan.pending()
         spans = plan.spans()
         if spans:
             core = self.base._encoding._core_bpe
