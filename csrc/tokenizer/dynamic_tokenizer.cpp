@@ -487,7 +487,7 @@ void Encoder::check_balanced(std::string_view text) const {
   }
 }
 
-void Encoder::encode_one(std::string_view text, Plan& plan, size_t index) const {
+void Encoder::encode_one(std::string_view text, Plan& plan, size_t index, SpScratch& scratch) const {
   if (strict_tags_) check_balanced(text);
   Ctx ctx;
   if (!rules_validator_) ctx.pending = &plan.pending[index];
@@ -504,7 +504,6 @@ void Encoder::encode_one(std::string_view text, Plan& plan, size_t index) const 
   std::vector<int> stack;
   std::vector<SpPiece> pieces;
   std::string norm;
-  SpScratch scratch;
   for (const Item& it : its) {
     const int top = stack.empty() ? -1 : stack.back();
     switch (it.type) {
@@ -548,11 +547,13 @@ void Encoder::encode_one(std::string_view text, Plan& plan, size_t index) const 
 
 namespace {
 
+// fn(i, scratch) for i < n on up to `threads` threads, each with its own SpScratch.
 template <class F>
 void parallel_for(size_t n, int threads, F&& fn) {
   const int workers = static_cast<int>(std::max<size_t>(1, std::min<size_t>(n, std::max(1, threads))));
   if (workers <= 1) {
-    for (size_t i = 0; i < n; ++i) fn(i);
+    SpScratch scratch;
+    for (size_t i = 0; i < n; ++i) fn(i, scratch);
     return;
   }
   std::atomic<size_t> next{0};
@@ -561,7 +562,8 @@ void parallel_for(size_t n, int threads, F&& fn) {
   for (int w = 0; w < workers; ++w) {
     pool.emplace_back([&, w] {
       try {
-        for (size_t i = next++; i < n; i = next++) fn(i);
+        SpScratch scratch;
+        for (size_t i = next++; i < n; i = next++) fn(i, scratch);
       } catch (const std::exception& e) {
         errors[w] = e.what();
         next = n;
@@ -589,7 +591,7 @@ std::unique_ptr<Plan> Encoder::plan(const std::vector<std::string>& texts, int t
   p->spans.resize(texts.size());
   p->span_domain.resize(texts.size());
   p->pending.resize(texts.size());
-  parallel_for(texts.size(), threads, [&](size_t i) { encode_one(texts[i], *p, i); });
+  parallel_for(texts.size(), threads, [&](size_t i, SpScratch& scratch) { encode_one(texts[i], *p, i, scratch); });
   return p;
 }
 
@@ -603,7 +605,8 @@ void Encoder::replan(Plan& plan, const std::vector<size_t>& which, const std::ve
     plan.span_domain[i].clear();
     plan.pending[i].clear();
   }
-  parallel_for(texts.size(), threads, [&](size_t j) { encode_one(texts[j], plan, which[j]); });
+  parallel_for(texts.size(), threads,
+               [&](size_t j, SpScratch& scratch) { encode_one(texts[j], plan, which[j], scratch); });
 }
 
 std::vector<std::vector<int32_t>> Encoder::assemble(const Plan& plan, const std::vector<int32_t>& ids,

@@ -38,12 +38,12 @@ struct SpScratch {
     bool freeze;
   };
   struct Pair {
-    uint64_t key;  // merged piece's score, then leftmost first (see agenda_key)
-    uint32_t right;
+    uint32_t left, right;
     uint32_t size;  // bytes of the merged text: the pair is stale once either side has merged since
   };
   std::vector<Symbol> symbols;
-  std::vector<Pair> agenda;
+  std::vector<std::vector<Pair>> buckets;  // candidate pairs by rank of the merged piece (empty between calls)
+  std::vector<uint64_t> occupied;          // bit per non-empty bucket
 };
 
 class SpBpeModel {
@@ -71,8 +71,10 @@ class SpBpeModel {
   struct MergeSlot {
     uint64_t key;  // left << 32 | right; kNoMerge when empty
     int id;
-    float score;
+    uint32_t rank;
   };
+  std::vector<uint32_t> rank_of_;  // piece id -> place of its score among the distinct scores, best first
+  uint32_t ranks_ = 0;
   static constexpr uint64_t kNoMerge = ~uint64_t{0};
   std::vector<MergeSlot> merges_;
   int merge_shift_ = 64;
@@ -135,7 +137,7 @@ class Encoder {
   void split_one(std::string_view text, size_t k, std::vector<Item>& out, Ctx& ctx) const;
   std::vector<Item> items(std::string_view text, Ctx& ctx) const;
   void check_balanced(std::string_view text) const;
-  void encode_one(std::string_view text, Plan& plan, size_t index) const;
+  void encode_one(std::string_view text, Plan& plan, size_t index, SpScratch& scratch) const;
 
   std::vector<TokenEntry> tokens_;
   bool token_first_byte_[256] = {};

@@ -2,7 +2,7 @@
 // normalization flags (dummy prefix, extra-whitespace removal, space escaping), user-defined symbols,
 // score-ordered pair merges (ties: leftmost), and consecutive unknown pieces merged into one.
 #include <algorithm>
-#include <cstring>
+#include <functional>
 #include <stdexcept>
 
 #include "dynamic_tokenizer.h"
@@ -26,15 +26,6 @@ uint64_t merge_key(int left, int right) {
 }
 
 size_t merge_hash(uint64_t key, int shift) { return static_cast<size_t>((key * 0x9E3779B97F4A7C15ull) >> shift); }
-
-// Heap key of a candidate pair: higher merged-piece score first, then the leftmost pair (sentencepiece's order).
-uint64_t agenda_key(float score, uint32_t left) {
-  if (score == 0.0f) score = 0.0f;  // -0 ties with +0, as in a float comparison
-  uint32_t bits;
-  std::memcpy(&bits, &score, sizeof bits);
-  bits = (bits & 0x80000000u) ? ~bits : bits | 0x80000000u;  // order-preserving map of the float onto uint32
-  return (static_cast<uint64_t>(bits) << 32) | (0xFFFFFFFFu - left);
-}
 
 }  // namespace
 
@@ -69,11 +60,22 @@ void SpBpeModel::init(std::vector<std::string> pieces, std::vector<float> scores
     slots *= 2;
     --merge_shift_;
   }
-  merges_.assign(slots, MergeSlot{kNoMerge, -1, 0.0f});
+  // Rank of a piece: its place among the distinct scores, best first (equal scores tie, as floats compare).
+  std::vector<float> distinct(scores_);
+  for (float& f : distinct) f = f == 0.0f ? 0.0f : f;  // -0 == +0
+  std::sort(distinct.begin(), distinct.end(), std::greater<float>());
+  distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
+  ranks_ = static_cast<uint32_t>(distinct.size());
+  rank_of_.resize(scores_.size());
+  for (size_t i = 0; i < scores_.size(); ++i) {
+    rank_of_[i] = static_cast<uint32_t>(std::lower_bound(distinct.begin(), distinct.end(), scores_[i],
+                                                         std::greater<float>()) - distinct.begin());
+  }
+  merges_.assign(slots, MergeSlot{kNoMerge, -1, 0});
   for (const auto& [key, id] : merges) {
     size_t slot = merge_hash(key, merge_shift_);
     while (merges_[slot].key != kNoMerge) slot = (slot + 1) & (slots - 1);
-    merges_[slot] = {key, id, scores_[id]};
+    merges_[slot] = {key, id, rank_of_[id]};
   }
   for (int c = 0; c < 128; ++c) byte_ids_[c] = lookup(std::string_view(reinterpret_cast<const char*>(&c), 1));
 }
@@ -130,10 +132,9 @@ void SpBpeModel::encode(std::string_view text, std::string& norm, std::vector<Sp
                         SpScratch& scratch) const {
   normalize(text, norm);
   if (norm.empty()) return;
+  using Pair = SpScratch::Pair;
   std::vector<SpScratch::Symbol>& symbols = scratch.symbols;
-  std::vector<SpScratch::Pair>& agenda = scratch.agenda;
   symbols.clear();
-  agenda.clear();
   const std::string_view s(norm);
   for (size_t pos = 0; pos < s.size();) {
     size_t len = 0;
@@ -153,48 +154,69 @@ void SpBpeModel::encode(std::string_view text, std::string& norm, std::vector<Sp
                        static_cast<uint32_t>(len), id, freeze});
     pos += len;
   }
-  // The id of the piece that symbols `left` + `right` merge into (-1: none); `score` receives its score.
-  const auto merged = [&](const SpScratch::Symbol& l, const SpScratch::Symbol& r, float* score) {
+  // The agenda: candidate pairs bucketed by the rank of the piece they merge into (best score first), each bucket
+  // a min-heap on the left position (sentencepiece's tie order), with a bitmap of the non-empty buckets.
+  if (scratch.buckets.size() < ranks_) scratch.buckets.resize(ranks_);
+  if (scratch.occupied.size() * 64 < ranks_) scratch.occupied.resize((ranks_ + 63) / 64, 0);
+  std::vector<std::vector<Pair>>& buckets = scratch.buckets;
+  std::vector<uint64_t>& occupied = scratch.occupied;
+  uint32_t lowest = UINT32_MAX;  // no non-empty bucket below this rank
+  const auto later = [](const Pair& a, const Pair& b) { return a.left > b.left; };
+  // The id of the piece that symbols `l` + `r` merge into (-1: none); `rank` receives its rank.
+  const auto merged = [&](const SpScratch::Symbol& l, const SpScratch::Symbol& r, uint32_t* rank) {
     if (l.id >= 0 && r.id >= 0) {
       const MergeSlot* m = merge_of(l.id, r.id);
       if (m == nullptr) return -1;
-      *score = m->score;
+      *rank = m->rank;
       return m->id;
     }
     const int id = lookup(s.substr(l.start, l.len + r.len));  // a symbol that is no piece: only the string tells
-    if (id >= 0) *score = scores_[id];
+    if (id >= 0) *rank = rank_of_[id];
     return id;
   };
-  const auto candidate = [&](int left, int right) {
+  const auto push = [&](int left, int right) {
+    if (left < 0 || right < 0) return;
     const SpScratch::Symbol& l = symbols[left];
     const SpScratch::Symbol& r = symbols[right];
-    float score;
-    if (l.freeze || r.freeze || merged(l, r, &score) < 0) return false;
-    agenda.push_back({agenda_key(score, static_cast<uint32_t>(left)), static_cast<uint32_t>(right), l.len + r.len});
+    uint32_t rank;
+    if (l.freeze || r.freeze || merged(l, r, &rank) < 0) return;
+    std::vector<Pair>& bucket = buckets[rank];
+    bucket.push_back({static_cast<uint32_t>(left), static_cast<uint32_t>(right), l.len + r.len});
+    std::push_heap(bucket.begin(), bucket.end(), later);
+    occupied[rank >> 6] |= uint64_t{1} << (rank & 63);
+    lowest = std::min(lowest, rank);
+  };
+  const auto pop = [&](Pair* top) {
+    if (lowest == UINT32_MAX) return false;
+    size_t word = lowest >> 6;
+    uint64_t bits = occupied[word] & (~uint64_t{0} << (lowest & 63));
+    while (bits == 0) {
+      if (++word == occupied.size()) return false;
+      bits = occupied[word];
+    }
+    const uint32_t rank = static_cast<uint32_t>(word * 64 + __builtin_ctzll(bits));
+    lowest = rank;
+    std::vector<Pair>& bucket = buckets[rank];
+    std::pop_heap(bucket.begin(), bucket.end(), later);
+    *top = bucket.back();
+    bucket.pop_back();
+    if (bucket.empty()) occupied[word] &= ~(uint64_t{1} << (rank & 63));
     return true;
   };
-  const auto worse = [](const SpScratch::Pair& a, const SpScratch::Pair& b) { return a.key < b.key; };
-  for (size_t i = 1; i < symbols.size(); ++i) candidate(static_cast<int>(i) - 1, static_cast<int>(i));
-  std::make_heap(agenda.begin(), agenda.end(), worse);
-  const auto push = [&](int left, int right) {
-    if (left >= 0 && right >= 0 && candidate(left, right)) std::push_heap(agenda.begin(), agenda.end(), worse);
-  };
-  while (!agenda.empty()) {
-    std::pop_heap(agenda.begin(), agenda.end(), worse);
-    const SpScratch::Pair top = agenda.back();
-    agenda.pop_back();
-    const int left = static_cast<int>(0xFFFFFFFFu - static_cast<uint32_t>(top.key));
-    SpScratch::Symbol& l = symbols[left];
+  for (size_t i = 1; i < symbols.size(); ++i) push(static_cast<int>(i) - 1, static_cast<int>(i));
+  Pair top;
+  while (pop(&top)) {
+    SpScratch::Symbol& l = symbols[top.left];
     SpScratch::Symbol& r = symbols[top.right];
     if (l.len == 0 || r.len == 0 || l.len + r.len != top.size) continue;  // stale: a side has merged since
-    float score;
-    l.id = merged(l, r, &score);
+    uint32_t rank;
+    l.id = merged(l, r, &rank);
     l.len += r.len;
     l.next = r.next;
-    if (r.next >= 0) symbols[r.next].prev = left;
+    if (r.next >= 0) symbols[r.next].prev = static_cast<int>(top.left);
     r.len = 0;
-    push(l.prev, left);
-    push(left, l.next);
+    push(l.prev, static_cast<int>(top.left));
+    push(static_cast<int>(top.left), l.next);
   }
   bool last_unknown = false;
   for (int i = 0; i >= 0 && !symbols.empty(); i = symbols[i].next) {

@@ -60,15 +60,30 @@ def _model(**flags):
     return buf.getvalue()
 
 
-@pytest.fixture(scope="module", params=["ours", "sentencepiece-defaults", "user-defined"])
+def _tied_scores(proto: bytes) -> bytes:
+    """The model with two score values only, so that most candidate merges tie (sentencepiece then merges the
+    leftmost pair)."""
+    pytest.importorskip("google.protobuf")
+    from sentencepiece import sentencepiece_model_pb2
+
+    model = sentencepiece_model_pb2.ModelProto.FromString(proto)
+    for i, piece in enumerate(model.pieces):
+        piece.score = -float(i % 2)
+    return model.SerializeToString()
+
+
+@pytest.fixture(scope="module", params=["ours", "sentencepiece-defaults", "user-defined", "tied-scores"])
 def sp_pair(request):
     from megatron_s1 import _tokenizer
     from megatron_s1.tokenizer.domain import read_model_proto
 
     flags = {"ours": dict(add_dummy_prefix=False, remove_extra_whitespaces=False),
              "sentencepiece-defaults": {},
-             "user-defined": dict(user_defined_symbols=["[nH]", "Cl", "C1=C"], add_dummy_prefix=False)}
+             "user-defined": dict(user_defined_symbols=["[nH]", "Cl", "C1=C"], add_dummy_prefix=False),
+             "tied-scores": dict(add_dummy_prefix=False, remove_extra_whitespaces=False)}
     proto = _model(**flags[request.param])
+    if request.param == "tied-scores":
+        proto = _tied_scores(proto)
     info = read_model_proto(proto)
     assert info.native_unsupported_reason() is None
     enc = _tokenizer.Encoder([], [dict(offset=0, pieces=info.pieces, scores=info.scores, types=info.types,
@@ -86,3 +101,12 @@ def test_native_sentencepiece_bpe_matches_library(sp_pair, text):
     got = enc.encode_domain(0, text)
     assert [p for p, _ in got] == sp.encode(text, out_type=str)
     assert [i for _, i in got] == sp.encode(text)
+
+
+def test_native_sentencepiece_bpe_matches_library_on_real_smiles(sp_pair):
+    enc, sp = sp_pair
+    docs = [s for p in data_files()["smiles_nci"] for s in read_documents(p)][2000:2600]
+    assert len(docs) == 600
+    docs += [" ".join(docs[i:i + 3]) for i in range(0, 60, 3)]  # spaces: dummy prefix, whitespace flags
+    assert [enc.encode_domain(0, d) for d in docs] == [list(zip(sp.encode(d, out_type=str), sp.encode(d)))
+                                                       for d in docs]
