@@ -115,6 +115,10 @@ PYBIND11_MODULE(_tokenizer, m) {
       .def(py::init(&make_encoder), py::arg("tokens"), py::arg("domains"), py::arg("detectors"),
            py::arg("decimal_digits"), py::arg("rules_validator"), py::arg("strict_tags"), py::arg("rescan_detected"),
            py::arg("protein_skips_nucleotides"))
+      .def("set_base_vocabulary", &Encoder::set_base_vocabulary, py::arg("tokens"), py::arg("ids"),
+           "tiktoken's mergeable ranks (bytes, id): ASCII base-BPE text is then encoded in C++")
+      .def("encode_base_ascii", &Encoder::encode_base_ascii, py::arg("text"),
+           "base-BPE ids of ASCII text (None for other text or without a base vocabulary; testing hook)")
       .def("set_verdicts", &Encoder::set_verdicts, py::arg("candidates"), py::arg("verdicts"))
       .def(
           "plan",

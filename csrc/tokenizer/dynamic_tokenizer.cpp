@@ -495,9 +495,23 @@ void Encoder::encode_one(std::string_view text, Plan& plan, size_t index, SpScra
   std::vector<int32_t>& ops = plan.ops[index];
   std::vector<std::string>& spans = plan.spans[index];
   std::vector<int>& span_domain = plan.span_domain[index];
+  std::vector<int32_t> base_ids;
   auto add_span = [&](std::string_view s, int domain) {
     if (s.empty()) return;
-    spans.push_back(s.find("\xe2\x96\x81") == std::string_view::npos ? std::string(s) : space_symbol_to_space(s));
+    std::string text = s.find("\xe2\x96\x81") == std::string_view::npos ? std::string(s) : space_symbol_to_space(s);
+    base_ids.clear();
+    if (base_ && base_->encode_ascii(text, base_ids)) {
+      for (int32_t id : base_ids) {
+        if (domain >= 0) {  // as assemble() does for a span
+          const auto& remap = domains_[domain]->base_remap;
+          const auto it = remap.find(id);
+          if (it != remap.end()) id = it->second;
+        }
+        ops.push_back(id);
+      }
+      return;
+    }
+    spans.push_back(std::move(text));
     span_domain.push_back(domain);
     ops.push_back(-static_cast<int32_t>(spans.size()));
   };
@@ -578,6 +592,12 @@ void parallel_for(size_t n, int threads, F&& fn) {
 
 }  // namespace
 
+void Encoder::set_base_vocabulary(const std::vector<std::string>& tokens, const std::vector<int>& ids) {
+  auto base = std::make_unique<ByteLevelBpe>();
+  base->init(tokens, ids);
+  base_ = std::move(base);
+}
+
 void Encoder::set_verdicts(const std::vector<std::string>& candidates, const std::vector<bool>& verdicts) {
   if (candidates.size() != verdicts.size()) throw std::invalid_argument("candidates/verdicts length mismatch");
   std::lock_guard<std::mutex> lock(verdict_mutex_);
@@ -650,6 +670,12 @@ std::vector<std::pair<std::string, int>> Encoder::encode_domain(int domain, cons
   std::vector<std::pair<std::string, int>> out;
   for (const SpPiece& p : pieces) out.emplace_back(norm.substr(p.start, p.len), p.id);
   return out;
+}
+
+std::optional<std::vector<int32_t>> Encoder::encode_base_ascii(const std::string& text) const {
+  std::vector<int32_t> ids;
+  if (!base_ || !base_->encode_ascii(text, ids)) return std::nullopt;
+  return ids;
 }
 
 bool Encoder::rules_ok(const std::string& candidate) const {

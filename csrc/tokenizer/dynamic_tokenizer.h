@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -82,6 +83,23 @@ class SpBpeModel {
   int byte_ids_[128];  // single ASCII character -> piece id (-1: none)
 };
 
+// Byte-level BPE (tiktoken's CoreBPE.encode_ordinary with the Qwen2 pre-tokenizer) for ASCII text.
+class ByteLevelBpe {
+ public:
+  void init(const std::vector<std::string>& tokens, const std::vector<int>& ids);
+  // Appends the ids of `text` and returns true when it is all ASCII; else appends nothing and returns false.
+  bool encode_ascii(std::string_view text, std::vector<int32_t>& out) const;
+
+ private:
+  static size_t pretoken_end(std::string_view s, size_t i);
+  static constexpr int kNoRank = INT32_MAX;
+  int rank(std::string_view bytes) const;
+  bool encode_piece(std::string_view piece, std::vector<int32_t>& out,
+                    std::vector<std::pair<size_t, int>>& parts) const;
+  std::vector<std::string> tokens_;
+  std::unordered_map<std::string_view, int> ranks_;  // token bytes -> id (= merge rank)
+};
+
 struct TokenEntry {
   std::string text;
   int kind;
@@ -105,6 +123,9 @@ class Encoder {
           bool rules_validator, bool strict_tags, bool rescan_detected, bool protein_skips_nucleotides);
 
   void set_verdicts(const std::vector<std::string>& candidates, const std::vector<bool>& verdicts);
+  // The base vocabulary (tiktoken's mergeable ranks): ASCII base-BPE text is then encoded here, not returned as
+  // a span for tiktoken.
+  void set_base_vocabulary(const std::vector<std::string>& tokens, const std::vector<int>& ids);
   std::unique_ptr<Plan> plan(const std::vector<std::string>& texts, int threads) const;
   // Plans texts[j] again as document which[j] of `plan` (after set_verdicts answered its pending candidates).
   void replan(Plan& plan, const std::vector<size_t>& which, const std::vector<std::string>& texts, int threads) const;
@@ -115,6 +136,7 @@ class Encoder {
   // Testing hooks.
   std::vector<std::pair<std::string, int>> encode_domain(int domain, const std::string& text) const;
   bool rules_ok(const std::string& candidate) const;
+  std::optional<std::vector<int32_t>> encode_base_ascii(const std::string& text) const;
   std::vector<std::pair<size_t, size_t>> smiles_matches(const std::string& text) const;
 
   const SpBpeModel& domain(int i) const { return *domains_[i]; }
@@ -143,6 +165,7 @@ class Encoder {
   bool token_first_byte_[256] = {};
   std::vector<std::vector<int>> tokens_by_byte_;  // first byte -> token indices, longest first
   std::vector<std::unique_ptr<SpBpeModel>> domains_;
+  std::unique_ptr<ByteLevelBpe> base_;  // null: every base-BPE stretch is a span
   std::vector<std::pair<int, int>> detectors_;  // (kind, domain)
   std::vector<std::pair<uint32_t, uint32_t>> decimal_ranges_;
   bool rules_validator_;

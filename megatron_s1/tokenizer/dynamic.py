@@ -351,9 +351,12 @@ class DynamicTokenizer:
                                 escape_whitespaces=info.escape_whitespaces, added_override=override,
                                 base_remap=remap))
         detectors = [(d.kind, d.domain) for d in self.detectors]
-        return _tokenizer.Encoder(tokens, domains, detectors, unicode_decimal_digits(),
-                                  self.validator_kind == "rules", self.on_unbalanced == "error",
-                                  bool(self.layout.rescan_detected), bool(self.layout.protein_skips_nucleotides))
+        encoder = _tokenizer.Encoder(tokens, domains, detectors, unicode_decimal_digits(),
+                                     self.validator_kind == "rules", self.on_unbalanced == "error",
+                                     bool(self.layout.rescan_detected), bool(self.layout.protein_skips_nucleotides))
+        ranks = self.base._encoding._mergeable_ranks
+        encoder.set_base_vocabulary(list(ranks), list(ranks.values()))
+        return encoder
 
     def _encode_native(self, texts: list[str], num_threads: int) -> list[list[int]]:
         try:

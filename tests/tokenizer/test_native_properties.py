@@ -110,3 +110,44 @@ def test_native_sentencepiece_bpe_matches_library_on_real_smiles(sp_pair):
     docs += [" ".join(docs[i:i + 3]) for i in range(0, 60, 3)]  # spaces: dummy prefix, whitespace flags
     assert [enc.encode_domain(0, d) for d in docs] == [list(zip(sp.encode(d, out_type=str), sp.encode(d)))
                                                        for d in docs]
+
+
+ASCII_TEXT = st.one_of(
+    st.text(st.characters(max_codepoint=127), max_size=80),
+    st.lists(st.sampled_from(["'s", "'RE", "'ll", "'x", " ", "  ", "\n", "\r\n", " \n ", "\t", "\x0b", "\x1c",
+                              "Hello", " world", "x1", "2024", "...", " (", ")\n\n", "!!", "a'b", "don't"]),
+             max_size=30).map("".join),
+)
+
+
+@pytest.fixture(scope="module", params=["bundled", "qwen3"])
+def base_pair(request):
+    """(C++ encoder with the base vocabulary, tiktoken Encoding) for the bundled vocabulary and Qwen3's."""
+    from megatron_s1 import _tokenizer
+    from megatron_s1.tokenizer.bpe import ByteLevelBPETokenizer, bundled_tokenizer_dir
+
+    directory = bundled_tokenizer_dir()
+    if request.param == "qwen3":
+        from tests.conftest import reference_path
+        directory = reference_path("intern-s1-pro")
+    encoding = ByteLevelBPETokenizer(directory)._encoding
+    enc = _tokenizer.Encoder([], [], [], [], True, False, False, False)
+    enc.set_base_vocabulary(list(encoding._mergeable_ranks), list(encoding._mergeable_ranks.values()))
+    return enc, encoding
+
+
+@settings(max_examples=300, deadline=None)
+@given(ASCII_TEXT)
+def test_native_ascii_base_bpe_matches_tiktoken(base_pair, text):
+    enc, encoding = base_pair
+    assert enc.encode_base_ascii(text) == encoding.encode_ordinary(text)
+
+
+def test_native_ascii_base_bpe_matches_tiktoken_on_prose(base_pair):
+    from megatron_s1.tokenizer.testing import prose_documents
+
+    enc, encoding = base_pair
+    docs = [d for d in prose_documents(10_000) if d.isascii()]
+    assert len(docs) > 50
+    assert [enc.encode_base_ascii(d) for d in docs] == [encoding.encode_ordinary(d) for d in docs]
+    assert enc.encode_base_ascii("caf\u00e9") is None  # not ASCII: left to tiktoken
