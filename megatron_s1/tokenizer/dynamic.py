@@ -98,10 +98,12 @@ class DynamicTokenizer:
             if dm.unk_id != 0:
                 raise TokenizerLayoutError(f"{dm.path}: unk_id is {dm.unk_id}; the dynamic tokenizer needs the "
                                            "unknown piece at id 0 (retrain with unk_id=0)")
-        self._vocab = self._without_placeholders(read_vocab(directory), read_added_tokens(directory))
+        added = read_added_tokens(directory)
+        self._check_domain_ranges(added)
+        self._vocab = self._without_placeholders(read_vocab(directory), added)
         self.base = ByteLevelBPETokenizer(directory, vocab=self._vocab)
         self.added_tokens: dict[str, int] = dict(self.base.added_tokens)
-        self._check_ranges()
+        self._check_base_range()
         self._build_token_table()
         self._build_domain_tables()
         self.detectors = [make_detector(kind, spec_idx, bool(self.layout.protein_skips_nucleotides))
@@ -125,35 +127,44 @@ class DynamicTokenizer:
         return cls(directory, **kwargs)
 
     # ----------------------------------------------------------------------------------------------- setup
+    def _domain_ranges(self) -> list[tuple[str, int, int]]:
+        return [(f"domain {dm.name}", dm.offset, dm.offset + dm.size) for dm in self.domains]
+
+    def _check_domain_ranges(self, added: dict[str, int]) -> None:
+        """Domains apart from each other and from every added token (checked before vocab.json is read, so a
+        misplaced offset is reported as such rather than as the vocab.json entries it lands on)."""
+        for dm in self.domains:
+            if dm.offset < 0:
+                raise TokenizerLayoutError(f"domain {dm.name}: negative offset {dm.offset}; fix it in the manifest")
+        check_id_ranges(self._domain_ranges())
+        check_single_ids(self._domain_ranges(), added)
+
     def _without_placeholders(self, vocab: dict[str, int], added: dict[str, int]) -> dict[str, int]:
-        """vocab.json less the releases' ``<|NAME_piece|>`` entries at domain ids; any other entry there collides."""
+        """vocab.json less the releases' ``<|NAME_piece|>`` entries at domain ids; any other entry there collides
+        (the lowest such id is reported)."""
         ranges = [(dm, dm.offset, dm.offset + dm.size) for dm in self.domains]
-        plain = {}
+        plain, collisions = {}, []
         for token, token_id in vocab.items():
             domain = next((r for r in ranges if r[1] <= token_id < r[2]), None)
             if domain is None or token in added:
                 plain[token] = token_id
                 continue
             dm, start, end = domain
+            if token != placeholder_token(dm.name, dm.sp.id_to_piece(token_id - start)):
+                collisions.append((token_id, token, domain))
+        if collisions:
+            token_id, token, (dm, start, end) = min(collisions, key=lambda c: c[0])
             expected = placeholder_token(dm.name, dm.sp.id_to_piece(token_id - start))
-            if token != expected:
-                raise TokenizerLayoutError(
-                    f"offset collision: base vocabulary entry {token!r} (vocab.json id {token_id}) lies inside "
-                    f"domain {dm.name} ids [{start}, {end}) and is not that id's placeholder {expected!r}; move "
-                    "the domain offset "
-                    f"(tokenizer_config.json offset_{dm.name} or {MANIFEST}) or remove the entry")
+            raise TokenizerLayoutError(
+                f"offset collision: base vocabulary entry {token!r} (vocab.json id {token_id}) lies inside domain "
+                f"{dm.name} ids [{start}, {end}) and is not that id's placeholder {expected!r}; move the domain "
+                f"offset (tokenizer_config.json offset_{dm.name} or {MANIFEST}) or remove the entry")
         return plain
 
-    def _check_ranges(self) -> None:
+    def _check_base_range(self) -> None:
         plain = [v for k, v in self._vocab.items() if k not in self.added_tokens]
         self._base_end = max(plain) + 1 if plain else 0
-        domain_ranges = []
-        for dm in self.domains:
-            if dm.offset < 0:
-                raise TokenizerLayoutError(f"domain {dm.name}: negative offset {dm.offset}; fix it in the manifest")
-            domain_ranges.append((f"domain {dm.name}", dm.offset, dm.offset + dm.size))
-        check_id_ranges([("base vocabulary", 0, self._base_end)] + domain_ranges)
-        check_single_ids(domain_ranges, self.added_tokens)
+        check_id_ranges([("base vocabulary", 0, self._base_end)] + self._domain_ranges())
 
     def _build_token_table(self) -> None:
         """Which literal strings cut the text: added tokens, active tags, protect tags."""
