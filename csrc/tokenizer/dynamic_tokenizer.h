@@ -2,8 +2,9 @@
 //
 // Text (UTF-8, already NFC) is cut at added tokens, untagged stretches are scanned by the SMILES / protein /
 // DNA-RNA detectors, and each span is encoded by its domain's SentencePiece BPE model (re-implemented here:
-// identity normalizer, score-ordered pair merges, unknown runs merged). Base-BPE stretches are returned as
-// "spans" for tiktoken to encode; `assemble` splices their ids back.
+// identity normalizer, score-ordered pair merges, unknown runs merged). ASCII base-BPE stretches are encoded here
+// too (ByteLevelBpe); the others are returned as "spans" for tiktoken to encode, and `assemble` splices their ids
+// back.
 #pragma once
 
 #include <cstdint>
@@ -13,7 +14,6 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
-#include <unordered_set>
 #include <vector>
 
 namespace s1tok {
@@ -64,7 +64,6 @@ class SpBpeModel {
 
  private:
   std::vector<std::string> pieces_;
-  std::vector<float> scores_;
   int lookup(std::string_view s) const;
   std::unordered_map<std::string_view, int> piece_ids_;  // NORMAL / USER_DEFINED / UNUSED
   std::vector<std::string_view> user_defined_;            // longest first

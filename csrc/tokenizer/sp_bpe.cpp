@@ -1,6 +1,7 @@
 // SentencePiece BPE encoding (identity normalizer), matching the sentencepiece library's output:
 // normalization flags (dummy prefix, extra-whitespace removal, space escaping), user-defined symbols,
-// score-ordered pair merges (ties: leftmost), and consecutive unknown pieces merged into one.
+// score-ordered pair merges (ties: leftmost), and consecutive unknown pieces merged into one. Merges are looked up by
+// piece-id pairs and candidates kept in buckets by score rank, so no substring is hashed and no heap is kept.
 #include <algorithm>
 #include <functional>
 #include <stdexcept>
@@ -34,7 +35,6 @@ void SpBpeModel::init(std::vector<std::string> pieces, std::vector<float> scores
     throw std::invalid_argument("pieces, scores and types must have the same length");
   }
   pieces_ = std::move(pieces);
-  scores_ = std::move(scores);
   piece_ids_.clear();
   user_defined_.clear();
   for (size_t i = 0; i < pieces_.size(); ++i) {
@@ -61,14 +61,14 @@ void SpBpeModel::init(std::vector<std::string> pieces, std::vector<float> scores
     --merge_shift_;
   }
   // Rank of a piece: its place among the distinct scores, best first (equal scores tie, as floats compare).
-  std::vector<float> distinct(scores_);
+  std::vector<float> distinct(scores);
   for (float& f : distinct) f = f == 0.0f ? 0.0f : f;  // -0 == +0
   std::sort(distinct.begin(), distinct.end(), std::greater<float>());
   distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
   ranks_ = static_cast<uint32_t>(distinct.size());
-  rank_of_.resize(scores_.size());
-  for (size_t i = 0; i < scores_.size(); ++i) {
-    rank_of_[i] = static_cast<uint32_t>(std::lower_bound(distinct.begin(), distinct.end(), scores_[i],
+  rank_of_.resize(scores.size());
+  for (size_t i = 0; i < scores.size(); ++i) {
+    rank_of_[i] = static_cast<uint32_t>(std::lower_bound(distinct.begin(), distinct.end(), scores[i],
                                                          std::greater<float>()) - distinct.begin());
   }
   merges_.assign(slots, MergeSlot{kNoMerge, -1, 0});

@@ -10,8 +10,8 @@ auto-detected spans get no marker ids.
 Two implementations produce identical ids:
 
 * ``backend="python"`` — the reference: ``regex`` detection, the ``sentencepiece`` library, tiktoken for the base.
-* ``backend="native"`` — ``megatron_s1._tokenizer`` (C++): detection scan and SentencePiece BPE in C++, run over
-  a batch with the GIL released; base BPE spans still go through tiktoken's native encoder.
+* ``backend="native"`` — ``megatron_s1._tokenizer`` (C++): detection scan, SentencePiece BPE and the base BPE of
+  ASCII text in C++, run over a batch with the GIL released; other base-BPE text goes through tiktoken.
 
 Both load the released directories as they are and give the ids of the released ``InternS1Tokenizer`` code
 (``tests/tokenizer/test_release_parity.py`` compares them). Deliberate differences (only on pathological input):
