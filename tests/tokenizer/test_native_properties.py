@@ -60,6 +60,24 @@ def _model(**flags):
     return buf.getvalue()
 
 
+def _domain_encoder(proto: bytes):
+    """A C++ encoder holding one SentencePiece model (domain 0, offset 0) and nothing else."""
+    from megatron_s1 import _tokenizer
+    from megatron_s1.tokenizer.domain import read_model_proto
+
+    info = read_model_proto(proto)
+    assert info.native_unsupported_reason() is None
+    return _tokenizer.Encoder([], [dict(offset=0, pieces=info.pieces, scores=info.scores, types=info.types,
+                                        add_dummy_prefix=info.add_dummy_prefix,
+                                        remove_extra_whitespaces=info.remove_extra_whitespaces,
+                                        escape_whitespaces=info.escape_whitespaces, added_override={},
+                                        base_remap={})], [], [], True, False, False, False)
+
+
+def _library_pieces(sp, text: str) -> list[tuple[str, int]]:
+    return list(zip(sp.encode(text, out_type=str), sp.encode(text)))
+
+
 def _tied_scores(proto: bytes) -> bytes:
     """The model with two score values only, so that most candidate merges tie (sentencepiece then merges the
     leftmost pair)."""
@@ -74,9 +92,6 @@ def _tied_scores(proto: bytes) -> bytes:
 
 @pytest.fixture(scope="module", params=["ours", "sentencepiece-defaults", "user-defined", "tied-scores"])
 def sp_pair(request):
-    from megatron_s1 import _tokenizer
-    from megatron_s1.tokenizer.domain import read_model_proto
-
     flags = {"ours": dict(add_dummy_prefix=False, remove_extra_whitespaces=False),
              "sentencepiece-defaults": {},
              "user-defined": dict(user_defined_symbols=["[nH]", "Cl", "C1=C"], add_dummy_prefix=False),
@@ -84,14 +99,7 @@ def sp_pair(request):
     proto = _model(**flags[request.param])
     if request.param == "tied-scores":
         proto = _tied_scores(proto)
-    info = read_model_proto(proto)
-    assert info.native_unsupported_reason() is None
-    enc = _tokenizer.Encoder([], [dict(offset=0, pieces=info.pieces, scores=info.scores, types=info.types,
-                                       add_dummy_prefix=info.add_dummy_prefix,
-                                       remove_extra_whitespaces=info.remove_extra_whitespaces,
-                                       escape_whitespaces=info.escape_whitespaces, added_override={},
-                                       base_remap={})], [], [], True, False, False, False)
-    return enc, spm.SentencePieceProcessor(model_proto=proto)
+    return _domain_encoder(proto), spm.SentencePieceProcessor(model_proto=proto)
 
 
 @settings(max_examples=300, deadline=None)
@@ -108,8 +116,7 @@ def test_native_sentencepiece_bpe_matches_library_on_real_smiles(sp_pair):
     docs = [s for p in data_files()["smiles_nci"] for s in read_documents(p)][2000:2600]
     assert len(docs) == 600
     docs += [" ".join(docs[i:i + 3]) for i in range(0, 60, 3)]  # spaces: dummy prefix, whitespace flags
-    assert [enc.encode_domain(0, d) for d in docs] == [list(zip(sp.encode(d, out_type=str), sp.encode(d)))
-                                                       for d in docs]
+    assert [enc.encode_domain(0, d) for d in docs] == [_library_pieces(sp, d) for d in docs]
 
 
 ASCII_TEXT = st.one_of(
@@ -151,3 +158,16 @@ def test_native_ascii_base_bpe_matches_tiktoken_on_prose(base_pair):
     assert len(docs) > 50
     assert [enc.encode_base_ascii(d) for d in docs] == [encoding.encode_ordinary(d) for d in docs]
     assert enc.encode_base_ascii("caf\u00e9") is None  # not ASCII: left to tiktoken
+
+
+@pytest.mark.parametrize("name", ["SMILES", "PROT", "XNA"])
+def test_native_sentencepiece_bpe_matches_library_on_released_models(name):
+    """The Intern-S1-Pro release's own domain models, on real text of every kind (any model meets any text)."""
+    from megatron_s1.tokenizer.testing import release_corpus
+    from tests.conftest import reference_path
+
+    proto = open(reference_path("intern-s1-pro", f"tokenizer_{name}.model"), "rb").read()
+    enc, sp = _domain_encoder(proto), spm.SentencePieceProcessor(model_proto=proto)
+    docs = release_corpus("intern-s1-pro", limit=40)
+    assert len(docs) > 300
+    assert [enc.encode_domain(0, d) for d in docs] == [_library_pieces(sp, d) for d in docs]
