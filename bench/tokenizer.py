@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import sys
 import tempfile
 import time
@@ -29,7 +30,25 @@ from megatron_s1.tokenizer.testing import (build_test_directories, intern_s1_dir
                                            load_released_tokenizer, mixed_corpus, release_base, release_corpus,
                                            released_generation)
 
-PRO_RELEASE = os.path.join(os.path.dirname(REPO), "shared", "reference", "intern-s1-pro")
+# The released files: ../shared/reference beside the checkout (a worktree too, when ../shared is linked there) or
+# $S1_REFERENCE, as tests/conftest.py finds them.
+REFERENCE = os.environ.get("S1_REFERENCE", os.path.join(os.path.dirname(REPO), "shared", "reference"))
+PRO_RELEASE = os.path.join(REFERENCE, "intern-s1-pro")
+
+
+def environment() -> str:
+    """Machine, load and library versions, printed with the numbers."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def v(name):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "absent"
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (f"{os.cpu_count()} CPUs, load average {load}; Python {platform.python_version()}, tiktoken "
+            f"{v('tiktoken')}, sentencepiece {v('sentencepiece')}, transformers {v('transformers')}, "
+            f"rdkit {v('rdkit')}")
 
 
 def timed(fn, repeat):
@@ -92,6 +111,7 @@ def main() -> int:
         directory = build_test_directories(root)[args.layout]
         docs = mixed_corpus(args.docs)
         label = args.layout
+    print(environment())
     mb = sum(len(d.encode("utf-8")) for d in docs) / 1e6
     print(f"corpus: {len(docs)} documents, {mb:.2f} MB (prose, SMILES, protein, DNA/RNA, chat, tagged/untagged/"
           f"mixed); dir: {label}; threads: {args.threads}")

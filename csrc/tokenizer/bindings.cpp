@@ -3,6 +3,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <unordered_set>
+
 #include "dynamic_tokenizer.h"
 
 namespace py = pybind11;
@@ -52,6 +54,52 @@ py::list spans_of(const Plan& p) {
   return out;
 }
 
+// (unique SMILES candidates without a verdict, indices of the documents that met them)
+py::tuple pending_of(const Plan& p) {
+  std::unordered_set<std::string_view> seen;
+  py::list candidates, documents;
+  for (size_t i = 0; i < p.pending.size(); ++i) {
+    if (p.pending[i].empty()) continue;
+    documents.append(i);
+    for (const auto& c : p.pending[i]) {
+      if (seen.insert(c).second) candidates.append(py::str(c));
+    }
+  }
+  return py::make_tuple(candidates, documents);
+}
+
+// The ids of each document; span_ids: tiktoken's id list per span of plan.spans(). The Python objects are read
+// and built directly (the generic list casters cost more than the splicing itself).
+py::list assemble(const Encoder& e, const Plan& plan, const py::list& span_ids) {
+  std::vector<int32_t> ids;
+  std::vector<size_t> starts{0};
+  starts.reserve(PyList_GET_SIZE(span_ids.ptr()) + 1);
+  for (py::handle h : span_ids) {
+    PyObject* span = h.ptr();
+    if (!PyList_Check(span)) throw py::type_error("assemble: span_ids must be lists of ints");
+    const Py_ssize_t n = PyList_GET_SIZE(span);
+    for (Py_ssize_t j = 0; j < n; ++j) {
+      const long id = PyLong_AsLong(PyList_GET_ITEM(span, j));
+      if (id == -1 && PyErr_Occurred()) throw py::error_already_set();
+      ids.push_back(static_cast<int32_t>(id));
+    }
+    starts.push_back(ids.size());
+  }
+  std::vector<std::vector<int32_t>> docs;
+  {
+    py::gil_scoped_release release;
+    docs = e.assemble(plan, ids, starts);
+  }
+  py::list out(docs.size());
+  for (size_t t = 0; t < docs.size(); ++t) {
+    PyObject* list = PyList_New(static_cast<Py_ssize_t>(docs[t].size()));
+    if (list == nullptr) throw py::error_already_set();
+    for (size_t j = 0; j < docs[t].size(); ++j) PyList_SET_ITEM(list, j, PyLong_FromLong(docs[t][j]));
+    PyList_SET_ITEM(out.ptr(), t, list);
+  }
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_tokenizer, m) {
@@ -59,15 +107,18 @@ PYBIND11_MODULE(_tokenizer, m) {
 
   py::class_<Plan>(m, "Plan")
       .def("spans", &spans_of, "base-BPE texts of all documents, in order (encode each with tiktoken)")
+      .def("pending", &pending_of,
+           "(SMILES candidates without a verdict, documents that met them): set_verdicts, then replan those")
       .def("__len__", [](const Plan& p) { return p.ops.size(); });
 
   py::class_<Encoder>(m, "Encoder")
       .def(py::init(&make_encoder), py::arg("tokens"), py::arg("domains"), py::arg("detectors"),
            py::arg("decimal_digits"), py::arg("rules_validator"), py::arg("strict_tags"), py::arg("rescan_detected"),
            py::arg("protein_skips_nucleotides"))
-      .def("pending_smiles", &Encoder::pending_smiles, py::arg("texts"), py::arg("threads") = 1,
-           py::call_guard<py::gil_scoped_release>(),
-           "SMILES candidates that need an external (RDKit) verdict before plan()")
+      .def("set_base_vocabulary", &Encoder::set_base_vocabulary, py::arg("tokens"), py::arg("ids"),
+           "tiktoken's mergeable ranks (bytes, id): ASCII base-BPE text is then encoded in C++")
+      .def("encode_base_ascii", &Encoder::encode_base_ascii, py::arg("text"),
+           "base-BPE ids of ASCII text (None for other text or without a base vocabulary; testing hook)")
       .def("set_verdicts", &Encoder::set_verdicts, py::arg("candidates"), py::arg("verdicts"))
       .def(
           "plan",
@@ -81,21 +132,21 @@ PYBIND11_MODULE(_tokenizer, m) {
           },
           py::arg("texts"), py::arg("threads") = 1)
       .def(
-          "assemble",
-          [](const Encoder& e, const Plan& p, const std::vector<std::vector<int32_t>>& ids) {
-            std::vector<std::vector<int32_t>> out;
-            {
-              py::gil_scoped_release release;
-              out = e.assemble(p, ids);
-            }
-            return out;
+          "replan",
+          [](const Encoder& e, Plan& p, const std::vector<size_t>& which, const std::vector<std::string>& texts,
+             int threads) {
+            py::gil_scoped_release release;
+            e.replan(p, which, texts, threads);
           },
-          py::arg("plan"), py::arg("span_ids"))
+          py::arg("plan"), py::arg("which"), py::arg("texts"), py::arg("threads") = 1)
+      .def("assemble", &assemble, py::arg("plan"), py::arg("span_ids"))
       .def(
           "encode_domain",
           [](const Encoder& e, int domain, const std::string& text) {
             py::list out;
-            for (const auto& p : e.encode_domain(domain, text)) out.append(py::make_tuple(py::str(p.text), p.id));
+            for (const auto& [piece, id] : e.encode_domain(domain, text)) {
+              out.append(py::make_tuple(py::str(piece), id));
+            }
             return out;
           },
           py::arg("domain"), py::arg("text"), "[(piece, local id)] like SentencePieceProcessor.encode")

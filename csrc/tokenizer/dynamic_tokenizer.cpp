@@ -487,21 +487,37 @@ void Encoder::check_balanced(std::string_view text) const {
   }
 }
 
-void Encoder::encode_one(std::string_view text, Plan& plan, size_t index) const {
+void Encoder::encode_one(std::string_view text, Plan& plan, size_t index, SpScratch& scratch) const {
   if (strict_tags_) check_balanced(text);
   Ctx ctx;
+  if (!rules_validator_) ctx.pending = &plan.pending[index];
   const std::vector<Item> its = items(text, ctx);
   std::vector<int32_t>& ops = plan.ops[index];
   std::vector<std::string>& spans = plan.spans[index];
   std::vector<int>& span_domain = plan.span_domain[index];
+  std::vector<int32_t> base_ids;
   auto add_span = [&](std::string_view s, int domain) {
     if (s.empty()) return;
-    spans.push_back(s.find("\xe2\x96\x81") == std::string_view::npos ? std::string(s) : space_symbol_to_space(s));
+    std::string text = s.find("\xe2\x96\x81") == std::string_view::npos ? std::string(s) : space_symbol_to_space(s);
+    base_ids.clear();
+    if (base_ && base_->encode_ascii(text, base_ids)) {
+      for (int32_t id : base_ids) {
+        if (domain >= 0) {  // as assemble() does for a span
+          const auto& remap = domains_[domain]->base_remap;
+          const auto it = remap.find(id);
+          if (it != remap.end()) id = it->second;
+        }
+        ops.push_back(id);
+      }
+      return;
+    }
+    spans.push_back(std::move(text));
     span_domain.push_back(domain);
     ops.push_back(-static_cast<int32_t>(spans.size()));
   };
   std::vector<int> stack;
   std::vector<SpPiece> pieces;
+  std::string norm;
   for (const Item& it : its) {
     const int top = stack.empty() ? -1 : stack.back();
     switch (it.type) {
@@ -511,10 +527,10 @@ void Encoder::encode_one(std::string_view text, Plan& plan, size_t index) const 
         } else {
           const SpBpeModel& m = *domains_[top];
           pieces.clear();
-          m.encode(it.text, pieces);
-          for (SpPiece& p : pieces) {
+          m.encode(it.text, norm, pieces, scratch);
+          for (const SpPiece& p : pieces) {
             if (p.id == 0) {
-              add_span(p.text, top);  // fallback: base BPE, remapped through this domain
+              add_span(std::string_view(norm).substr(p.start, p.len), top);  // fallback: base BPE, remapped
             } else {
               auto o = m.added_override.find(p.id);
               ops.push_back(o != m.added_override.end() ? o->second : m.offset + p.id);
@@ -545,11 +561,13 @@ void Encoder::encode_one(std::string_view text, Plan& plan, size_t index) const 
 
 namespace {
 
+// fn(i, scratch) for i < n on up to `threads` threads, each with its own SpScratch.
 template <class F>
 void parallel_for(size_t n, int threads, F&& fn) {
   const int workers = static_cast<int>(std::max<size_t>(1, std::min<size_t>(n, std::max(1, threads))));
   if (workers <= 1) {
-    for (size_t i = 0; i < n; ++i) fn(i);
+    SpScratch scratch;
+    for (size_t i = 0; i < n; ++i) fn(i, scratch);
     return;
   }
   std::atomic<size_t> next{0};
@@ -558,7 +576,8 @@ void parallel_for(size_t n, int threads, F&& fn) {
   for (int w = 0; w < workers; ++w) {
     pool.emplace_back([&, w] {
       try {
-        for (size_t i = next++; i < n; i = next++) fn(i);
+        SpScratch scratch;
+        for (size_t i = next++; i < n; i = next++) fn(i, scratch);
       } catch (const std::exception& e) {
         errors[w] = e.what();
         next = n;
@@ -573,22 +592,10 @@ void parallel_for(size_t n, int threads, F&& fn) {
 
 }  // namespace
 
-std::vector<std::string> Encoder::pending_smiles(const std::vector<std::string>& texts, int threads) const {
-  if (rules_validator_) return {};
-  std::vector<std::vector<std::string>> per_text(texts.size());
-  parallel_for(texts.size(), threads, [&](size_t i) {
-    Ctx ctx;
-    ctx.pending = &per_text[i];
-    items(texts[i], ctx);
-  });
-  std::unordered_set<std::string> seen;
-  std::vector<std::string> out;
-  for (auto& v : per_text) {
-    for (auto& s : v) {
-      if (seen.insert(s).second) out.push_back(std::move(s));
-    }
-  }
-  return out;
+void Encoder::set_base_vocabulary(const std::vector<std::string>& tokens, const std::vector<int>& ids) {
+  auto base = std::make_unique<ByteLevelBpe>();
+  base->init(tokens, ids);
+  base_ = std::move(base);
 }
 
 void Encoder::set_verdicts(const std::vector<std::string>& candidates, const std::vector<bool>& verdicts) {
@@ -603,12 +610,27 @@ std::unique_ptr<Plan> Encoder::plan(const std::vector<std::string>& texts, int t
   p->ops.resize(texts.size());
   p->spans.resize(texts.size());
   p->span_domain.resize(texts.size());
-  parallel_for(texts.size(), threads, [&](size_t i) { encode_one(texts[i], *p, i); });
+  p->pending.resize(texts.size());
+  parallel_for(texts.size(), threads, [&](size_t i, SpScratch& scratch) { encode_one(texts[i], *p, i, scratch); });
   return p;
 }
 
-std::vector<std::vector<int32_t>> Encoder::assemble(const Plan& plan,
-                                                    const std::vector<std::vector<int32_t>>& ids) const {
+void Encoder::replan(Plan& plan, const std::vector<size_t>& which, const std::vector<std::string>& texts,
+                     int threads) const {
+  if (which.size() != texts.size()) throw std::invalid_argument("replan: which/texts length mismatch");
+  for (size_t i : which) {
+    if (i >= plan.ops.size()) throw std::invalid_argument("replan: document index out of range");
+    plan.ops[i].clear();
+    plan.spans[i].clear();
+    plan.span_domain[i].clear();
+    plan.pending[i].clear();
+  }
+  parallel_for(texts.size(), threads,
+               [&](size_t j, SpScratch& scratch) { encode_one(texts[j], plan, which[j], scratch); });
+}
+
+std::vector<std::vector<int32_t>> Encoder::assemble(const Plan& plan, const std::vector<int32_t>& ids,
+                                                    const std::vector<size_t>& starts) const {
   std::vector<std::vector<int32_t>> out(plan.ops.size());
   size_t base = 0;
   for (size_t t = 0; t < plan.ops.size(); ++t) {
@@ -619,31 +641,41 @@ std::vector<std::vector<int32_t>> Encoder::assemble(const Plan& plan,
         dst.push_back(op);
         continue;
       }
-      const size_t k = static_cast<size_t>(-op - 1);
-      if (base + k >= ids.size()) throw std::invalid_argument("assemble: fewer span encodings than spans");
-      const int domain = plan.span_domain[t][k];
-      const auto& span = ids[base + k];
+      const size_t k = base + static_cast<size_t>(-op - 1);
+      if (k + 1 >= starts.size()) throw std::invalid_argument("assemble: fewer span encodings than spans");
+      const int domain = plan.span_domain[t][k - base];
+      const auto first = ids.begin() + starts[k], last = ids.begin() + starts[k + 1];
       if (domain < 0 || domains_[domain]->base_remap.empty()) {
-        dst.insert(dst.end(), span.begin(), span.end());
+        dst.insert(dst.end(), first, last);
       } else {
         const auto& remap = domains_[domain]->base_remap;
-        for (int32_t id : span) {
-          auto it = remap.find(id);
-          dst.push_back(it == remap.end() ? id : it->second);
+        for (auto id = first; id != last; ++id) {
+          auto it = remap.find(*id);
+          dst.push_back(it == remap.end() ? *id : it->second);
         }
       }
     }
     base += plan.spans[t].size();
   }
-  if (base != ids.size()) throw std::invalid_argument("assemble: more span encodings than spans");
+  if (base + 1 != starts.size()) throw std::invalid_argument("assemble: more span encodings than spans");
   return out;
 }
 
-std::vector<SpPiece> Encoder::encode_domain(int domain, const std::string& text) const {
+std::vector<std::pair<std::string, int>> Encoder::encode_domain(int domain, const std::string& text) const {
   if (domain < 0 || domain >= static_cast<int>(domains_.size())) throw std::out_of_range("domain index");
-  std::vector<SpPiece> out;
-  domains_[domain]->encode(text, out);
+  std::vector<SpPiece> pieces;
+  std::string norm;
+  SpScratch scratch;
+  domains_[domain]->encode(text, norm, pieces, scratch);
+  std::vector<std::pair<std::string, int>> out;
+  for (const SpPiece& p : pieces) out.emplace_back(norm.substr(p.start, p.len), p.id);
   return out;
+}
+
+std::optional<std::vector<int32_t>> Encoder::encode_base_ascii(const std::string& text) const {
+  std::vector<int32_t> ids;
+  if (!base_ || !base_->encode_ascii(text, ids)) return std::nullopt;
+  return ids;
 }
 
 bool Encoder::rules_ok(const std::string& candidate) const {

@@ -1,8 +1,9 @@
 // SentencePiece BPE encoding (identity normalizer), matching the sentencepiece library's output:
 // normalization flags (dummy prefix, extra-whitespace removal, space escaping), user-defined symbols,
-// score-ordered pair merges (ties: leftmost), and consecutive unknown pieces merged into one.
+// score-ordered pair merges (ties: leftmost), and consecutive unknown pieces merged into one. Merges are looked up by
+// piece-id pairs and candidates kept in buckets by score rank, so no substring is hashed and no heap is kept.
 #include <algorithm>
-#include <queue>
+#include <functional>
 #include <stdexcept>
 
 #include "dynamic_tokenizer.h"
@@ -21,6 +22,12 @@ size_t utf8_len(unsigned char c) {
   return 1;
 }
 
+uint64_t merge_key(int left, int right) {
+  return (static_cast<uint64_t>(static_cast<uint32_t>(left)) << 32) | static_cast<uint32_t>(right);
+}
+
+size_t merge_hash(uint64_t key, int shift) { return static_cast<size_t>((key * 0x9E3779B97F4A7C15ull) >> shift); }
+
 }  // namespace
 
 void SpBpeModel::init(std::vector<std::string> pieces, std::vector<float> scores, std::vector<int> types) {
@@ -28,7 +35,6 @@ void SpBpeModel::init(std::vector<std::string> pieces, std::vector<float> scores
     throw std::invalid_argument("pieces, scores and types must have the same length");
   }
   pieces_ = std::move(pieces);
-  scores_ = std::move(scores);
   piece_ids_.clear();
   user_defined_.clear();
   for (size_t i = 0; i < pieces_.size(); ++i) {
@@ -40,29 +46,48 @@ void SpBpeModel::init(std::vector<std::string> pieces, std::vector<float> scores
   }
   std::sort(user_defined_.begin(), user_defined_.end(),
             [](std::string_view a, std::string_view b) { return a.size() > b.size(); });
-  std::vector<std::vector<std::pair<int, int>>> by_left(pieces_.size());
+  std::vector<std::pair<uint64_t, int>> merges;  // (left << 32 | right, concatenated piece)
   for (const auto& [piece, id] : piece_ids_) {
     for (size_t k = 1; k < piece.size(); ++k) {
       const int left = lookup(piece.substr(0, k));
       const int right = lookup(piece.substr(k));
-      if (left >= 0 && right >= 0) by_left[left].emplace_back(right, id);
+      if (left >= 0 && right >= 0) merges.emplace_back(merge_key(left, right), id);
     }
   }
-  merge_start_.assign(1, 0);
-  merge_rights_.clear();
-  for (auto& v : by_left) {
-    std::sort(v.begin(), v.end());
-    merge_rights_.insert(merge_rights_.end(), v.begin(), v.end());
-    merge_start_.push_back(static_cast<uint32_t>(merge_rights_.size()));
+  size_t slots = 16;
+  merge_shift_ = 60;
+  while (slots < 2 * merges.size() + 1) {
+    slots *= 2;
+    --merge_shift_;
+  }
+  // Rank of a piece: its place among the distinct scores, best first (equal scores tie, as floats compare).
+  std::vector<float> distinct(scores);
+  for (float& f : distinct) f = f == 0.0f ? 0.0f : f;  // -0 == +0
+  std::sort(distinct.begin(), distinct.end(), std::greater<float>());
+  distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
+  ranks_ = static_cast<uint32_t>(distinct.size());
+  rank_of_.resize(scores.size());
+  for (size_t i = 0; i < scores.size(); ++i) {
+    rank_of_[i] = static_cast<uint32_t>(std::lower_bound(distinct.begin(), distinct.end(), scores[i],
+                                                         std::greater<float>()) - distinct.begin());
+  }
+  merges_.assign(slots, MergeSlot{kNoMerge, -1, 0});
+  for (const auto& [key, id] : merges) {
+    size_t slot = merge_hash(key, merge_shift_);
+    while (merges_[slot].key != kNoMerge) slot = (slot + 1) & (slots - 1);
+    merges_[slot] = {key, id, rank_of_[id]};
   }
   for (int c = 0; c < 128; ++c) byte_ids_[c] = lookup(std::string_view(reinterpret_cast<const char*>(&c), 1));
 }
 
-int SpBpeModel::merged_id(int left, int right) const {
-  const auto first = merge_rights_.begin() + merge_start_[left];
-  const auto last = merge_rights_.begin() + merge_start_[left + 1];
-  const auto it = std::lower_bound(first, last, std::make_pair(right, -1));
-  return it != last && it->first == right ? it->second : -1;
+const SpBpeModel::MergeSlot* SpBpeModel::merge_of(int left, int right) const {
+  const uint64_t key = merge_key(left, right);
+  const size_t mask = merges_.size() - 1;
+  for (size_t slot = merge_hash(key, merge_shift_);; slot = (slot + 1) & mask) {
+    const MergeSlot& m = merges_[slot];
+    if (m.key == key) return &m;
+    if (m.key == kNoMerge) return nullptr;
+  }
 }
 
 int SpBpeModel::lookup(std::string_view s) const {
@@ -70,14 +95,14 @@ int SpBpeModel::lookup(std::string_view s) const {
   return it == piece_ids_.end() ? -1 : it->second;
 }
 
-std::string SpBpeModel::normalize(std::string_view in) const {
-  std::string out;
-  if (in.empty()) return out;
+void SpBpeModel::normalize(std::string_view in, std::string& out) const {
+  out.clear();
+  if (in.empty()) return;
   size_t i = 0;
   if (remove_extra_whitespaces) {
     while (i < in.size() && in[i] == ' ') ++i;
   }
-  if (i == in.size()) return out;
+  if (i == in.size()) return;
   out.reserve(in.size() + 8);
   if (add_dummy_prefix) out += escape_whitespaces ? kSpaceSymbol : std::string(" ");
   bool prev_space = remove_extra_whitespaces;
@@ -101,86 +126,106 @@ std::string SpBpeModel::normalize(std::string_view in) const {
       out.resize(out.size() - space.size());
     }
   }
-  return out;
 }
 
-void SpBpeModel::encode(std::string_view text, std::vector<SpPiece>& out) const {
-  const std::string norm = normalize(text);
+void SpBpeModel::encode(std::string_view text, std::string& norm, std::vector<SpPiece>& out,
+                        SpScratch& scratch) const {
+  normalize(text, norm);
   if (norm.empty()) return;
-  struct Symbol {
-    int prev, next;
-    size_t start, len;
-    bool freeze;
-    int id;  // piece id of the symbol's text, -1 when it is no piece
-  };
-  struct Pair {
-    int left, right;
-    float score;
-    size_t size;
-    int id;
-  };
-  struct Worse {
-    bool operator()(const Pair& a, const Pair& b) const {
-      return a.score < b.score || (a.score == b.score && a.left > b.left);
-    }
-  };
-  std::vector<Symbol> symbols;
-  symbols.reserve(norm.size());
-  size_t pos = 0;
-  while (pos < norm.size()) {
+  using Pair = SpScratch::Pair;
+  std::vector<SpScratch::Symbol>& symbols = scratch.symbols;
+  symbols.clear();
+  const std::string_view s(norm);
+  for (size_t pos = 0; pos < s.size();) {
     size_t len = 0;
     bool freeze = false;
     for (std::string_view u : user_defined_) {
-      if (norm.compare(pos, u.size(), u) == 0) {
+      if (s.compare(pos, u.size(), u) == 0) {
         len = u.size();
         freeze = true;
         break;
       }
     }
-    if (!len) len = std::min(utf8_len(static_cast<unsigned char>(norm[pos])), norm.size() - pos);
-    const unsigned char first = norm[pos];
-    const int id = len == 1 && first < 128 ? byte_ids_[first] : lookup(std::string_view(norm).substr(pos, len));
+    if (!len) len = std::min(utf8_len(static_cast<unsigned char>(s[pos])), s.size() - pos);
+    const unsigned char first = s[pos];
+    const int id = len == 1 && first < 128 ? byte_ids_[first] : lookup(s.substr(pos, len));
     const int index = static_cast<int>(symbols.size());
-    symbols.push_back({index - 1, pos + len < norm.size() ? index + 1 : -1, pos, len, freeze, id});
+    symbols.push_back({index - 1, pos + len < s.size() ? index + 1 : -1, static_cast<uint32_t>(pos),
+                       static_cast<uint32_t>(len), id, freeze});
     pos += len;
   }
-  std::priority_queue<Pair, std::vector<Pair>, Worse> agenda;
-  auto maybe_add = [&](int left, int right) {
-    if (left < 0 || right < 0 || symbols[left].freeze || symbols[right].freeze) return;
-    const size_t size = symbols[left].len + symbols[right].len;
-    int id;
-    if (symbols[left].id >= 0 && symbols[right].id >= 0) {
-      id = merged_id(symbols[left].id, symbols[right].id);
-    } else {  // a symbol that is no piece: only the string can tell
-      id = lookup(std::string_view(norm).substr(symbols[left].start, size));
+  // The agenda: candidate pairs bucketed by the rank of the piece they merge into (best score first), each bucket
+  // a min-heap on the left position (sentencepiece's tie order), with a bitmap of the non-empty buckets.
+  if (scratch.buckets.size() < ranks_) scratch.buckets.resize(ranks_);
+  if (scratch.occupied.size() * 64 < ranks_) scratch.occupied.resize((ranks_ + 63) / 64, 0);
+  std::vector<std::vector<Pair>>& buckets = scratch.buckets;
+  std::vector<uint64_t>& occupied = scratch.occupied;
+  uint32_t lowest = UINT32_MAX;  // no non-empty bucket below this rank
+  const auto later = [](const Pair& a, const Pair& b) { return a.left > b.left; };
+  // The id of the piece that symbols `l` + `r` merge into (-1: none); `rank` receives its rank.
+  const auto merged = [&](const SpScratch::Symbol& l, const SpScratch::Symbol& r, uint32_t* rank) {
+    if (l.id >= 0 && r.id >= 0) {
+      const MergeSlot* m = merge_of(l.id, r.id);
+      if (m == nullptr) return -1;
+      *rank = m->rank;
+      return m->id;
     }
-    if (id < 0) return;
-    agenda.push({left, right, scores_[id], size, id});
+    const int id = lookup(s.substr(l.start, l.len + r.len));  // a symbol that is no piece: only the string tells
+    if (id >= 0) *rank = rank_of_[id];
+    return id;
   };
-  for (size_t i = 1; i < symbols.size(); ++i) maybe_add(static_cast<int>(i) - 1, static_cast<int>(i));
-  while (!agenda.empty()) {
-    const Pair top = agenda.top();
-    agenda.pop();
-    Symbol& l = symbols[top.left];
-    Symbol& r = symbols[top.right];
-    if (l.len == 0 || r.len == 0 || l.len + r.len != top.size) continue;
+  const auto push = [&](int left, int right) {
+    if (left < 0 || right < 0) return;
+    const SpScratch::Symbol& l = symbols[left];
+    const SpScratch::Symbol& r = symbols[right];
+    uint32_t rank;
+    if (l.freeze || r.freeze || merged(l, r, &rank) < 0) return;
+    std::vector<Pair>& bucket = buckets[rank];
+    bucket.push_back({static_cast<uint32_t>(left), static_cast<uint32_t>(right), l.len + r.len});
+    std::push_heap(bucket.begin(), bucket.end(), later);
+    occupied[rank >> 6] |= uint64_t{1} << (rank & 63);
+    lowest = std::min(lowest, rank);
+  };
+  const auto pop = [&](Pair* top) {
+    if (lowest == UINT32_MAX) return false;
+    size_t word = lowest >> 6;
+    uint64_t bits = occupied[word] & (~uint64_t{0} << (lowest & 63));
+    while (bits == 0) {
+      if (++word == occupied.size()) return false;
+      bits = occupied[word];
+    }
+    const uint32_t rank = static_cast<uint32_t>(word * 64 + __builtin_ctzll(bits));
+    lowest = rank;
+    std::vector<Pair>& bucket = buckets[rank];
+    std::pop_heap(bucket.begin(), bucket.end(), later);
+    *top = bucket.back();
+    bucket.pop_back();
+    if (bucket.empty()) occupied[word] &= ~(uint64_t{1} << (rank & 63));
+    return true;
+  };
+  for (size_t i = 1; i < symbols.size(); ++i) push(static_cast<int>(i) - 1, static_cast<int>(i));
+  Pair top;
+  while (pop(&top)) {
+    SpScratch::Symbol& l = symbols[top.left];
+    SpScratch::Symbol& r = symbols[top.right];
+    if (l.len == 0 || r.len == 0 || l.len + r.len != top.size) continue;  // stale: a side has merged since
+    uint32_t rank;
+    l.id = merged(l, r, &rank);
     l.len += r.len;
-    l.id = top.id;
     l.next = r.next;
-    if (r.next >= 0) symbols[r.next].prev = top.left;
+    if (r.next >= 0) symbols[r.next].prev = static_cast<int>(top.left);
     r.len = 0;
-    maybe_add(l.prev, top.left);
-    maybe_add(top.left, l.next);
+    push(l.prev, static_cast<int>(top.left));
+    push(static_cast<int>(top.left), l.next);
   }
   bool last_unknown = false;
   for (int i = 0; i >= 0 && !symbols.empty(); i = symbols[i].next) {
-    const Symbol& s = symbols[i];
-    std::string_view w = std::string_view(norm).substr(s.start, s.len);
-    const int id = s.id < 0 ? 0 : s.id;
+    const SpScratch::Symbol& sym = symbols[i];
+    const int id = sym.id < 0 ? 0 : sym.id;
     if (id == 0 && last_unknown) {
-      out.back().text.append(w);
+      out.back().len += sym.len;
     } else {
-      out.push_back({id, std::string(w)});
+      out.push_back({id, sym.start, sym.len});
     }
     last_unknown = id == 0;
   }

@@ -10,8 +10,8 @@ auto-detected spans get no marker ids.
 Two implementations produce identical ids:
 
 * ``backend="python"`` — the reference: ``regex`` detection, the ``sentencepiece`` library, tiktoken for the base.
-* ``backend="native"`` — ``megatron_s1._tokenizer`` (C++): detection scan and SentencePiece BPE in C++, run over
-  a batch with the GIL released; base BPE spans still go through tiktoken's native encoder.
+* ``backend="native"`` — ``megatron_s1._tokenizer`` (C++): detection scan, SentencePiece BPE and the base BPE of
+  ASCII text in C++, run over a batch with the GIL released; other base-BPE text goes through tiktoken.
 
 Both load the released directories as they are and give the ids of the released ``InternS1Tokenizer`` code
 (``tests/tokenizer/test_release_parity.py`` compares them). Deliberate differences (only on pathological input):
@@ -98,10 +98,12 @@ class DynamicTokenizer:
             if dm.unk_id != 0:
                 raise TokenizerLayoutError(f"{dm.path}: unk_id is {dm.unk_id}; the dynamic tokenizer needs the "
                                            "unknown piece at id 0 (retrain with unk_id=0)")
-        self._vocab = self._without_placeholders(read_vocab(directory), read_added_tokens(directory))
+        added = read_added_tokens(directory)
+        self._check_domain_ranges(added)
+        self._vocab = self._without_placeholders(read_vocab(directory), added)
         self.base = ByteLevelBPETokenizer(directory, vocab=self._vocab)
         self.added_tokens: dict[str, int] = dict(self.base.added_tokens)
-        self._check_ranges()
+        self._check_base_range()
         self._build_token_table()
         self._build_domain_tables()
         self.detectors = [make_detector(kind, spec_idx, bool(self.layout.protein_skips_nucleotides))
@@ -125,35 +127,44 @@ class DynamicTokenizer:
         return cls(directory, **kwargs)
 
     # ----------------------------------------------------------------------------------------------- setup
+    def _domain_ranges(self) -> list[tuple[str, int, int]]:
+        return [(f"domain {dm.name}", dm.offset, dm.offset + dm.size) for dm in self.domains]
+
+    def _check_domain_ranges(self, added: dict[str, int]) -> None:
+        """Domains apart from each other and from every added token (checked before vocab.json is read, so a
+        misplaced offset is reported as such rather than as the vocab.json entries it lands on)."""
+        for dm in self.domains:
+            if dm.offset < 0:
+                raise TokenizerLayoutError(f"domain {dm.name}: negative offset {dm.offset}; fix it in the manifest")
+        check_id_ranges(self._domain_ranges())
+        check_single_ids(self._domain_ranges(), added)
+
     def _without_placeholders(self, vocab: dict[str, int], added: dict[str, int]) -> dict[str, int]:
-        """vocab.json less the releases' ``<|NAME_piece|>`` entries at domain ids; any other entry there collides."""
+        """vocab.json less the releases' ``<|NAME_piece|>`` entries at domain ids; any other entry there collides
+        (the lowest such id is reported)."""
         ranges = [(dm, dm.offset, dm.offset + dm.size) for dm in self.domains]
-        plain = {}
+        plain, collisions = {}, []
         for token, token_id in vocab.items():
             domain = next((r for r in ranges if r[1] <= token_id < r[2]), None)
             if domain is None or token in added:
                 plain[token] = token_id
                 continue
             dm, start, end = domain
+            if token != placeholder_token(dm.name, dm.sp.id_to_piece(token_id - start)):
+                collisions.append((token_id, token, domain))
+        if collisions:
+            token_id, token, (dm, start, end) = min(collisions, key=lambda c: c[0])
             expected = placeholder_token(dm.name, dm.sp.id_to_piece(token_id - start))
-            if token != expected:
-                raise TokenizerLayoutError(
-                    f"offset collision: base vocabulary entry {token!r} (vocab.json id {token_id}) lies inside "
-                    f"domain {dm.name} ids [{start}, {end}) and is not that id's placeholder {expected!r}; move "
-                    "the domain offset "
-                    f"(tokenizer_config.json offset_{dm.name} or {MANIFEST}) or remove the entry")
+            raise TokenizerLayoutError(
+                f"offset collision: base vocabulary entry {token!r} (vocab.json id {token_id}) lies inside domain "
+                f"{dm.name} ids [{start}, {end}) and is not that id's placeholder {expected!r}; move the domain "
+                f"offset (tokenizer_config.json offset_{dm.name} or {MANIFEST}) or remove the entry")
         return plain
 
-    def _check_ranges(self) -> None:
+    def _check_base_range(self) -> None:
         plain = [v for k, v in self._vocab.items() if k not in self.added_tokens]
         self._base_end = max(plain) + 1 if plain else 0
-        domain_ranges = []
-        for dm in self.domains:
-            if dm.offset < 0:
-                raise TokenizerLayoutError(f"domain {dm.name}: negative offset {dm.offset}; fix it in the manifest")
-            domain_ranges.append((f"domain {dm.name}", dm.offset, dm.offset + dm.size))
-        check_id_ranges([("base vocabulary", 0, self._base_end)] + domain_ranges)
-        check_single_ids(domain_ranges, self.added_tokens)
+        check_id_ranges([("base vocabulary", 0, self._base_end)] + self._domain_ranges())
 
     def _build_token_table(self) -> None:
         """Which literal strings cut the text: added tokens, active tags, protect tags."""
@@ -351,9 +362,12 @@ class DynamicTokenizer:
                                 escape_whitespaces=info.escape_whitespaces, added_override=override,
                                 base_remap=remap))
         detectors = [(d.kind, d.domain) for d in self.detectors]
-        return _tokenizer.Encoder(tokens, domains, detectors, unicode_decimal_digits(),
-                                  self.validator_kind == "rules", self.on_unbalanced == "error",
-                                  bool(self.layout.rescan_detected), bool(self.layout.protein_skips_nucleotides))
+        encoder = _tokenizer.Encoder(tokens, domains, detectors, unicode_decimal_digits(),
+                                     self.validator_kind == "rules", self.on_unbalanced == "error",
+                                     bool(self.layout.rescan_detected), bool(self.layout.protein_skips_nucleotides))
+        ranks = self.base._encoding._mergeable_ranks
+        encoder.set_base_vocabulary(list(ranks), list(ranks.values()))
+        return encoder
 
     def _encode_native(self, texts: list[str], num_threads: int) -> list[list[int]]:
         try:
@@ -367,16 +381,18 @@ class DynamicTokenizer:
     def _encode_native_valid(self, texts: list[str], num_threads: int) -> list[list[int]]:
         texts = [_nfc(t) for t in texts]
         native = self._native
-        if self.validator_kind == "rdkit":
-            pending = native.pending_smiles(texts, num_threads)
-            if pending:
-                native.set_verdicts(pending, [self._validate_smiles(c) for c in pending])
         try:
             plan = native.plan(texts, num_threads)
         except ValueError as err:
             if str(err).startswith("unbalanced tag"):
                 raise UnbalancedTagError(str(err)) from None
             raise
+        # RDKit verdicts are cached in the encoder; documents that met uncached candidates are planned again
+        candidates, documents = plan.pending()
+        while candidates:
+            native.set_verdicts(candidates, [self._validate_smiles(c) for c in candidates])
+            native.replan(plan, documents, [texts[i] for i in documents], num_threads)
+            candidates, documents = plan.pending()
         spans = plan.spans()
         if spans:
             core = self.base._encoding._core_bpe

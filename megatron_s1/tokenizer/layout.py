@@ -146,14 +146,22 @@ def _layout_from_manifest(path: str) -> Layout:
                   data.get("rescan_detected"), data.get("protein_skips_nucleotides"))
 
 
+def release_generation(directory: str) -> str:
+    """'intern-s1-pro' when a PROT / XNA model or its offset is there (so a Pro directory missing its models is
+    reported as such), else 'intern-s1'."""
+    config = read_config(directory)
+    pro = any(os.path.exists(os.path.join(directory, f"tokenizer_{n}.model")) or f"offset_{n}" in config
+              for n in ("PROT", "XNA"))
+    return "intern-s1-pro" if pro else "intern-s1"
+
+
 def read_layout(directory: str) -> Layout:
     """The layout of `directory` (manifest, else Intern-S1-Pro, else Intern-S1); raises TokenizerLayoutError."""
     manifest = os.path.join(directory, MANIFEST)
     if os.path.exists(manifest):
         layout = _layout_from_manifest(manifest)
     else:
-        pro = any(os.path.exists(os.path.join(directory, f"tokenizer_{n}.model")) for n in ("PROT", "XNA"))
-        generation = "intern-s1-pro" if pro else "intern-s1"
+        generation = release_generation(directory)
         layout = release_layout(generation, _config_offsets(directory, generation))
     for d in layout.domains:
         if not os.path.exists(os.path.join(directory, d.model_file)):
@@ -177,7 +185,8 @@ def check_id_ranges(ranges: list[tuple[str, int, int]]) -> None:
         if start_b < end_a:
             raise TokenizerLayoutError(
                 f"offset collision: {name_b} ids [{start_b}, {end_b}) overlap {name_a} ids [{start_a}, {end_a}); "
-                f"move the offsets apart in {MANIFEST} (or rebuild with `megatron-s1 tokenizer build`)")
+                f"move the offsets apart (tokenizer_config.json offset_<NAME> or {MANIFEST}), or rebuild with "
+                "`megatron-s1 tokenizer build`")
 
 
 def placeholder_token(domain: str, piece: str) -> str:
@@ -185,11 +194,13 @@ def placeholder_token(domain: str, piece: str) -> str:
     return f"<|{domain}_{piece}|>"
 
 
-def check_single_ids(base_ranges: list[tuple[str, int, int]], added: dict[str, int]) -> None:
-    """Added tokens (tags, specials) may not sit inside a domain range."""
-    for token, token_id in added.items():
-        for name, start, end in base_ranges:
+def check_single_ids(domain_ranges: list[tuple[str, int, int]], added: dict[str, int]) -> None:
+    """Added tokens (tags, specials) may not sit inside a domain range ('domain NAME', start, end); the lowest
+    offending id is reported."""
+    for token, token_id in sorted(added.items(), key=lambda kv: kv[1]):
+        for name, start, end in domain_ranges:
             if start <= token_id < end:
                 raise TokenizerLayoutError(
                     f"offset collision: added token {token!r} has id {token_id}, inside {name} ids [{start}, {end}); "
-                    f"move the domain offset in {MANIFEST} or renumber the token in tokenizer_config.json")
+                    f"move the domain offset (tokenizer_config.json offset_{name.removeprefix('domain ')} or "
+                    f"{MANIFEST}) or renumber the token in tokenizer_config.json")

@@ -2,6 +2,8 @@
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -94,3 +96,81 @@ def test_unsupported_model_falls_back_or_errors(tokdirs, tmp_path):
     assert DynamicTokenizer(str(d)).backend == "python"
     with pytest.raises(RuntimeError, match="byte_fallback is on; use backend='python'"):
         DynamicTokenizer(str(d), backend="native")
+
+
+# ----------------------------------------------------------------------------- released Intern-S1-Pro directories
+def _pro_copy(tmp_path, edit_config=None, drop=()):
+    """The released Intern-S1-Pro directory (files linked) with its tokenizer_config.json edited."""
+    from tests.conftest import reference_path
+
+    release = reference_path("intern-s1-pro")
+    out = tmp_path / "pro"
+    out.mkdir()
+    for name in os.listdir(release):
+        if name not in drop and name != "tokenizer_config.json":
+            os.symlink(os.path.join(release, name), out / name)
+    config = json.loads(open(os.path.join(release, "tokenizer_config.json"), encoding="utf-8").read())
+    if edit_config:
+        edit_config(config)
+    (out / "tokenizer_config.json").write_text(json.dumps(config))
+    return str(out)
+
+
+BROKEN_PRO = {
+    "missing XNA model": (dict(drop=("tokenizer_XNA.model",)),
+                          ["(intern-s1-pro layout) has no tokenizer_XNA.model for domain XNA", "train-domain"]),
+    "missing PROT and XNA models": (dict(drop=("tokenizer_PROT.model", "tokenizer_XNA.model")),
+                                    ["(intern-s1-pro layout) has no tokenizer_PROT.model"]),
+    "offset on other domains' placeholders": (
+        dict(edit_config=lambda c: c.update(offset_XNA=c["offset_XNA"] + 1)),
+        ["offset collision: base vocabulary entry '<|XNA_", "(vocab.json id 153743) lies inside domain XNA",
+         "move the domain offset (tokenizer_config.json offset_XNA"]),
+    "offset on base vocabulary entries": (
+        dict(edit_config=lambda c: c.update(offset_SMILES=140000)),
+        ["offset collision: base vocabulary entry", "(vocab.json id 140000) lies inside domain SMILES",
+         "offset_SMILES"]),
+    "offset on added tokens": (
+        dict(edit_config=lambda c: c.update(offset_SMILES=151680)),
+        ["offset collision: added token '<|interpreter|>' has id 151680, inside domain SMILES",
+         "tokenizer_config.json offset_SMILES"]),
+    "offsets overlapping": (
+        dict(edit_config=lambda c: c.update(offset_PROT=c["offset_SMILES"] + 1000)),
+        ["offset collision: domain PROT ids [152694, 153718) overlap domain SMILES ids [151694, 152718)"]),
+    "config without offsets": (dict(edit_config=lambda c: c.pop("offset_PROT")),
+                               ["tokenizer_config.json has no offset_PROT", "offset_SMILES / offset_PROT / "
+                                "offset_XNA; add them"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN_PRO))
+def test_broken_pro_directory_is_one_error_line(tmp_path, case):
+    spec, fragments = BROKEN_PRO[case]
+    with pytest.raises(TokenizerLayoutError) as err:
+        DynamicTokenizer(_pro_copy(tmp_path, **spec))
+    msg = _one_line(err)
+    assert all(f in msg for f in fragments), msg
+
+
+def test_missing_model_named_in_manifest(tokdirs, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tokdirs["custom"], broken)
+    manifest = json.loads((broken / "dynamic_tokenizer.json").read_text())
+    manifest["domains"][0]["model"] = "smiles_v2.model"
+    (broken / "dynamic_tokenizer.json").write_text(json.dumps(manifest))
+    with pytest.raises(TokenizerLayoutError, match="has no smiles_v2.model for domain SMILES"):
+        DynamicTokenizer(str(broken))
+
+
+@pytest.mark.parametrize("case", ["missing XNA model", "offset on added tokens", "config without offsets"])
+def test_broken_pro_directory_through_the_cli_exits_2(tmp_path, case):
+    from tests.conftest import REPO, cli_env
+
+    spec, fragments = BROKEN_PRO[case]
+    data = tmp_path / "docs.txt"
+    data.write_text("CCO\n")
+    proc = subprocess.run([sys.executable, "-m", "megatron_s1.cli", "tokenizer", "compression", "--tokenizer",
+                           _pro_copy(tmp_path, **spec), "--data", str(data)], cwd=REPO, env=cli_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragments[0] in lines[0], proc.stderr
