@@ -84,7 +84,8 @@ def frame_times(indices: Sequence[int], video_fps: float, temporal: int) -> list
     repeated to fill the last patch)."""
     idx = list(int(i) for i in indices)
     idx += [idx[-1]] * (-len(idx) % temporal)
-    return [(idx[i] + idx[i + temporal - 1]) / video_fps / 2 for i in range(0, len(idx), temporal)]
+    seconds = [i / video_fps for i in idx]
+    return [(seconds[i] + seconds[i + temporal - 1]) / 2 for i in range(0, len(idx), temporal)]
 
 
 def to_rgb(image):
