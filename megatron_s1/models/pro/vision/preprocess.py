@@ -107,7 +107,8 @@ def frames_tensor(frames) -> torch.Tensor:
     for a in arrays:
         if a.dtype != np.uint8 or a.ndim != 3 or a.shape[-1] != 3:
             raise MediaSizeError(f"a frame must be uint8 RGB [H, W, 3], got {a.dtype} {list(a.shape)}")
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    # channels-last memory, as the release's processors hand frames to torch (its uint8 resize is faster so)
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
 
 
 def resize_frames(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
