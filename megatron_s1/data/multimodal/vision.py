@@ -20,6 +20,8 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from megatron_s1.config.schema import ConfigError
+
 # InternS1Model keyword arguments that carry media (besides the time series).
 VISION_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw")
 
@@ -53,7 +55,7 @@ class TiledImages:
         from megatron_s1.models.vision.preprocess import image_prompt_ids, num_tiles
 
         if kind != "image":
-            raise ValueError(f"vision.arch=internvit takes images only, not a {kind}; use vision.arch=pro for videos")
+            raise ConfigError(f"vision.arch=internvit takes images only, not a {kind}; use vision.arch=pro for videos")
         v = self.v
         n = num_tiles(*image_size(item), v.image_size, v.min_tiles, v.max_tiles, v.use_thumbnail)
         return image_prompt_ids(n, self.per_tile, self.ids.img_start, self.ids.img_context, self.ids.img_end)
@@ -87,10 +89,13 @@ class ProMedia:
     def _clip_shape(frames) -> tuple[int, int, int]:
         """(frames, width, height) of a clip without decoding it."""
         if isinstance(frames, str):
-            shape = np.load(frames, mmap_mode="r").shape
-            if len(shape) != 4 or shape[-1] != 3:
-                raise ValueError(f"video {frames!r}: expected a uint8 array [frames, height, width, 3], got {shape}")
-            return shape[0], shape[2], shape[1]
+            array = np.load(frames, mmap_mode="r")
+            if array.ndim != 4 or array.shape[-1] != 3 or array.dtype != np.uint8:
+                raise ConfigError(f"video {frames!r}: expected a uint8 array [frames, height, width, 3], got "
+                                  f"{array.dtype} {list(array.shape)}")
+            return array.shape[0], array.shape[2], array.shape[1]
+        if not isinstance(frames, list) or not frames or not all(isinstance(f, str) for f in frames):
+            raise ConfigError(f"a video item needs \"video\": a .npy path or a non-empty list of frame files, got {frames!r}")
         return (len(frames), *image_size(frames[0]))
 
     @staticmethod
@@ -100,15 +105,19 @@ class ProMedia:
         return [load_image(p) for p in frames]
 
     def prompt_ids(self, kind: str, item) -> list[int]:
-        from megatron_s1.models.pro.vision.preprocess import DEFAULT_VIDEO_FPS, frame_times, sample_frame_indices
+        from megatron_s1.models.pro.vision.preprocess import (DEFAULT_VIDEO_FPS, MediaSizeError, frame_times,
+                                                               sample_frame_indices)
 
         p = self.processor
-        if kind == "image":
-            return p.image_prompt_ids(p.image_grid(*image_size(item)), self.ids)
-        frames, fps = self._clip(item)
-        total, width, height = self._clip_shape(frames)
-        indices = sample_frame_indices(total, fps)
-        grid = p.video_grid(len(indices), width, height)
+        try:
+            if kind == "image":
+                return p.image_prompt_ids(p.image_grid(*image_size(item)), self.ids)
+            frames, fps = self._clip(item)
+            total, width, height = self._clip_shape(frames)
+            indices = sample_frame_indices(total, fps)
+            grid = p.video_grid(len(indices), width, height)
+        except MediaSizeError as err:
+            raise MediaSizeError(f"{kind} {item['video'] if kind == 'video' else item}: {err}") from None
         return p.video_prompt_ids(grid, frame_times(indices, fps or DEFAULT_VIDEO_FPS, p.temporal), self.ids, self.encode)
 
     def load(self, items: list) -> dict:

@@ -112,3 +112,19 @@ def test_pro_layout_and_media(tmp_path):
     assert torch.equal(s["pixel_values"], image.pixel_values) and torch.equal(s["pixel_values_videos"], video.pixel_values)
     batch = collate([s, s], create_attention_mask=False)
     assert batch["image_grid_thw"].tolist() == [[1, 4, 6]] * 2 and batch["pixel_values_videos"].shape[0] == 2 * 48
+
+
+def test_pro_media_that_cannot_be_preprocessed_is_bad_input(tmp_path):
+    """Bad input (exit 2 through ConfigError), naming the file: an image thinner than 1:200, a 1-frame clip."""
+    from megatron_s1.config.schema import ConfigError
+
+    Image.new("RGB", (3000, 10)).save(tmp_path / "thin.png")
+    np.save(tmp_path / "one.npy", np.zeros((1, 64, 64, 3), np.uint8))
+    cfg = load_config(None, ["vision.preset=tiny-pro-vit"])
+    tok = load_tokenizer(None)
+    for item, message in (({"image": "thin.png"}, "thin.png: a 3000x10 frame is thinner than 1:200"),
+                          ({"video": "one.npy"}, "one.npy: a video needs at least temporal_patch_size=2 frames")):
+        (tmp_path / "s.jsonl").write_text(json.dumps({"content": [{"text": "x"}, item]}) + "\n")
+        ds = MultimodalJsonlDataset([str(tmp_path / "s.jsonl")], tok, resolve_media_tokens(tok, "pro"), 64, cfg.vision)
+        with pytest.raises(ConfigError, match=message):
+            ds.ids(0)

@@ -35,6 +35,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from megatron_s1.config.schema import ConfigError
+
 # preprocessor_config.json / video_preprocessor_config.json of the release (tests check them).
 IMAGE_MEAN = (0.5, 0.5, 0.5)
 IMAGE_STD = (0.5, 0.5, 0.5)
@@ -47,8 +49,8 @@ DEFAULT_VIDEO_FPS = 24.0
 MAX_ASPECT_RATIO = 200
 
 
-class MediaSizeError(ValueError):
-    """An image or video the Pro preprocessing cannot take (too small, too thin, too few frames)."""
+class MediaSizeError(ConfigError):
+    """An image or video the Pro preprocessing cannot take (too small, too thin, too few frames): bad input."""
 
 
 def resized_size(height: int, width: int, factor: int, min_pixels: int, max_pixels: int, frames: int = 1,
