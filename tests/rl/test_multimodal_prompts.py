@@ -42,7 +42,8 @@ def test_image_prompts_without_vision_tower_is_one_clear_error(tmp_path):
                     f"rl.task=jsonl:{src}"], check=False)
     err = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and len(err) == 1 and "have images; set vision.preset" in err[0], proc.stderr[-2000:]
-    src.write_text(json.dumps({"prompt": "<image> colour?", "images": ["missing.png"], "task": "toy_copy"}) + "\n")
+    src.write_text(json.dumps({"prompt": "<image> colour?", "images": ["missing.png"], "reference": "1",
+                               "task": "toy_copy"}) + "\n")
     proc = run_cli(["rl", "--config", os.path.join(REPO, "examples/rl/tiny_cpu.yaml"), f"run.dir={tmp_path}/r",
                     f"rl.task=jsonl:{src}"], check=False)
     assert proc.returncode == 2 and "p.jsonl:1: image" in proc.stderr and "does not exist" in proc.stderr
