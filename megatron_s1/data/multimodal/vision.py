@@ -95,7 +95,8 @@ class ProMedia:
                                   f"{array.dtype} {list(array.shape)}")
             return array.shape[0], array.shape[2], array.shape[1]
         if not isinstance(frames, list) or not frames or not all(isinstance(f, str) for f in frames):
-            raise ConfigError(f"a video item needs \"video\": a .npy path or a non-empty list of frame files, got {frames!r}")
+            raise ConfigError(f"a video item needs \"video\": a .npy path or a non-empty list of frame files, "
+                              f"got {frames!r}")
         return (len(frames), *image_size(frames[0]))
 
     @staticmethod
@@ -118,7 +119,8 @@ class ProMedia:
             grid = p.video_grid(len(indices), width, height)
         except MediaSizeError as err:
             raise MediaSizeError(f"{kind} {item['video'] if kind == 'video' else item}: {err}") from None
-        return p.video_prompt_ids(grid, frame_times(indices, fps or DEFAULT_VIDEO_FPS, p.temporal), self.ids, self.encode)
+        times = frame_times(indices, fps or DEFAULT_VIDEO_FPS, p.temporal)
+        return p.video_prompt_ids(grid, times, self.ids, self.encode)
 
     def load(self, items: list) -> dict:
         """[(kind, item)] -> pixel_values / image_grid_thw and pixel_values_videos / video_grid_thw (None when

@@ -109,7 +109,8 @@ def test_pro_layout_and_media(tmp_path):
     p = ProImageProcessor.from_vision_config(cfg.vision)
     image, video = p.images([Image.open(tmp_path / "a.png")]), p.video(clip, 10.0)
     assert s["image_grid_thw"].tolist() == [[1, 4, 6]] and s["video_grid_thw"].tolist() == [[2, 4, 6]]
-    assert torch.equal(s["pixel_values"], image.pixel_values) and torch.equal(s["pixel_values_videos"], video.pixel_values)
+    assert torch.equal(s["pixel_values"], image.pixel_values)
+    assert torch.equal(s["pixel_values_videos"], video.pixel_values)
     batch = collate([s, s], create_attention_mask=False)
     assert batch["image_grid_thw"].tolist() == [[1, 4, 6]] * 2 and batch["pixel_values_videos"].shape[0] == 2 * 48
 

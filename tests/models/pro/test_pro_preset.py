@@ -87,7 +87,8 @@ def test_pro_recipes_use_the_released_vision_tower(release):
     want = vision_fields_from_hf(release["vision_config"], release["text_config"]["hidden_size"])
     with open(reference_path("intern-s1-pro", "preprocessor_config.json")) as f:
         size = json.load(f)["size"]
-    recipes = {os.path.relpath(p, REPO): p for p in glob.glob(os.path.join(REPO, "examples", "*", "intern_s1_pro*.yaml"))}
+    paths = glob.glob(os.path.join(REPO, "examples", "*", "intern_s1_pro*.yaml"))
+    recipes = {os.path.relpath(p, REPO): p for p in paths}
     assert {"examples/mm_cpt/intern_s1_pro.yaml", "examples/sft/intern_s1_pro.yaml",
             "examples/rl/intern_s1_pro.yaml"} <= set(recipes)
     for name, path in recipes.items():
