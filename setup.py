@@ -57,8 +57,8 @@ setup(
     ],
     extras_require={
         # Everything the CPU test suite exercises (peers for parity tests, package-shipped test data).
-        "dev": ["pytest>=8", "pytest-timeout", "transformers>=4.57", "rdkit", "pyhmmer", "datamol", "hypothesis",
-                "jinja2", "reportlab", *CURATION, *LAUNCH, *TUNE],
+        "dev": ["pytest>=8", "pytest-timeout", "transformers>=4.57", "torchvision", "rdkit", "pyhmmer", "datamol",
+                "hypothesis", "jinja2", "reportlab", *CURATION, *LAUNCH, *TUNE],
         "gpu": ["transformer-engine[pytorch]==2.20.*"],
         "science": ["rdkit"],
         "curation": CURATION,

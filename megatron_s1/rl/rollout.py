@@ -422,15 +422,16 @@ class LocalEngine:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.rollout_dtype)
 
-    def forward_logits(self, tokens, positions, mask, inference_context=None, pixel_values=None):
-        """Logits of the batch on the last pipeline stage (None on the other stages: they pass hidden states on)."""
+    def forward_logits(self, tokens, positions, mask, inference_context=None, media=None):
+        """Logits of the batch on the last pipeline stage (None on the other stages: they pass hidden states on).
+        ``media``: the batch's image inputs (`rl.multimodal.batch_pixels`), InternS1Model keyword arguments."""
         # Sampling gathers the vocabulary shards of tensor parallelism (small vocabularies; Megatron's inference
         # mode requires it too), so every TP rank holds the same logits and samples the same tokens.
         kwargs = {"runtime_gather_output": True}
         if inference_context is not None:
             kwargs["inference_context"] = inference_context
-        if pixel_values is not None:  # (InternS1Model; text-only models take no such argument)
-            kwargs["pixel_values"] = pixel_values.to(self.device)
+        if media is not None:  # (InternS1Model; text-only models take no such argument)
+            kwargs.update({k: None if v is None else v.to(self.device) for k, v in media.items()})
         args = (tokens.to(self.device), positions.to(self.device), mask.to(self.device))
         with torch.no_grad(), self._numerics():
             logits = run_microbatch(self.model, lambda model: model(*args, **kwargs), tokens.shape[1],
@@ -485,8 +486,9 @@ class LocalEngine:
                  top_k: int = 0, allowed_tokens: Optional[list] = None, generator=None,
                  pixels: Optional[list] = None) -> Rollout:
         """``max_new_tokens``, ``temperature``, ``top_p``, ``top_k``: one value, or a list with one per prompt (each
-        task's own settings in one batch). ``pixels``: per prompt the image tiles of its <IMG_CONTEXT> tokens (or
-        None); kept per sample in ``Rollout.meta["pixels"]`` for the training forwards."""
+        task's own settings in one batch). ``pixels``: per prompt the image inputs of its placeholder tokens (a dict of
+        InternS1Model keyword arguments, `rl.multimodal.PromptEncoder`, or None); kept per sample in
+        ``Rollout.meta["pixels"]`` for the training forwards."""
         prompt_ids = [list(p) for p in prompts for _ in range(n)]
         sampling = RowSampling.expand(len(prompt_ids), n, temperature, top_p, top_k, max_new_tokens)
         sampling.seed = draw_row_seeds(len(prompt_ids), generator)
@@ -530,13 +532,13 @@ class LocalEngine:
         """Reference path: the whole padded batch is re-forwarded for every new token (images every time)."""
         from megatron_s1.rl.multimodal import batch_pixels
 
-        pixel_values = batch_pixels(row_pixels, range(len(prompt_ids)))
+        media = batch_pixels(row_pixels, range(len(prompt_ids)))
         responses = [[] for _ in prompt_ids]
         logps = [[] for _ in prompt_ids]
         done = [False] * len(prompt_ids)
         for step in range(max(sampling.max_new_tokens)):
             tokens, positions, mask, _, _ = pad_batch(prompt_ids, responses, self.pad_id)
-            logits = self.forward_logits(tokens, positions, mask, pixel_values=pixel_values)
+            logits = self.forward_logits(tokens, positions, mask, media=media)
             nxt, nxt_logp = self._pick(None if logits is None else logits[:, -1], sampling, allowed_tokens, step)
             self._append(nxt, nxt_logp, responses, logps, done, sampling.max_new_tokens)
             if self._all_finished(done):
@@ -545,7 +547,7 @@ class LocalEngine:
         if self.record_routing and moe_replay_available():
             tokens, positions, mask, resp_mask, _ = pad_batch(prompt_ids, responses, self.pad_id)
             with routing_record() as rr:
-                logits = self.forward_logits(tokens, positions, mask, pixel_values=pixel_values)
+                logits = self.forward_logits(tokens, positions, mask, media=media)
                 routing = [t.detach().cpu().reshape(tokens.shape[1], tokens.shape[0], -1)
                            for t in rr.get_recorded_data()]
             # the rollout log-probs of the recorded forward (identical to sampling-time ones up to batch shape)
@@ -587,7 +589,7 @@ class LocalEngine:
 
         from megatron_s1.rl.multimodal import batch_pixels
 
-        pixel_values = batch_pixels(row_pixels, range(len(prompt_ids)))
+        media = batch_pixels(row_pixels, range(len(prompt_ids)))
 
         n = len(prompt_ids)
         responses = [[] for _ in prompt_ids]
@@ -609,7 +611,7 @@ class LocalEngine:
             for step in range(max_new_tokens):
                 with routing_record() if record else contextlib.nullcontext() as rr:
                     logits = self.forward_logits(tokens, positions, mask, inference_context=ctx,
-                                                 pixel_values=pixel_values if step == 0 else None)
+                                                 media=media if step == 0 else None)
                     if record:
                         per_step.append([t.detach().cpu().reshape(tokens.shape[1], n, -1)
                                          for t in rr.get_recorded_data()])

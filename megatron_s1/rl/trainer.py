@@ -71,7 +71,7 @@ class RLTask:
         if cfg.vision.preset is not None:
             from megatron_s1.data.multimodal.tokens import media_tokens_for_model
 
-            self.media = media_tokens_for_model(trainer.tokenizer, cfg.model.vocab_size)
+            self.media = media_tokens_for_model(trainer.tokenizer, cfg.model.vocab_size, cfg.vision.arch)
 
     def build_model(self, tconfig, pre_process: bool, post_process: bool, vp_stage=None):
         if self.cfg.model.num_moe_experts is not None:
@@ -260,7 +260,7 @@ class RLTrainer:
         self._signal = signum
 
     # ------------------------------------------------------------------ pieces
-    def _train_forward(self, batch, routing, temperature, pixel_values=None, loss_fn=None):
+    def _train_forward(self, batch, routing, temperature, media=None, loss_fn=None):
         """One forward of the training engine over a padded batch, through every pipeline stage.
 
         ``loss_fn`` None: no gradients; returns the log-probs [N, L] (CPU) on every stage. Otherwise the batch's
@@ -270,7 +270,7 @@ class RLTrainer:
         logits.
         """
         tokens, positions, mask = (x.to(self.device) for x in batch[:3])
-        extra = {} if pixel_values is None else {"pixel_values": pixel_values.to(self.device)}
+        extra = {} if media is None else {k: None if v is None else v.to(self.device) for k, v in media.items()}
         args = (tokens.shape[1], tokens.shape[0])
 
         def forward(model):
@@ -517,18 +517,18 @@ class RLTrainer:
 
             rollout.routing = pad_routing(rollout.routing, length)
             with routing_record() as rr:
-                lp_plain = self._train_forward(full, None, temp_all, pixel_values=all_pixels)
+                lp_plain = self._train_forward(full, None, temp_all, media=all_pixels)
                 own = self._recorded_routing(rr, length, len(texts))
             # (each pipeline stage compares the routing of its own layers)
             differ, total = sum_over_stages(routing_mismatch_counts(
                 own, rollout.routing, routed_positions(rollout.prompt_ids, rollout.response_ids, length)), self.device)
             record["routing_mismatch"] = differ / max(total, 1.0)
         else:
-            lp_plain = self._train_forward(full, None, temp_all, pixel_values=all_pixels)
+            lp_plain = self._train_forward(full, None, temp_all, media=all_pixels)
         record["kl_train_rollout"] = losses.sampled_kl(lp_plain, roll_all, full[3])
         record["logp_train_rollout_maxdiff"] = float(((lp_plain - roll_all).abs() * full[3]).max())
         if rollout.routing is not None:
-            lp_replay = self._train_forward(full, rollout.routing, temp_all, pixel_values=all_pixels)
+            lp_replay = self._train_forward(full, rollout.routing, temp_all, media=all_pixels)
             record["kl_train_rollout_replay"] = losses.sampled_kl(lp_replay, roll_all, full[3])
         old_all = lp_replay if (rollout.routing is not None and r.routing_replay) else lp_plain
         # Policy entropy at the sampled tokens: mean -log pi_old(y_t) over all response tokens (its Monte-Carlo
@@ -539,7 +539,7 @@ class RLTrainer:
         if r.algorithm == "oreal" and r.oreal.kl_coef > 0:
             with self._reference_weights():
                 ref_all = self._train_forward(full, rollout.routing if r.routing_replay else None, temp_all,
-                                              pixel_values=all_pixels)
+                                              media=all_pixels)
             # k3 estimate of KL(pi_old || pi_ref) on the sampled tokens (0 until the policy moves)
             record["kl_ref"] = losses.sampled_kl(ref_all, old_all, full[3])
         t_logprob = self._clock()
@@ -585,7 +585,7 @@ class RLTrainer:
 
             stats = self._train_forward(batch, select_routing(rollout.routing, mb) if r.routing_replay else None,
                                         row_sampling.subset(mb).temperature_of_rows(),
-                                        pixel_values=batch_pixels(row_pixels, mb), loss_fn=loss_fn)
+                                        media=batch_pixels(row_pixels, mb), loss_fn=loss_fn)
             if "first_update_logp_maxdiff" in stats:
                 record["first_update_logp_maxdiff"] = stats["first_update_logp_maxdiff"]
             from megatron.core.distributed import finalize_model_grads

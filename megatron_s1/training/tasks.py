@@ -122,14 +122,17 @@ def run_model(model, batch: dict, device: torch.device):
     """Move a micro-batch to the device and run the model on it: (batch on the device, per-token loss).
 
     A batch with media (multimodal CPT rows or packs, SFT turns with images / series) also passes
-    pixel_values / ts_values / ts_rates to InternS1Model.
+    pixel_values (+ image_grid_thw, pixel_values_videos, video_grid_thw for vision.arch=pro) / ts_values /
+    ts_rates to InternS1Model.
     """
+    from megatron_s1.data.multimodal.vision import VISION_KEYS
+
     batch = to_device(batch, device)
     mask, packed_seq_params = attention_inputs(batch)
     media = {}
     if "ts_values" in batch:
-        media = {"pixel_values": batch["pixel_values"], "ts_values": [x.to(device) for x in batch["ts_values"]],
-                 "ts_rates": batch["ts_rates"]}
+        media = {k: batch[k] for k in VISION_KEYS if k in batch}
+        media.update(ts_values=[x.to(device) for x in batch["ts_values"]], ts_rates=batch["ts_rates"])
     output = model(batch["tokens"], batch["position_ids"], mask, labels=batch["labels"],
                    packed_seq_params=packed_seq_params, **media)
     return batch, output

@@ -1,4 +1,5 @@
-"""Helper (subprocess): RL with image prompts on a tiny InternS1Model (tiny MoE + tiny ViT). Prints one JSON line."""
+"""Helper (subprocess): RL with image prompts on a tiny InternS1Model (tiny MoE + tiny ViT: argv[2] = internvit,
+the InternViT tiles of Intern-S1, or pro, the Intern-S1-Pro tower with its patch grids). Prints one JSON line."""
 import json
 import os
 import sys
@@ -29,11 +30,11 @@ def main():
     from megatron_s1.config import load_config
     from megatron_s1.rl.trainer import RLTrainer
 
-    run_dir = sys.argv[1]
+    run_dir, arch = sys.argv[1], sys.argv[2]
+    vision = ["vision.preset=tiny-vit", "vision.max_tiles=4"] if arch == "internvit" else ["vision.preset=tiny-pro-vit"]
     src = _prompts(run_dir)
     cfg = load_config(None, [f"run.dir={run_dir}/run", "model.preset=tiny-moe", "model.vocab_size=2112",
-                             "model.params_dtype=fp32", "model.spec=local", "vision.preset=tiny-vit",
-                             "vision.max_tiles=4", "logging.tensorboard=false", f"rl.task=jsonl:{src}",
+                             "model.params_dtype=fp32", "model.spec=local", *vision, "logging.tensorboard=false", f"rl.task=jsonl:{src}",
                              "rl.routing_replay=true", "rl.prompts_per_step=4", "rl.samples_per_prompt=4",
                              "rl.online_filter=false", "rl.max_new_tokens=1", "optimizer.lr=1e-2",
                              "checkpoint.save_final=false", "train.steps=2", "data.seq_length=16"])
@@ -43,8 +44,12 @@ def main():
     media = set(rl.t.task.media.all())
     out["media_banned"] = not (set(rl.allowed_list) & media) and len(rl.allowed_list) == 10
     enc = [rl.encode(r) for r in recs[:3]]
-    out["tiles"] = [int(p.shape[0]) for _, p in enc]
-    out["placeholders_match"] = all(ids.count(rl.t.task.media.img_context) == p.shape[0] * 4 for ids, p in enc)
+    # encoder rows per image: InternViT tiles (4 tokens each), Pro patches (a token per 2 x 2 of them)
+    out["tiles"] = [int(p["pixel_values"].shape[0]) for _, p in enc]
+    out["grids"] = [p["image_grid_thw"].tolist() for _, p in enc] if arch == "pro" else None
+    per_row = 4 if arch == "internvit" else 0.25
+    out["placeholders_match"] = all(ids.count(rl.t.task.media.img_context) == p["pixel_values"].shape[0] * per_row
+                                    for ids, p in enc)
     # (1) KV cache vs full re-forward with images in the prompts (different tile counts -> left padding)
     eng = rl.engine
     ids, pix = [e[0] for e in enc], [e[1] for e in enc]

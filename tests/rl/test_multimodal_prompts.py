@@ -2,18 +2,25 @@
 import json
 import os
 
+import pytest
+
 from tests.conftest import REPO, run_cli
 from tests.rl.conftest import run_check
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def test_image_prompts_in_the_rl_loop(tmp_path):
-    out = run_check("_mm_rl_check.py", tmp_path)
+@pytest.mark.parametrize("arch", ["internvit", "pro"])
+def test_image_prompts_in_the_rl_loop(tmp_path, arch):
+    out = run_check("_mm_rl_check.py", tmp_path, arch)
     assert out["model"] == "InternS1Model"
     assert out["media_banned"]  # digits only; media tokens are never sampled
-    # tiles per image (56x56 tiles, thumbnail) and one <IMG_CONTEXT> per image token (4 per tile)
+    # tiles per image (56x56 tiles, thumbnail) and one <IMG_CONTEXT> per image token (4 per tile); Pro: the
+    # first three images of make_data resized to multiples of 32 px (smart resize), 16 px patches,
+    # one <|image_pad|> per 2 x 2 patches
     assert len(out["tiles"]) == 3 and out["placeholders_match"]
+    if arch == "pro":  # 90x70 -> 96x64 px, 112x56 -> 128x64, 56x56 -> 64x64 (multiples of 32, round half even)
+        assert out["grids"] == [[[1, 4, 6]], [[1, 4, 8]], [[1, 4, 4]]] and out["tiles"] == [24, 32, 16]
     # KV-cached decoding with images (prefill only) = full re-forward with images every step
     assert out["kv_same_tokens"] and out["kv_logp_diff"] < 1e-5
     # same text and length, different image -> different log-prob: the pixels reach the model

@@ -67,6 +67,34 @@ def test_sft_multimodal_turns(tmp_path):
     assert mix["dropped_train"] == 0 and mix["train_samples"] == 9
 
 
+def test_sft_pro_vision_turns(tmp_path):
+    """vision.arch=pro (tiny-pro-vit + tiny-dense): the release's panda.jpg and a 5-frame clip inside turns,
+    preprocessed as the release's processors, train 3 steps through the Pro tower (placeholder / encoder row
+    counts are checked by the model at every forward)."""
+    from tests.conftest import reference_path
+
+    panda = reference_path("intern-s1-pro", "panda.jpg")
+    x = np.linspace(0, 255, 90)[None, :, None]
+    np.save(tmp_path / "clip.npy", np.stack([np.broadcast_to((x + 40 * t) % 256, (70, 90, 3))
+                                             for t in range(5)]).astype(np.uint8))
+    with open(tmp_path / "chat.jsonl", "w") as f:
+        for i in range(8):
+            item = {"image": panda} if i % 2 == 0 else {"video": "clip.npy", "fps": 10}
+            f.write(json.dumps({"messages": [
+                {"role": "user", "content": [{"text": "Describe this: "}, item]},
+                {"role": "assistant", "content": f"It is {'a panda' if i % 2 == 0 else 'a moving gradient'}."}]})
+                + "\n")
+    proc = run_cli(["train", "--config", RECIPE, f"run.dir={tmp_path / 'run'}", "train.steps=3",
+                    f"sft.datasets=[{{path: {tmp_path / 'chat.jsonl'}}}]", "sft.system_prompts={}",
+                    "model.vocab_size=2112", "vision.preset=tiny-pro-vit", "data.split=75,25,0",
+                    "data.seq_length=256", "data.packing_epochs=4", "train.global_batch_tokens=[[0,512]]",
+                    "train.eval_interval=0", "train.log_interval=1", "checkpoint.save_final=false"])
+    result = _result(proc)
+    assert np.isfinite(result["valid_loss"]) and result["step"] == 3
+    mix = json.loads((tmp_path / "run" / "sft_mixture.json").read_text())
+    assert mix["dropped_train"] == 0 and mix["train_samples"] == 6
+
+
 def test_sft_ablate_over_ratios(tmp_path):
     """Two datasets (one per family), two ratio settings: each run logs the mixture it was asked for."""
     corpus = os.path.join(REPO, "megatron_s1", "data", "corpus", "tiny_chat.jsonl")

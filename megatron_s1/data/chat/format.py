@@ -2,7 +2,8 @@
 
 A conversation is a list of messages ``{"role": system|user|assistant, "content": ...}``; an assistant
 message may carry ``reasoning_content`` (or an inline ``<think>...</think>`` block). ``content`` is a
-string or a list of items ``{"text": ...}``, ``{"image": path}``, ``{"timeseries": path, "sampling_rate": r}``
+string or a list of items ``{"text": ...}``, ``{"image": path}``, ``{"video": [frames], "fps": f}`` (vision.arch=pro),
+``{"timeseries": path, "sampling_rate": r}``
 (the item format of the multimodal CPT jsonl), so images and series can sit inside any turn.
 
 Formatting yields *segments* ``(text_or_media, train)``: the rendered text cut into pieces with a flag
@@ -46,7 +47,7 @@ class ChatFormatError(ValueError):
 @dataclass
 class Media:
     """An image or time series inside a turn; expanded to placeholder tokens at tokenization."""
-    kind: str  # image | timeseries
+    kind: str  # image | video | timeseries
     item: dict
 
 
@@ -59,7 +60,7 @@ class Formatted:
         return "".join(s if isinstance(s, str) else MEDIA_PLACEHOLDER[s.kind] for s, _ in self.segments)
 
 
-MEDIA_PLACEHOLDER = {"image": "<image>", "timeseries": "<timeseries>"}
+MEDIA_PLACEHOLDER = {"image": "<image>", "video": "<video>", "timeseries": "<timeseries>"}
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -86,10 +87,12 @@ def content_parts(content: Any) -> list:
                 parts.append(text)
         elif "image" in item or kind == "image":
             parts.append(Media("image", item))
+        elif "video" in item or kind == "video":
+            parts.append(Media("video", item))
         elif "timeseries" in item or kind == "timeseries":
             parts.append(Media("timeseries", item))
         else:
-            raise ChatFormatError(f"content item {item!r} needs a text, image or timeseries key")
+            raise ChatFormatError(f"content item {item!r} needs a text, image, video or timeseries key")
     return parts or [""]
 
 

@@ -36,9 +36,12 @@ def _with_media_paths(messages: list, base: str) -> list:
             items = []
             for item in content:
                 if isinstance(item, dict):
-                    for key in ("image", "timeseries"):
+                    for key in ("image", "timeseries", "video"):
                         if isinstance(item.get(key), str) and not os.path.isabs(item[key]):
                             item = dict(item, **{key: os.path.join(base, item[key])})
+                    if isinstance(item.get("video"), list):  # a video as its frame files
+                        item = dict(item, video=[f if os.path.isabs(f) else os.path.join(base, f)
+                                                 for f in item["video"]])
                 items.append(item)
             m = dict(m, content=items)
         out.append(m)
@@ -49,27 +52,25 @@ CACHE_VERSION = 1  # bump when formatting or tokenization changes
 
 
 class MediaLayout:
-    """Placeholder ids of images / series inside turns and their encoder inputs (as mm_pretrain)."""
+    """Placeholder ids of images / videos / series inside turns and their encoder inputs (as mm_pretrain)."""
 
-    def __init__(self, cfg, media_ids):
+    def __init__(self, cfg, media_ids, encode):
+        from megatron_s1.data.multimodal.vision import vision_media
+
         self.cfg, self.ids = cfg, media_ids
+        self.visual = vision_media(cfg.vision, media_ids, encode)
 
     def expand(self, media) -> list:
         from megatron_s1.data.multimodal.dataset import load_series
         from megatron_s1.models.timeseries.encoder import num_timeseries_tokens
-        from megatron_s1.models.vision.preprocess import image_prompt_ids, num_tiles, tokens_per_tile
 
-        if media.kind == "image":
-            v = self.cfg.vision
-            if v.preset is None:
-                raise ChatFormatError("a conversation has an image but vision.preset is not set")
-            from PIL import Image
-
-            with Image.open(media.item["image"]) as im:
-                w, h = im.size
-            n = num_tiles(w, h, v.image_size, v.min_tiles, v.max_tiles, v.use_thumbnail)
-            return image_prompt_ids(n, tokens_per_tile(v.image_size, v.patch_size, v.downsample_ratio),
-                                    self.ids.img_start, self.ids.img_context, self.ids.img_end)
+        if media.kind in ("image", "video"):
+            if self.visual is None:
+                raise ChatFormatError(f"a conversation has an {media.kind} but vision.preset is not set")
+            try:
+                return self.visual.prompt_ids(media.kind, media.item["image"] if media.kind == "image" else media.item)
+            except ValueError as err:
+                raise ChatFormatError(str(err)) from None
         t = self.cfg.timeseries
         if t.preset is None:
             raise ChatFormatError("a conversation has a time series but timeseries.preset is not set")
@@ -80,11 +81,11 @@ class MediaLayout:
     def load(self, media: list) -> dict:
         from megatron_s1.data.multimodal.dataset import load_media
 
-        items = [("image", m.item["image"]) if m.kind == "image" else
+        items = [("image", m.item["image"]) if m.kind == "image" else (m.kind, m.item) if m.kind == "video" else
                  ("timeseries", m.item["timeseries"],
                   float(m.item.get("sampling_rate", self.cfg.timeseries.default_sampling_rate)))
                  for m in media]
-        return load_media(items, self.cfg.vision)
+        return load_media(items, self.visual)
 
 
 class TokenTable:
@@ -228,14 +229,10 @@ class SftTask(PretrainTask):
         self.multimodal = cfg.vision.preset is not None or cfg.timeseries.preset is not None
         self.media = None
         if self.multimodal:
-            from megatron_s1.data.multimodal.tokens import resolve_media_tokens
+            from megatron_s1.data.multimodal.tokens import media_tokens_for_model
 
-            self.media_ids = resolve_media_tokens(trainer.tokenizer)
-            need = max(self.media_ids.all()) + 1
-            if cfg.model.vocab_size < need:
-                raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} does not cover the media tokens (ids up "
-                                  f"to {need - 1}); set model.vocab_size >= {need}")
-            self.media = MediaLayout(cfg, self.media_ids)
+            self.media_ids = media_tokens_for_model(trainer.tokenizer, cfg.model.vocab_size, cfg.vision.arch)
+            self.media = MediaLayout(cfg, self.media_ids, trainer.tokenizer.encode)
 
     def check_inputs(self) -> None:
         """The mixture's files exist (their lines are checked, with file:line, when they are read)."""

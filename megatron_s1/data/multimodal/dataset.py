@@ -8,8 +8,11 @@ shape [L] or [L, C] (time first; a .csv may have one header line), z-normalised 
 
 Each sample becomes one row of `seq_length` tokens (next-token inputs/labels, padded with EOD), or, with
 data.packing, one sample of `MultimodalSamples` that packs with others into a row (`data.packed`).
-Images expand to `<img>` + tiles * tokens_per_tile x `<IMG_CONTEXT>` + `</img>`, series to
-`<|ts|>` + N x `<TS_CONTEXT>` + `<|/ts|>`. Loss is on text tokens only (labels that are text or EOD).
+Images expand to `<img>` + tiles * tokens_per_tile x `<IMG_CONTEXT>` + `</img>` (vision.arch=internvit) or
+`<|vision_start|>` + patches/4 x `<|image_pad|>` + `<|vision_end|>` (vision.arch=pro, which also takes
+`{"video": [frames] | "clip.npy", "fps": 24}` items; `data/multimodal/vision.py`), series to
+`<|ts|>` + N x `<TS_CONTEXT>` + `<|/ts|>`. Loss is on text tokens only (labels that are text or EOD; a Pro
+video's frame timestamps are text).
 A sample longer than the row is cut at the first media item that does not fit whole (text is cut
 mid-way), so placeholders and encoder outputs always agree.
 """
@@ -24,8 +27,8 @@ import torch
 
 from megatron_s1.config.schema import ConfigError
 from megatron_s1.data.jsonl_input import json_lines
+from megatron_s1.data.multimodal.vision import VISION_KEYS, collate_vision, vision_media
 from megatron_s1.models.timeseries.encoder import num_timeseries_tokens, znormalize
-from megatron_s1.models.vision.preprocess import dynamic_tiles, image_prompt_ids, num_tiles, tokens_per_tile
 
 
 def load_series(path: str) -> torch.Tensor:
@@ -50,24 +53,19 @@ def load_series(path: str) -> torch.Tensor:
     return znormalize(torch.from_numpy(arr))
 
 
-def load_media(items: list, vision=None) -> dict:
-    """Encoder inputs of media items in token order: ("image", path) -> tiles concatenated into
-    pixel_values (None without images), ("timeseries", path, sampling_rate) -> ts_values / ts_rates lists.
+def load_media(items: list, visual=None) -> dict:
+    """Encoder inputs of media items in token order: ("image", path) / ("video", item) -> the vision
+    keyword arguments of `visual` (`vision_media`: pixel_values, and for vision.arch=pro image_grid_thw,
+    pixel_values_videos, video_grid_thw), ("timeseries", path, sampling_rate) -> ts_values / ts_rates lists.
 
     merge_embeddings fills each kind's placeholders in row-major order, so images must come in the order of
     their tokens, and series likewise (for a packed row: sample by sample); kinds may interleave freely."""
-    pixels, series, rates = [], [], []
-    for item in items:
-        if item[0] == "image":
-            from PIL import Image
-
-            with Image.open(item[1]) as im:
-                pixels.append(dynamic_tiles(im, vision.image_size, vision.min_tiles, vision.max_tiles,
-                                            vision.use_thumbnail))
-        else:
-            series.append(load_series(item[1]))
-            rates.append(float(item[2]))
-    return {"pixel_values": torch.cat(pixels) if pixels else None, "ts_values": series, "ts_rates": rates}
+    vision_items = [item for item in items if item[0] in ("image", "video")]
+    out = visual.load(vision_items) if visual is not None and vision_items else {"pixel_values": None}
+    series = [item for item in items if item[0] == "timeseries"]
+    out["ts_values"] = [load_series(path) for _, path, _ in series]
+    out["ts_rates"] = [float(rate) for _, _, rate in series]
+    return out
 
 
 class MultimodalJsonlDataset:
@@ -85,6 +83,7 @@ class MultimodalJsonlDataset:
                 self.records.append((rec, base))
         self.indices = list(range(len(self.records))) if indices is None else indices
         self.media_ids = set(media.all())
+        self.visual = vision_media(vision, media, tokenizer.encode)
         self._layout = lru_cache(maxsize=65536)(self._build_layout)
 
     def subset(self, indices: list[int]) -> "MultimodalJsonlDataset":
@@ -99,34 +98,33 @@ class MultimodalJsonlDataset:
     def _path(self, base: str, p: str) -> str:
         return p if os.path.isabs(p) else os.path.join(base, p)
 
+    def _video(self, base: str, item: dict) -> dict:
+        frames = item["video"]
+        frames = self._path(base, frames) if isinstance(frames, str) else [self._path(base, f) for f in frames]
+        return dict(item, video=frames)
+
     def _build_layout(self, rec_index: int):
-        """(ids, images [(path, tiles)], series [(path, sr)]) fitting seq_length + 1 tokens."""
+        """(ids, vision items [(kind, path or video item)], series [(path, sr)]) fitting seq_length + 1 tokens."""
         rec, base = self.records[rec_index]
         limit = self.seq_length + 1
         ids: list[int] = []
-        images, series = [], []
+        visuals, series = [], []
         for item in rec["content"]:
             room = limit - len(ids)
             if room <= 0:
                 break
             if "text" in item:
                 ids.extend(self.tok.encode(item["text"])[:room])
-            elif "image" in item:
-                if self.vision is None:
-                    raise ValueError("a sample has an image but vision.preset is not set")
-                from PIL import Image
-
-                path = self._path(base, item["image"])
-                with Image.open(path) as im:
-                    w, h = im.size
-                v = self.vision
-                n = num_tiles(w, h, v.image_size, v.min_tiles, v.max_tiles, v.use_thumbnail)
-                seg = image_prompt_ids(n, tokens_per_tile(v.image_size, v.patch_size, v.downsample_ratio),
-                                       self.media.img_start, self.media.img_context, self.media.img_end)
+            elif "image" in item or "video" in item:
+                kind = "image" if "image" in item else "video"
+                if self.visual is None:
+                    raise ValueError(f"a sample has an {kind} but vision.preset is not set")
+                ref = self._path(base, item["image"]) if kind == "image" else self._video(base, item)
+                seg = self.visual.prompt_ids(kind, ref)
                 if len(seg) > room:
                     break
                 ids.extend(seg)
-                images.append((path, n))
+                visuals.append((kind, ref))
             elif "timeseries" in item:
                 if self.timeseries is None:
                     raise ValueError("a sample has a time series but timeseries.preset is not set")
@@ -140,10 +138,10 @@ class MultimodalJsonlDataset:
                 ids.extend(seg)
                 series.append((path, sr))
             else:
-                raise ValueError(f"content item {item!r} needs a text, image or timeseries key")
+                raise ValueError(f"content item {item!r} needs a text, image, video or timeseries key")
         if len(ids) < limit:
             ids.append(self.tok.eod_id)
-        return ids, images, series
+        return ids, visuals, series
 
     def loss_flags(self, ids: list[int]) -> np.ndarray:
         """1.0 for text / EOD tokens, 0.0 for media tokens: the loss mask of the labels at these ids."""
@@ -158,9 +156,9 @@ class MultimodalJsonlDataset:
         return int(self.loss_flags(self.ids(index)[1:]).sum())
 
     def media_items(self, index: int) -> list:
-        """The sample's media items for `load_media`, images first then series (each kind in token order)."""
-        _, images, series = self._layout(self.indices[index % len(self)])
-        return [("image", path) for path, _ in images] + [("timeseries", path, sr) for path, sr in series]
+        """The sample's media items for `load_media`, images / videos first then series (in token order)."""
+        _, visuals, series = self._layout(self.indices[index % len(self)])
+        return list(visuals) + [("timeseries", path, sr) for path, sr in series]
 
     def __getitem__(self, index: int) -> dict:
         ids = self.ids(index)
@@ -172,7 +170,7 @@ class MultimodalJsonlDataset:
         return {
             "tokens": torch.from_numpy(arr[:-1].copy()), "labels": torch.from_numpy(arr[1:].copy()),
             "loss_mask": torch.from_numpy(loss_mask), "position_ids": torch.arange(s, dtype=torch.long),
-            **load_media(self.media_items(index), self.vision),
+            **load_media(self.media_items(index), self.visual),
         }
 
 
@@ -200,13 +198,12 @@ class MultimodalSamples:
         return self.dataset.loss_tokens(self.keep[i])
 
     def load_media(self, items: list) -> dict:
-        return load_media(items, self.dataset.vision)
+        return load_media(items, self.dataset.visual)
 
 
 def collate(samples: list[dict], create_attention_mask: bool) -> dict:
     batch = {k: torch.stack([s[k] for s in samples]) for k in ("tokens", "labels", "loss_mask", "position_ids")}
-    pixels = [s["pixel_values"] for s in samples if s["pixel_values"] is not None]
-    batch["pixel_values"] = torch.cat(pixels) if pixels else None
+    batch.update(collate_vision([{k: s[k] for k in VISION_KEYS if k in s} for s in samples]))
     batch["ts_values"] = [x for s in samples for x in s["ts_values"]]
     batch["ts_rates"] = [r for s in samples for r in s["ts_rates"]]
     if create_attention_mask:

@@ -36,7 +36,7 @@ class MultimodalPretrainTask:
     def __init__(self, trainer):
         self.trainer = trainer
         self.cfg = cfg = trainer.cfg
-        self.media = media_tokens_for_model(trainer.tokenizer, cfg.model.vocab_size)
+        self.media = media_tokens_for_model(trainer.tokenizer, cfg.model.vocab_size, cfg.vision.arch)
         if cfg.vision.preset is None and cfg.timeseries.preset is None:
             raise ConfigError("train.task=mm_pretrain needs vision.preset and/or timeseries.preset")
         sample_weights([], cfg.mm.loss_weighting)  # validates the mode early

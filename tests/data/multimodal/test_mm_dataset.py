@@ -77,3 +77,55 @@ def test_media_tokens_must_fit_the_model_vocabulary():
     assert sorted(media.all()) == list(range(tok.vocab_size, tok.vocab_size + 6))
     with pytest.raises(ConfigError, match=rf"set model.vocab_size >= {tok.vocab_size + 6}"):
         media_tokens_for_model(tok, tok.vocab_size + 5)
+
+
+def test_pro_layout_and_media(tmp_path):
+    """vision.arch=pro: an image and a video (frame files) in one sample: Pro placeholders (vision start / end
+    around patches/4 pads, per-frame timestamps), loss on text only, patches and grids in token order."""
+    from megatron_s1.models.pro.vision.preprocess import ProImageProcessor
+
+    Image.new("RGB", (90, 70), (200, 10, 10)).save(tmp_path / "a.png")  # -> 96 x 64 px: grid 1 x 4 x 6
+    rng = np.random.default_rng(0)
+    clip = rng.integers(0, 256, (5, 70, 90, 3), dtype=np.uint8)
+    for t, frame in enumerate(clip):
+        Image.fromarray(frame).save(tmp_path / f"f{t}.png")
+    row = {"content": [{"text": "see"}, {"image": "a.png"}, {"text": " and"},
+                       {"video": [f"f{t}.png" for t in range(5)], "fps": 10}, {"text": " done"}]}
+    (tmp_path / "s.jsonl").write_text(json.dumps(row) + "\n")
+    cfg = load_config(None, ["vision.preset=tiny-pro-vit"])
+    tok = load_tokenizer(None)
+    media = resolve_media_tokens(tok, "pro")
+    assert media.all() == list(range(tok.vocab_size, tok.vocab_size + 7))  # 4 vision + 3 series ids reserved
+    ds = MultimodalJsonlDataset([str(tmp_path / "s.jsonl")], tok, media, 128, cfg.vision)
+    s = ds[0]
+    # 5 frames at 10 fps: 4 sampled (0, 1, 3, 4), 2 temporal patches at (0.0 + 0.1) / 2 and (0.3 + 0.4) / 2 s
+    frame = [media.img_start] + [media.video_context] * 6 + [media.img_end]  # 64 x 96 px: 4 x 6 patches / 4
+    want = (tok.encode("see") + [media.img_start] + [media.img_context] * 6 + [media.img_end] + tok.encode(" and")
+            + tok.encode("<0.1 seconds>") + frame + tok.encode("<0.3 seconds>") + frame + tok.encode(" done")
+            + [tok.eod_id])
+    ids = ds.ids(0)
+    assert ids == want
+    assert int(s["loss_mask"].sum()) == len(ids) - 1 - 2 * (6 + 2) - (6 + 2)  # text labels only (+ EOD)
+    p = ProImageProcessor.from_vision_config(cfg.vision)
+    image, video = p.images([Image.open(tmp_path / "a.png")]), p.video(clip, 10.0)
+    assert s["image_grid_thw"].tolist() == [[1, 4, 6]] and s["video_grid_thw"].tolist() == [[2, 4, 6]]
+    assert torch.equal(s["pixel_values"], image.pixel_values)
+    assert torch.equal(s["pixel_values_videos"], video.pixel_values)
+    batch = collate([s, s], create_attention_mask=False)
+    assert batch["image_grid_thw"].tolist() == [[1, 4, 6]] * 2 and batch["pixel_values_videos"].shape[0] == 2 * 48
+
+
+def test_pro_media_that_cannot_be_preprocessed_is_bad_input(tmp_path):
+    """Bad input (exit 2 through ConfigError), naming the file: an image thinner than 1:200, a 1-frame clip."""
+    from megatron_s1.config.schema import ConfigError
+
+    Image.new("RGB", (3000, 10)).save(tmp_path / "thin.png")
+    np.save(tmp_path / "one.npy", np.zeros((1, 64, 64, 3), np.uint8))
+    cfg = load_config(None, ["vision.preset=tiny-pro-vit"])
+    tok = load_tokenizer(None)
+    for item, message in (({"image": "thin.png"}, "thin.png: a 3000x10 frame is thinner than 1:200"),
+                          ({"video": "one.npy"}, "one.npy: a video needs at least temporal_patch_size=2 frames")):
+        (tmp_path / "s.jsonl").write_text(json.dumps({"content": [{"text": "x"}, item]}) + "\n")
+        ds = MultimodalJsonlDataset([str(tmp_path / "s.jsonl")], tok, resolve_media_tokens(tok, "pro"), 64, cfg.vision)
+        with pytest.raises(ConfigError, match=message):
+            ds.ids(0)

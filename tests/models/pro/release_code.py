@@ -1,5 +1,5 @@
-"""The Intern-S1-Pro release code (../shared/reference/intern-s1-pro) loaded as the parity oracle, and tiny
-random checkpoints written from it in the released layout.
+"""The Intern-S1-Pro release code (../shared/reference/intern-s1-pro) loaded as the parity oracle (modeling,
+processors, tokenizer), and tiny random checkpoints written from it in the released layout.
 
 The release targets transformers 4.57; on ours (5.x) a few imports moved. The shims below only restore
 those names (OutputRecorder, a no-argument `check_model_inputs()`, the video docstring constant, the config's
@@ -57,6 +57,57 @@ def release_module(name: str):
     if name == "modeling_interns1_pro":
         module.create_causal_mask = _causal_mask
     return module
+
+
+def _preprocessor_config(name: str) -> dict:
+    with open(reference_path("intern-s1-pro", name)) as f:
+        return {k: v for k, v in json.load(f).items() if k not in ("auto_map", "image_processor_type")}
+
+
+def release_image_processor(backend: str = "pil"):
+    """The release's image processor (`preprocessor_config.json`: transformers' Qwen2-VL image processor):
+    backend pil (always installed) or torchvision (what `Qwen2VLImageProcessorFast` means in transformers 5)."""
+    if backend == "torchvision":
+        from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor as cls
+    else:
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil as cls
+    return cls(**_preprocessor_config("preprocessor_config.json"))
+
+
+def release_video_processor():
+    """The release's InternS1ProVideoProcessor (needs torchvision, as transformers' video processors do).
+
+    Its `_preprocess` passes the resampling filter as `interpolation=` (transformers 4.57's keyword); 5.x
+    renamed it `resample=` and would silently resize bilinearly: the subclass only restores the keyword."""
+    base = release_module("video_processing_interns1_pro").InternS1ProVideoProcessor
+
+    class VideoProcessor(base):
+        def resize(self, image, size, resample=None, interpolation=None, **kwargs):
+            return super().resize(image, size, resample=interpolation if resample is None else resample, **kwargs)
+
+    return VideoProcessor(**_preprocessor_config("video_preprocessor_config.json"))
+
+
+def release_tokenizer():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("interns1_pro_tokenizer",
+                                                  reference_path("intern-s1-pro", "tokenization_interns1.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.InternS1Tokenizer.from_pretrained(reference_path("intern-s1-pro"))
+
+
+def release_processor(image_processor, video_processor=None):
+    """InternS1ProProcessor of the release over these processors and the release tokenizer. Without torchvision
+    there is no video processor; transformers 5 then refuses video_processor=None, which the subclass allows."""
+    base = release_module("processing_interns1_pro").InternS1ProProcessor
+
+    class Processor(base):
+        def check_argument_for_proper_class(self, name, arg):
+            return None if arg is None else super().check_argument_for_proper_class(name, arg)
+
+    return Processor(image_processor=image_processor, tokenizer=release_tokenizer(), video_processor=video_processor)
 
 
 def _causal_mask(config, input_embeds, attention_mask=None, **_):

@@ -77,3 +77,25 @@ def test_pro_recipes_keep_the_release_architecture(preset):
         assert model.preset == "intern-s1-pro", path
         changed = {f: getattr(model, f) for f in architecture if getattr(model, f) != getattr(preset, f)}
         assert not changed, (path, changed)
+
+
+def test_pro_recipes_use_the_released_vision_tower(release):
+    """mm CPT, SFT and RL recipes of Intern-S1-Pro: vision.arch=pro with the release's vision_config and
+    pixel bounds (the converted release checkpoint holds the tower, so every stage builds it)."""
+    from megatron_s1.models.pro.vision.mapping import vision_fields_from_hf
+
+    want = vision_fields_from_hf(release["vision_config"], release["text_config"]["hidden_size"])
+    with open(reference_path("intern-s1-pro", "preprocessor_config.json")) as f:
+        size = json.load(f)["size"]
+    paths = glob.glob(os.path.join(REPO, "examples", "*", "intern_s1_pro*.yaml"))
+    recipes = {os.path.relpath(p, REPO): p for p in paths}
+    assert {"examples/mm_cpt/intern_s1_pro.yaml", "examples/sft/intern_s1_pro.yaml",
+            "examples/rl/intern_s1_pro.yaml"} <= set(recipes)
+    for name, path in recipes.items():
+        cfg = load_config(path, [])
+        vision = cfg.vision
+        assert vision.arch == "pro" and vision.preset == "intern-s1-pro-vit", name
+        assert {k: getattr(vision, k) for k in want} == want, name
+        assert (vision.min_pixels, vision.max_pixels) == (size["shortest_edge"], size["longest_edge"]), name
+    assert load_config(recipes["examples/mm_cpt/intern_s1_pro.yaml"], []).train.task == "mm_pretrain"
+    assert load_config(recipes["examples/sft/intern_s1_pro.yaml"], []).train.task == "sft"
