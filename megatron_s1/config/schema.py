@@ -71,8 +71,14 @@ class ModelConfig:
     # Which GEMMs run in FP8 when model.fp8 is set: all (every decoder-block linear) | experts (routed-expert
     # linears only, BF16 elsewhere: the Intern-S1-Pro selection).
     fp8_modules: str = "all"
+    # FP8 weights kept by TE across micro-batches (Megatron's fp8_param: primary weights in FP8, quantised once per
+    # optimizer step instead of once per micro-batch GEMM). Needs model.fp8.
+    fp8_param: bool = False
+    # Pad each expert's routed token count to the FP8 GEMM alignment in the router (Megatron's
+    # moe_router_padding_for_quantization) instead of padding/unpadding activations around TE's grouped GEMM.
+    moe_router_padding_fp8: bool = False
     fp32_lm_head: bool = False  # output projection + logits in fp32 (Intern-S1-Pro keeps the LM head in FP32)
-    recompute: Optional[str] = None  # None | selective | full
+    recompute: Optional[str] = None  # None | selective (core attention) | full | moe (selective, MoE layers only)
     # TE-spec fusions (RoPE, MoE permute and router, fused cross-entropy, TE wgrad accumulation into main_grad):
     # measured faster on H100 and numerically equivalent, so on by default (docs/performance.md).
     fusions: bool = True
