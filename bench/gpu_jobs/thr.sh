@@ -26,23 +26,26 @@ L30=8; (( ${MEM_MIB:-0} < 100000 )) && L30=4
 echo "qwen3-30b-a3b-slice layers: $L30"
 export PYTHONFAULTHANDLER=1 TORCHDYNAMO_VERBOSE=1
 
+# (a0) FP8 grouped GEMM numerics (grouped_mm_fp8 vs BF16 grouped_mm).
+step fp8check 30 $PY bench/gpu_jobs/check_fp8_gmm.py
+
 # (a) smoke test of every new variant on a tiny shape (probe-moe at 1 layer, 2+2 steps): tracebacks in the logs.
-step smoke 75 $PY $B --shape probe-moe --layers 1 --steps 2 --warmup 2 \
-  --runs hf-compile,recompute-moe,fp8-blockwise-param-pad,fp8-tensorwise-param-pad \
+step smoke 80 $PY $B --shape probe-moe --layers 1 --steps 2 --warmup 2 \
+  --runs hf-compile,fp8-gmm,recompute-moe,fp8-blockwise-param-pad,fp8-tensorwise-param-pad \
   --out "$OUT/smoke.json"
 
 # (b) Qwen3-30B-A3B slice: every peer in one invocation.
-step a3b 180 $PY $B --shape qwen3-30b-a3b-slice --layers "$L30" --steps 4 --warmup 3 \
-  --runs hf,hf-compile,ours-untuned,ours-bf16,ours-fp8-blockwise,fp8-blockwise-param-pad,fp8-experts-pad \
+step a3b 185 $PY $B --shape qwen3-30b-a3b-slice --layers "$L30" --steps 4 --warmup 3 \
+  --runs hf,hf-compile,ours-untuned,ours-bf16,fp8-gmm,ours-fp8-blockwise,fp8-blockwise-param-pad,fp8-experts-pad \
   --out "$OUT/a3b.json"
 
 # (c) Intern-S1-mini slice (Qwen3-8B shapes, 8 layers).
-step mini 125 $PY $B --shape intern-s1-mini-slice --steps 4 --warmup 3 \
+step mini 115 $PY $B --shape intern-s1-mini-slice --steps 4 --warmup 3 \
   --runs hf,hf-compile,ours-untuned,ours-bf16,ours-fp8-blockwise,fp8-blockwise-param \
   --out "$OUT/mini.json"
 
 # (d) profiles (kernel tables per run, two steps after the timed ones) for ours-bf16 and two FP8 variants.
 step profile 60 $PY $B --shape qwen3-30b-a3b-slice --layers "$L30" --steps 2 --warmup 2 \
-  --runs ours-bf16,fp8-blockwise-param-pad,fp8-experts-pad --profile-dir "$OUT/profiles" --out "$OUT/profile.json"
+  --runs ours-bf16,fp8-gmm,fp8-blockwise-param-pad --profile-dir "$OUT/profiles" --out "$OUT/profile.json"
 for f in "$OUT"/profiles/*.txt; do [[ -f $f ]] && { echo "== $(basename "$f") top kernels"; sed -n '1,14p' "$f" | cut -c1-150; }; done
 echo "total $(( $(date +%s) - START ))s"

@@ -52,7 +52,8 @@ class ModelConfig:
     moe_router_load_balancing_type: str = "aux_loss"
     moe_token_dispatcher_type: str = "alltoall"  # or allgather / flex
     # Routed-expert implementation: auto | grouped_mm (torch grouped GEMM, device-side expert counts; BF16) | te (TE
-    # GroupedLinear; FP8, expert TP) | sequential (one MLP per expert). auto: grouped_mm on the TE spec in BF16, te
+    # GroupedLinear; FP8, expert TP) | grouped_mm_fp8 (grouped_mm with rowwise-FP8 GEMMs via torch._scaled_grouped_mm,
+    # no host sync; CUDA SM 8.9+, model.fp8 unset) | sequential (one MLP per expert). auto: grouped_mm on the TE spec in BF16, te
     # when the experts run in FP8 or expert-TP > 1, sequential on the local (CPU) spec. docs/performance.md.
     moe_experts: str = "auto"
     vocab_size: int = 2048

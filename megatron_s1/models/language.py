@@ -269,7 +269,7 @@ def build_language_model(cfg: ExperimentConfig, config: TransformerConfig, pre_p
     )
     if kind == "local":
         model.rotary_pos_emb = PositionIdRotary(model.rotary_pos_emb)
-    if experts_impl == "grouped_mm":
+    if experts_impl in ("grouped_mm", "grouped_mm_fp8"):
         keep_expert_counts_on_device(model)
     model.cross_entropy_impl = resolve_cross_entropy(cfg.model)
     if cfg.model.fp8 is not None and cfg.model.fp8_modules == "experts":
