@@ -52,7 +52,8 @@ class ModelConfig:
     moe_router_load_balancing_type: str = "aux_loss"
     moe_token_dispatcher_type: str = "alltoall"  # or allgather / flex
     # Routed-expert implementation: auto | grouped_mm (torch grouped GEMM, device-side expert counts; BF16) | te (TE
-    # GroupedLinear; FP8, expert TP) | sequential (one MLP per expert). auto: grouped_mm on the TE spec in BF16, te
+    # GroupedLinear; FP8, expert TP) | grouped_mm_fp8 (grouped_mm with rowwise-FP8 GEMMs via torch._scaled_grouped_mm,
+    # no host sync; CUDA SM 8.9+, model.fp8 unset) | sequential (one MLP per expert). auto: grouped_mm on the TE spec in BF16, te
     # when the experts run in FP8 or expert-TP > 1, sequential on the local (CPU) spec. docs/performance.md.
     moe_experts: str = "auto"
     vocab_size: int = 2048
@@ -71,8 +72,14 @@ class ModelConfig:
     # Which GEMMs run in FP8 when model.fp8 is set: all (every decoder-block linear) | experts (routed-expert
     # linears only, BF16 elsewhere: the Intern-S1-Pro selection).
     fp8_modules: str = "all"
+    # FP8 weights kept by TE across micro-batches (Megatron's fp8_param: primary weights in FP8, quantised once per
+    # optimizer step instead of once per micro-batch GEMM). Needs model.fp8.
+    fp8_param: bool = False
+    # Pad each expert's routed token count to the FP8 GEMM alignment in the router (Megatron's
+    # moe_router_padding_for_quantization) instead of padding/unpadding activations around TE's grouped GEMM.
+    moe_router_padding_fp8: bool = False
     fp32_lm_head: bool = False  # output projection + logits in fp32 (Intern-S1-Pro keeps the LM head in FP32)
-    recompute: Optional[str] = None  # None | selective | full
+    recompute: Optional[str] = None  # None | selective (core attention) | full | moe (selective, MoE layers only)
     # TE-spec fusions (RoPE, MoE permute and router, fused cross-entropy, TE wgrad accumulation into main_grad):
     # measured faster on H100 and numerically equivalent, so on by default (docs/performance.md).
     fusions: bool = True

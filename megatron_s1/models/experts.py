@@ -7,7 +7,11 @@ bookkeeps every expert from Python. On the H100 probe (32 local experts, docs/pe
 become device offsets for `torch.nn.functional.grouped_mm` (one CUTLASS kernel per GEMM, forward and backward),
 and with EP=1 / expert-TP=1 the dispatcher never copies them to the host (`keep_expert_counts_on_device`).
 
-FP8 is left to TE (the `auto` choice picks TE's GroupedLinear whenever the experts run in FP8).
+FP8 (`model.moe_experts=grouped_mm_fp8`, issue 24): the same module with the two forward GEMMs and the input-gradient
+GEMMs in FP8 e4m3 through `torch._scaled_grouped_mm` with rowwise float32 scales (per token row of the activations,
+per output row of each expert's weight), still with device-side offsets, so no host sync. The weight gradients stay
+BF16 (`grouped_mm` grouped along the token axis). Quantised weights (both orientations) are cached per weight
+version, so all micro-batches of one optimizer step reuse them. Otherwise `auto` picks TE's GroupedLinear for FP8.
 
 Checkpoints: the weights of all local experts are one [experts, out, in] tensor per linear, stored under the same
 sharded keys and global shapes as Megatron's SequentialMLP / TEGroupedMLP (`...experts.linear_fc1.weight`, one
@@ -27,6 +31,75 @@ from megatron.core.transformer.moe.token_dispatcher import MoEAlltoAllTokenDispa
 _grouped_mm = getattr(F, "grouped_mm", None) or torch._grouped_mm
 
 
+_E4M3_MAX = 448.0
+
+
+def _rowwise_e4m3(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """t [..., K] -> (e4m3 tensor, float32 scale per row [...]) with t ~= q * scale."""
+    amax = t.abs().amax(dim=-1).float().clamp_min(1e-12)
+    scale = amax / _E4M3_MAX
+    q = (t.float() / scale.unsqueeze(-1)).clamp(-_E4M3_MAX, _E4M3_MAX).to(torch.float8_e4m3fn)
+    return q, scale
+
+
+# Weights only change between forward-backward schedules (optimizer step, checkpoint load), but Megatron's optimizer
+# writes them through `.data`, which does not bump the parameter's version counter. So the training loop opens a new
+# "weight generation" at the start of every schedule (`new_weight_generation`) and a cache hit needs the same
+# generation; callers that never open one (RL, inference, tests) get fresh quantisation on every forward.
+_GENERATION = {"managed": False, "value": 0}
+
+
+def new_weight_generation() -> None:
+    """Invalidate every cached FP8 expert weight; the cache is then reused until the next call."""
+    _GENERATION["managed"] = True
+    _GENERATION["value"] += 1
+
+
+class _FP8WeightCache:
+    """Rowwise-FP8 copies of one [E, N, K] weight for the forward ([E, K, N] column-major operand, scales [E, N]) and
+    the input gradient ([E, N, K] column-major operand, scales [E, K]); rebuilt when the weight changes (optimizer
+    step bumps its version), reused across the micro-batches in between."""
+
+    def __init__(self):
+        self.key = None
+        self.fwd = self.bwd = None
+
+    def get(self, weight: torch.Tensor):
+        key = (weight.data_ptr(), weight._version, _GENERATION["value"])
+        if key != self.key or not _GENERATION["managed"]:
+            with torch.no_grad():
+                q, sc = _rowwise_e4m3(weight)  # over K, per (e, n)
+                self.fwd = (q.transpose(1, 2), sc)  # [E, K, N], column-major in the last two dims
+                qt, sct = _rowwise_e4m3(weight.transpose(1, 2))  # over N, per (e, k)
+                self.bwd = (qt.contiguous().transpose(1, 2), sct.contiguous())  # [E, N, K] column-major
+            self.key = key
+        return self.fwd, self.bwd
+
+
+class _FP8GroupedLinear(torch.autograd.Function):
+    """y[rows of e] = x[rows of e] @ W[e]^T with FP8 forward / input-gradient GEMMs, BF16 weight gradient."""
+
+    @staticmethod
+    def forward(ctx, x, weight, offsets, cache):
+        (wq, ws), bwd = cache.get(weight)
+        xq, xs = _rowwise_e4m3(x)
+        out = torch._scaled_grouped_mm(xq, wq, xs, ws, offs=offsets, out_dtype=x.dtype)
+        ctx.save_for_backward(x, offsets)
+        ctx.bwd = bwd
+        ctx.weight_dtype = weight.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, offsets = ctx.saved_tensors
+        wtq, wts = ctx.bwd
+        dy = dy.contiguous()
+        dyq, dys = _rowwise_e4m3(dy)
+        dx = torch._scaled_grouped_mm(dyq, wtq, dys, wts, offs=offsets, out_dtype=dy.dtype)
+        dw = _grouped_mm(dy.t(), x, offs=offsets)  # [E, N, K], grouped along the token axis
+        return dx, dw.to(ctx.weight_dtype), None, None
+
+
 class _GroupedWeight(torch.nn.Module):
     """Holds one [experts, out_features, in_features] weight, so state-dict names read `linear_fc1.weight`."""
 
@@ -39,8 +112,11 @@ class _GroupedWeight(torch.nn.Module):
 class GroupedMMExperts(MegatronModule):
     """Drop-in for Megatron's experts module (same constructor and forward contract as TEGroupedMLP)."""
 
+    fp8 = False  # GroupedMMFP8Experts: rowwise-FP8 GEMMs
+
     def __init__(self, num_local_experts: int, config, submodules=None, pg_collection=None, name=None):
         super().__init__(config=config)
+        self._fp8_caches = (_FP8WeightCache(), _FP8WeightCache())
         if pg_collection is None:
             pg_collection = ProcessGroupCollection.use_mpu_process_groups()
         self.ep_group = pg_collection.ep
@@ -90,6 +166,10 @@ class GroupedMMExperts(MegatronModule):
         x = permuted_local_hidden_states
         counts = torch.as_tensor(tokens_per_expert).to(device=x.device, non_blocking=True)
         offsets = torch.cumsum(counts, 0, dtype=torch.int32)
+        if self.fp8:
+            fc1_output = _FP8GroupedLinear.apply(x, self.linear_fc1.weight, offsets, self._fp8_caches[0])
+            hidden = self.activation(fc1_output, permuted_probs.unsqueeze(-1))
+            return _FP8GroupedLinear.apply(hidden, self.linear_fc2.weight, offsets, self._fp8_caches[1]), None
         fc1_output = _grouped_mm(x, self.linear_fc1.weight.transpose(1, 2), offs=offsets)
         hidden = self.activation(fc1_output, permuted_probs.unsqueeze(-1))
         return _grouped_mm(hidden, self.linear_fc2.weight.transpose(1, 2), offs=offsets), None
@@ -108,6 +188,12 @@ class GroupedMMExperts(MegatronModule):
                 (expert_axis, self.ep_group.rank(), self.ep_group.size()),
                 replica_id=replica_id, prepend_axis_num=len(sharded_offsets))
         return out
+
+
+class GroupedMMFP8Experts(GroupedMMExperts):
+    """GroupedMMExperts with rowwise-FP8 GEMMs (`model.moe_experts=grouped_mm_fp8`); same checkpoint layout."""
+
+    fp8 = True
 
 
 class DeviceCountsAlltoAllDispatcher(MoEAlltoAllTokenDispatcher):

@@ -139,8 +139,13 @@ def build_transformer_config(cfg: ExperimentConfig) -> TransformerConfig:
         kwargs.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
     elif m.recompute == "selective":
         kwargs.update(recompute_granularity="selective")
+    elif m.recompute == "moe":
+        if not is_moe:
+            raise ConfigError("model.recompute=moe recomputes the MoE layers but the model is dense "
+                              "(model.num_moe_experts is null); use selective or full")
+        kwargs.update(recompute_granularity="selective", recompute_modules=["moe"])
     elif m.recompute is not None:
-        raise ConfigError(f"model.recompute must be null, selective or full, got {m.recompute!r}")
+        raise ConfigError(f"model.recompute must be null, selective, full or moe, got {m.recompute!r}")
     if is_moe:
         kwargs.update(
             num_moe_experts=m.num_moe_experts,
@@ -161,6 +166,10 @@ def build_transformer_config(cfg: ExperimentConfig) -> TransformerConfig:
         if resolve_spec_kind(m.spec) != "te":
             raise ConfigError("model.fp8 needs the TransformerEngine spec (a CUDA GPU with TE installed)")
         kwargs.update(fp8="e4m3" if m.fp8 == "blockwise" else "hybrid", fp8_recipe=_FP8_RECIPES[m.fp8])
+        if m.fp8_param:
+            kwargs.update(fp8_param=True)
+        if m.moe_router_padding_fp8:
+            kwargs.update(moe_router_padding_for_quantization=True)
     return TransformerConfig(**kwargs)
 
 
@@ -260,7 +269,7 @@ def build_language_model(cfg: ExperimentConfig, config: TransformerConfig, pre_p
     )
     if kind == "local":
         model.rotary_pos_emb = PositionIdRotary(model.rotary_pos_emb)
-    if experts_impl == "grouped_mm":
+    if experts_impl in ("grouped_mm", "grouped_mm_fp8"):
         keep_expert_counts_on_device(model)
     model.cross_entropy_impl = resolve_cross_entropy(cfg.model)
     if cfg.model.fp8 is not None and cfg.model.fp8_modules == "experts":

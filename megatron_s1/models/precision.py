@@ -20,6 +20,16 @@ FP8_MODULE_CHOICES = ("all", "experts")
 def validate_precision_options(m: ModelConfig) -> None:
     if m.fp8_modules not in FP8_MODULE_CHOICES:
         raise ConfigError(f"model.fp8_modules must be one of {', '.join(FP8_MODULE_CHOICES)}, got {m.fp8_modules!r}")
+    for key in ("fp8_param", "moe_router_padding_fp8"):
+        if getattr(m, key) and m.fp8 is None:
+            raise ConfigError(f"model.{key}=true needs an FP8 recipe but model.fp8 is null; set model.fp8 "
+                              "(e.g. blockwise) or drop the option")
+    if m.moe_router_padding_fp8 and m.num_moe_experts is None:
+        raise ConfigError("model.moe_router_padding_fp8=true pads routed tokens but the model is dense "
+                          "(model.num_moe_experts is null)")
+    if m.fp8_param and m.fp8_modules == "experts":
+        raise ConfigError("model.fp8_param=true stores every TE weight in FP8 but model.fp8_modules=experts runs "
+                          "the non-expert GEMMs in BF16; use model.fp8_modules=all or drop model.fp8_param")
     if m.fp8_modules == "experts":
         if m.fp8 is None:
             raise ConfigError("model.fp8_modules=experts selects FP8 modules but model.fp8 is null; set model.fp8 "

@@ -14,10 +14,10 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
 
 from megatron_s1.config.schema import ConfigError
-from megatron_s1.models.experts import GroupedMMExperts
+from megatron_s1.models.experts import GroupedMMExperts, GroupedMMFP8Experts
 from megatron_s1.models.norms import RMSNorm
 
-MOE_EXPERTS_CHOICES = ("auto", "grouped_mm", "te", "sequential")
+MOE_EXPERTS_CHOICES = ("auto", "grouped_mm", "grouped_mm_fp8", "te", "sequential")
 
 
 def te_available() -> bool:
@@ -55,15 +55,25 @@ def resolve_experts_impl(cfg) -> str | None:
     if m.moe_experts == "te" and kind != "te":
         raise ConfigError("model.moe_experts=te needs the TransformerEngine spec (model.spec=te on a CUDA GPU); "
                           "use grouped_mm or sequential")
-    if m.moe_experts == "grouped_mm":
+    if m.moe_experts == "grouped_mm_fp8":
+        # Rowwise-scaled FP8 grouped GEMM (torch._scaled_grouped_mm): CUDA with FP8 tensor cores (SM 8.9+).
+        if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9):
+            raise ConfigError("model.moe_experts=grouped_mm_fp8 needs a CUDA GPU with FP8 (SM 8.9+, e.g. H100); "
+                              "use grouped_mm or sequential")
+        if not hasattr(torch, "_scaled_grouped_mm"):
+            raise ConfigError("model.moe_experts=grouped_mm_fp8 needs torch._scaled_grouped_mm (torch >= 2.8)")
         if fp8_experts:
+            raise ConfigError("model.moe_experts=grouped_mm_fp8 runs its own FP8 expert GEMMs but model.fp8 is set "
+                              "(TE FP8 experts); unset model.fp8 or use model.moe_experts=te")
+    if m.moe_experts in ("grouped_mm", "grouped_mm_fp8"):
+        if fp8_experts and m.moe_experts == "grouped_mm":
             raise ConfigError("model.moe_experts=grouped_mm runs the experts in BF16 but model.fp8 is set; use "
                               "model.moe_experts=te (or auto) for FP8 experts")
         if expert_tp != 1:
-            raise ConfigError(f"model.moe_experts=grouped_mm needs expert tensor parallel size 1, got {expert_tp}; "
+            raise ConfigError(f"model.moe_experts={m.moe_experts} needs expert tensor parallel size 1, got {expert_tp}; "
                               "set parallel.expert_tensor=1 or model.moe_experts=te")
         if not aligned:
-            raise ConfigError("model.moe_experts=grouped_mm needs model.hidden_size and the expert FFN size to be "
+            raise ConfigError(f"model.moe_experts={m.moe_experts} needs model.hidden_size and the expert FFN size to be "
                               "multiples of 8 (16-byte aligned GEMM strides); use model.moe_experts=sequential")
     return m.moe_experts
 
@@ -78,8 +88,8 @@ def with_moe_submodules(mlp, **changes):
     raise TypeError(f"cannot find the MoE submodules in layer spec {mlp!r}")
 
 
-def _with_grouped_mm_experts(layer: ModuleSpec) -> ModuleSpec:
-    mlp = with_moe_submodules(layer.submodules.mlp, experts=GroupedMMExperts)
+def _with_grouped_mm_experts(layer: ModuleSpec, experts=GroupedMMExperts) -> ModuleSpec:
+    mlp = with_moe_submodules(layer.submodules.mlp, experts=experts)
     return ModuleSpec(module=layer.module, params=layer.params,
                       submodules=dataclasses.replace(layer.submodules, mlp=mlp))
 
@@ -124,4 +134,6 @@ def build_block_spec(kind: str, num_experts, qk_layernorm: bool, experts_impl: s
         final_norm = RMSNorm
     if experts_impl == "grouped_mm":
         layer = _with_grouped_mm_experts(layer)
+    elif experts_impl == "grouped_mm_fp8":
+        layer = _with_grouped_mm_experts(layer, GroupedMMFP8Experts)
     return TransformerBlockSubmodules(layer_specs=[layer] * num_local_layers, layer_norm=final_norm)

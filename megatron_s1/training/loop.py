@@ -22,6 +22,7 @@ from megatron.core.transformer.enums import ModelType
 from megatron.core.transformer.moe.router import TopKRouter
 
 from megatron_s1.config.schema import ConfigError, ExperimentConfig, check_resume_config
+from megatron_s1.models.experts import new_weight_generation
 from megatron_s1.models.language import build_transformer_config, validate_model_parallel
 from megatron_s1.models.precision import enable_fused_wgrad_accumulation
 from megatron_s1.models.specs import resolve_spec_kind
@@ -184,6 +185,7 @@ class Trainer:
 
     def _run_schedule(self, dataset, first_sample: int, global_batch: int, forward_only: bool):
         cfg = self.cfg
+        new_weight_generation()  # FP8 expert weights (grouped_mm_fp8) are quantised once per schedule
         num_micro = global_batch // (cfg.data.micro_batch_size * self.dp_size)
         make = lambda: self.task.microbatches(dataset, first_sample, global_batch, self.dp_rank,  # noqa: E731
                                               self.dp_size)

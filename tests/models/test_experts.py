@@ -109,3 +109,41 @@ def test_bad_choices_are_one_clear_error(overrides, message):
     cfg = load_config(None, ["model.preset=tiny-moe", *overrides])
     with pytest.raises(ConfigError, match=message):
         resolve_experts_impl(cfg)
+
+
+def test_rowwise_e4m3_round_trip_and_weight_cache_generations():
+    """CPU parts of grouped_mm_fp8 (the GEMMs themselves need SM 8.9+: bench/gpu_jobs/check_fp8_gmm.py)."""
+    from megatron_s1.models import experts
+
+    torch.manual_seed(0)
+    t = torch.randn(6, 32) * torch.logspace(-3, 2, 6).unsqueeze(1)  # rows of very different magnitude
+    q, scale = experts._rowwise_e4m3(t)
+    assert q.dtype == torch.float8_e4m3fn and scale.shape == (6,)
+    back = q.float() * scale.unsqueeze(1)
+    assert ((back - t).abs() <= 0.07 * t.abs().amax(dim=1, keepdim=True)).all()  # e4m3: 3 mantissa bits per row
+    w = torch.randn(3, 8, 16)
+    cache = experts._FP8WeightCache()
+    experts._GENERATION.update(managed=False, value=0)
+    first = cache.get(w)[0][0]
+    assert cache.get(w)[0][0] is not first  # unmanaged: quantised on every call
+    experts.new_weight_generation()
+    first = cache.get(w)[0][0]
+    assert cache.get(w)[0][0] is first  # reused inside one generation (micro-batches of a step)
+    fwd, bwd = cache.get(w)
+    assert fwd[0].shape == (3, 16, 8) and fwd[0].stride()[-2] == 1 and fwd[1].shape == (3, 8)  # column-major
+    assert bwd[0].shape == (3, 8, 16) and bwd[0].stride()[-2] == 1 and bwd[1].shape == (3, 16)
+    w.data.mul_(2)  # an optimizer write through .data: the version counter does not move ...
+    experts.new_weight_generation()  # ... so the loop's new generation is what invalidates
+    assert torch.allclose(cache.get(w)[0][1], 2 * fwd[1])
+    experts._GENERATION.update(managed=False, value=0)
+
+
+def test_grouped_mm_fp8_needs_an_fp8_gpu():
+    from megatron_s1.config import ConfigError, load_config
+    from megatron_s1.models.specs import resolve_experts_impl
+
+    if torch.cuda.is_available():
+        pytest.skip("CPU-only check")
+    cfg = load_config(None, ["model.num_moe_experts=4", "model.moe_experts=grouped_mm_fp8"])
+    with pytest.raises(ConfigError, match="needs a CUDA GPU with FP8"):
+        resolve_experts_impl(cfg)

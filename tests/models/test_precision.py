@@ -18,6 +18,11 @@ def single_process():
     (["model.fp8_modules=attention"], "model.fp8_modules must be one of all, experts"),
     (["model.fp8_modules=experts"], "model.fp8 is null"),
     (["model.fp8_modules=experts", "model.fp8=blockwise", "model.preset=tiny-dense"], "needs an MoE model"),
+    (["model.fp8_param=true"], "model.fp8_param=true needs an FP8 recipe"),
+    (["model.moe_router_padding_fp8=true", "model.num_moe_experts=4"], "moe_router_padding_fp8=true needs an FP8"),
+    (["model.moe_router_padding_fp8=true", "model.fp8=blockwise"], "the model is dense"),
+    (["model.fp8_param=true", "model.fp8=blockwise", "model.fp8_modules=experts", "model.num_moe_experts=4"],
+     "use model.fp8_modules=all"),
 ])
 def test_fp8_module_selection_errors(overrides, message):
     cfg = load_config(None, overrides)
@@ -69,3 +74,22 @@ def test_fp32_lm_head_config_switch(single_process):
     logits = model(torch.zeros(1, s, dtype=torch.long), torch.arange(s)[None],
                    torch.triu(torch.ones(s, s, dtype=torch.bool), 1)[None, None])
     assert logits.dtype == torch.float32
+
+
+def test_fp8_switches_accepted_with_a_recipe():
+    cfg = load_config(None, ["model.fp8=blockwise", "model.fp8_param=true", "model.moe_router_padding_fp8=true",
+                             "model.num_moe_experts=4"])
+    validate_precision_options(cfg.model)  # no error: both switches have a recipe and an MoE model
+
+
+def test_moe_only_recompute(single_process):
+    cfg = load_config(None, ["model.num_moe_experts=4", "model.recompute=moe"])
+    config = build_transformer_config(cfg)
+    assert config.recompute_granularity == "selective" and config.recompute_modules == ["moe"]
+    # The plain selective option keeps Megatron's default (core attention only).
+    config = build_transformer_config(load_config(None, ["model.num_moe_experts=4", "model.recompute=selective"]))
+    assert config.recompute_modules == ["core_attn"]
+    with pytest.raises(ConfigError, match="model is dense"):
+        build_transformer_config(load_config(None, ["model.recompute=moe"]))
+    with pytest.raises(ConfigError, match="selective, full or moe"):
+        build_transformer_config(load_config(None, ["model.recompute=attention"]))
