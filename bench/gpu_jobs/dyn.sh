@@ -19,7 +19,7 @@ import importlib.util as u; print('te', u.find_spec('transformer_engine') is not
 # (a) smoke: the check script alone, verbose tracebacks + diagnostics
 step smoke 90 $PY tests/rl/_dynamic_check.py "$OUT/smoke_run" model.spec=te
 # (b) GPU tests (new + the existing RL GPU test as a baseline)
-step gpu_tests 150 $PY -m pytest -q -x tests/gpu/test_gpu_dynamic_engine.py tests/gpu/test_gpu_rl.py -p no:cacheprovider
+step gpu_tests 150 $PY -m pytest -q -x tests/gpu/test_gpu_dynamic_engine.py tests/gpu/test_gpu_rl.py -p no:cacheprovider -rs
 # (c) moderate bench (~3 min)
 step bench_moderate 180 $PY bench/rollout.py --prompts 16 --g 8 --pmin 128 --pmax 512 --new 512 --out "$OUT/bench_moderate.json"
 # (d) full-size bench only if time remains

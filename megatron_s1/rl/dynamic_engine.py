@@ -38,15 +38,29 @@ def dynamic_engine_available() -> tuple:
         from megatron.core.inference.engines.dynamic_engine import DynamicInferenceEngine  # noqa: F401
     except Exception as err:  # (ImportError, or a missing optional dependency raised at import)
         return False, f"megatron.core.inference not importable ({type(err).__name__}: {err})"
-    return True, "CUDA + megatron.core.inference"
+    # Megatron-Core 0.19's attention asserts flash-attn >= 2.7.3 (or FA3 / FA4) for dynamic batching
+    try:
+        from megatron.core.transformer import attention as mattn
+        from megatron.core.utils import is_fa_min_version
+
+        has_fa = getattr(mattn, "HAVE_FA4", False) or getattr(mattn, "HAVE_FA3", False) or \
+            is_fa_min_version("2.7.3")
+    except Exception:
+        has_fa = False
+    if not has_fa:
+        return False, "flash-attn >= 2.7.3 (or FA3 / FA4) not installed (Megatron's dynamic batching needs it)"
+    return True, "CUDA + megatron.core.inference + flash-attn"
 
 
-def choose_local_engine(setting: str) -> str:
+def choose_local_engine(setting: str, params_dtype: str = "bf16") -> str:
     """``rl.local_engine`` -> "dynamic" or "static" (LocalEngine), logged as one line. ``dynamic`` where it cannot
-    run raises ValueError (one clear line)."""
+    run raises ValueError (one clear line). The paged KV cache takes the parameter dtype and flash-attn needs
+    16-bit: fp32 parameters keep LocalEngine."""
     if setting not in LOCAL_ENGINES:
         raise ValueError(f"rl.local_engine must be one of {', '.join(LOCAL_ENGINES)}, got {setting!r}")
     ok, why = dynamic_engine_available()
+    if ok and params_dtype not in ("bf16", "fp16", "auto"):  # (auto: bf16 on GPU)
+        ok, why = False, f"model.params_dtype={params_dtype} (the KV cache takes it; flash-attn needs bf16 / fp16)"
     if setting == "dynamic" and not ok:
         raise ValueError(f"rl.local_engine=dynamic cannot run here: {why}; use auto or static")
     choice = setting if setting != "auto" else ("dynamic" if ok else "static")

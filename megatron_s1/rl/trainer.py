@@ -235,7 +235,7 @@ class RLTrainer:
             from megatron_s1.rl.dynamic_engine import DynamicEngine, choose_local_engine
 
             try:
-                choice = choose_local_engine(r.local_engine)
+                choice = choose_local_engine(r.local_engine, cfg.model.params_dtype)
             except ValueError as err:
                 raise ConfigError(str(err)) from None
             if choice == "dynamic":

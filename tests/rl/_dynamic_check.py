@@ -12,7 +12,7 @@ def _trainer(run_dir, extra):
     from megatron_s1.rl.trainer import RLTrainer
 
     cfg = load_config(None, [f"run.dir={run_dir}", "logging.tensorboard=false", "rl.task=toy_copy",
-                             "data.seq_length=64", "checkpoint.save_final=false", "rl.local_engine=static",
+                             "data.seq_length=64", "model.params_dtype=bf16", "checkpoint.save_final=false", "rl.local_engine=static",
                              *extra, *sys.argv[2:]])
     return RLTrainer(cfg, rollout_dtype="fp32")
 
@@ -22,6 +22,9 @@ def main():
     from megatron_s1.rl.rollout import pad_batch, token_logprobs
 
     out = {}
+    from megatron_s1.rl.dynamic_engine import dynamic_engine_available
+
+    print(f"[diag] dynamic_engine_available: {dynamic_engine_available()}", file=sys.stderr, flush=True)
     rl = _trainer(sys.argv[1], ["model.preset=tiny-moe", "rl.routing_replay=true"])
     module = rl.engine.model
     cfg = getattr(getattr(module, "module", module), "config", None)

@@ -21,6 +21,11 @@ def test_auto_falls_back_to_local_engine_and_logs_one_line(caplog):
 
 
 @cpu_only
+def test_fp32_params_keep_local_engine():
+    assert choose_local_engine("auto", "fp32") == "static"
+
+
+@cpu_only
 def test_forcing_dynamic_without_cuda_is_one_clear_error():
     with pytest.raises(ValueError, match="rl.local_engine=dynamic cannot run here: no CUDA device"):
         choose_local_engine("dynamic")
