@@ -197,7 +197,7 @@ class DynamicEngine:
         else:
             self.restore()
         eng = self._engine
-        torch.cuda.manual_seed(seed & 0x7FFFFFFF)
+        eng.controller.sampling_rng.manual_seed(seed & 0x7FFFFFFFFFFFFFFF)  # (the controller's own CUDA generator)
         torch.cuda.reset_peak_memory_stats()
         was_training = self.model.training
         self.model.eval()

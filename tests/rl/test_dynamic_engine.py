@@ -51,3 +51,20 @@ def test_config_knob_in_schema():
 
     cfg = load_config(None, ["rl.local_engine=static", "rl.dynamic_kv_gb=2.5"])
     assert cfg.rl.local_engine == "static" and cfg.rl.dynamic_kv_gb == 2.5
+
+
+@cpu_only
+def test_trainer_picks_local_engine_on_cpu_and_refuses_forced_dynamic(tmp_path):
+    from megatron_s1.config import load_config
+    from megatron_s1.config.schema import ConfigError
+    from megatron_s1.rl.rollout import LocalEngine
+    from megatron_s1.rl.trainer import RLTrainer
+
+    base = [f"run.dir={tmp_path}", "model.preset=tiny-moe", "rl.task=toy_copy", "logging.tensorboard=false",
+            "data.seq_length=16", "checkpoint.save_final=false", "model.spec=local"]
+    rl = RLTrainer(load_config(None, base), rollout_dtype="fp32")
+    assert type(rl.engine) is LocalEngine
+    rl.t.checkpointer.close()
+    bad = RLTrainer.__new__(RLTrainer)  # (shares the first one's process group)
+    with pytest.raises(ConfigError, match="rl.local_engine=dynamic cannot run here"):
+        RLTrainer.__init__(bad, load_config(None, base + ["rl.local_engine=dynamic"]), rollout_dtype="fp32")
