@@ -96,7 +96,7 @@ def bench_one(kind, args, sizes, run_dir):
         print(f"[bench] {kind} {name}: {out[name]}", flush=True)
         if name == "dynamic":
             eng.release()
-            out["dynamic"]["after_release_gb"] = torch.cuda.memory_allocated() / 2 ** 30
+            out["dynamic"]["after_generate_gb"] = torch.cuda.memory_allocated() / 2 ** 30
     if "hf" not in args.skip:
         try:
             out["hf"] = bench_hf(rl, prompts, tail, sizes, run_dir, kind, args)

@@ -217,7 +217,10 @@ class DynamicEngine:
         finally:
             if was_training:
                 self.model.train()
-        self.peak_memory["rollout_gb"] = torch.cuda.max_memory_allocated() / 2 ** 30
+            self.peak_memory["rollout_gb"] = torch.cuda.max_memory_allocated() / 2 ** 30
+            # Always suspend: it frees the KV cache for the log-prob / update phases *and* clears Megatron's global
+            # InferenceMode, which would otherwise make GPTModel compute last-position logits only in training.
+            self.release()
         if len(finished) != len(prompt_ids):
             raise RuntimeError(f"dynamic engine finished {len(finished)} of {len(prompt_ids)} requests "
                                "(failed requests: prompt + max_new_tokens beyond the KV buffer?)")

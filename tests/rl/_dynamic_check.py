@@ -61,10 +61,14 @@ def main():
     s = dyn.generate(prompts, 4, [8, 16, 24], temperature=[0.8, 1.0, 1.0], top_p=[0.9, 1.0, 1.0], top_k=[0, 0, 5],
                      generator=torch.Generator().manual_seed(2))
     out["per_prompt_len_ok"] = all(len(r) <= [8, 16, 24][i // 4] for i, r in enumerate(s.response_ids))
+    # generate suspends at its end: memory now vs. with the KV cache restored
+    after = torch.cuda.memory_allocated()
+    dyn.restore()
     before = torch.cuda.memory_allocated()
     dyn.release()
-    after = torch.cuda.memory_allocated()
     out["released_gb"] = (before - after) / 2 ** 30
+    out["release_again_gb"] = (before - torch.cuda.memory_allocated()) / 2 ** 30
+    print(f"[diag] memory: restored {before / 2**30:.3f} GiB, released {after / 2**30:.3f} GiB", file=sys.stderr)
     again = dyn.generate(prompts, 2, 12, generator=torch.Generator().manual_seed(1), **greedy)
     out["restore_same"] = again.response_ids == got.response_ids
     out["peak_rollout_gb"] = dyn.peak_memory.get("rollout_gb")
