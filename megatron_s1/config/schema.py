@@ -302,6 +302,9 @@ class RLConfig:
     engine_url: Optional[str] = None
     routing_replay: bool = False  # replay rollout expert choices in the training forward (MoE)
     kv_cache: bool = True  # colocated engine: KV-cached decoding (false: re-forward the sequence per token)
+    # colocated engine: auto (megatron.core DynamicInferenceEngine on CUDA, else LocalEngine) | dynamic | static
+    local_engine: str = "auto"
+    dynamic_kv_gb: float = 4.0  # dynamic engine: paged KV-cache budget (GiB), freed during the update
     online_filter: bool = True  # drop all-correct / all-wrong groups and degenerate responses
     freeze_router: bool = False
     freeze_vision: bool = True  # image prompts (InternS1Model): no gradients into the vision tower

@@ -232,6 +232,20 @@ class RLTrainer:
                                       record_routing=r.routing_replay, device=self.device, kv_cache=r.kv_cache,
                                       sync_group=sync,
                                       decode_mask_applied=resolve_spec_kind(cfg.model.spec) == "local")
+            from megatron_s1.rl.dynamic_engine import DynamicEngine, choose_local_engine
+
+            try:
+                choice = choose_local_engine(r.local_engine, cfg.model.params_dtype)
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
+            if choice == "dynamic":
+                if sync is not None or pipeline_size() > 1:
+                    # (EP ranks must pair their forwards; the engine's EP consensus is untested here)
+                    raise ConfigError("rl.local_engine=dynamic supports tensor parallelism only (no expert / "
+                                      "pipeline parallelism yet); set rl.local_engine=static")
+                self.engine = DynamicEngine(self.model, self.eos, self.pad, _rollout_dtype(rollout_dtype),
+                                            record_routing=r.routing_replay, device=self.device,
+                                            kv_buffer_gb=r.dynamic_kv_gb, fallback=self.engine)
         elif r.engine == "openai":
             if not r.engine_url:
                 raise ConfigError("rl.engine=openai needs rl.engine_url (e.g. http://host:8000)")
@@ -338,6 +352,8 @@ class RLTrainer:
                 rollout.routing = stage_routing(rollout.routing)
             return rollout
         rollout = self.engine.generate(prompt_ids, n, **kwargs)
+        if hasattr(self.engine, "release"):  # dynamic engine: KV cache freed for the log-prob / update phases
+            self.engine.release()
         if self.tp == 1:
             return rollout
         group = parallel_state.get_tensor_model_parallel_group()

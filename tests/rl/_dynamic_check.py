@@ -1,0 +1,83 @@
+"""Helper (subprocess, GPU): DynamicEngine against LocalEngine and the trainer on a tiny MoE. Prints diagnostics to
+stderr and one RESULT JSON line. argv: RUN_DIR [overrides...]."""
+import json
+import sys
+import traceback
+
+import torch
+
+
+def _trainer(run_dir, extra):
+    from megatron_s1.config import load_config
+    from megatron_s1.rl.trainer import RLTrainer
+
+    cfg = load_config(None, [f"run.dir={run_dir}", "logging.tensorboard=false", "rl.task=toy_copy",
+                             "data.seq_length=64", "model.params_dtype=bf16", "checkpoint.save_final=false", "rl.local_engine=static",
+                             *extra, *sys.argv[2:]])
+    return RLTrainer(cfg, rollout_dtype="fp32")
+
+
+def main():
+    from megatron_s1.rl.dynamic_engine import DynamicEngine
+    from megatron_s1.rl.rollout import pad_batch, token_logprobs
+
+    out = {}
+    from megatron_s1.rl.dynamic_engine import dynamic_engine_available
+
+    print(f"[diag] dynamic_engine_available: {dynamic_engine_available()}", file=sys.stderr, flush=True)
+    rl = _trainer(sys.argv[1], ["model.preset=tiny-moe", "rl.routing_replay=true"])
+    module = rl.engine.model
+    cfg = getattr(getattr(module, "module", module), "config", None)
+    print(f"[diag] model {type(module).__name__} params_dtype={getattr(cfg, 'params_dtype', None)} "
+          f"moe_replay={getattr(cfg, 'moe_enable_routing_replay', None)} "
+          f"attn_backend={getattr(cfg, 'attention_backend', None)}", file=sys.stderr, flush=True)
+    local = rl.engine
+    dyn = DynamicEngine(rl.model, rl.eos, rl.pad, None, record_routing=True, kv_buffer_gb=1.0, fallback=local)
+    prompts = [rl.tok.encode(t) for t in ["copy 3=", "Once upon a time, in a land far", "The answer is"]]
+    greedy = dict(temperature=1.0, top_k=1, top_p=1.0)
+    ref = local.generate(prompts, 2, 12, generator=torch.Generator().manual_seed(1), **greedy)
+    got = dyn.generate(prompts, 2, 12, generator=torch.Generator().manual_seed(1), **greedy)
+    print(f"[diag] dyn engine ctx max_len={dyn._max_len} mode={dyn._logprobs_mode} "
+          f"lens={[len(r) for r in got.response_ids]} local_lens={[len(r) for r in ref.response_ids]}",
+          file=sys.stderr, flush=True)
+    out["valid"] = (len(got.response_ids) == 6 and all(len(a) == len(b) for a, b in
+                                                       zip(got.response_ids, got.rollout_logprobs))
+                    and all(len(r) >= 1 for r in got.response_ids))
+    out["greedy_same"] = got.response_ids == ref.response_ids
+    out["greedy_logp_diff"] = max(abs(x - y) for a, b in zip(got.rollout_logprobs, ref.rollout_logprobs)
+                                  for x, y in zip(a, b))
+    # trainer's recomputed log-probs on the dynamic rollout (no replay / with the dynamic engine's routing)
+    batch = pad_batch(got.prompt_ids, got.response_ids, rl.pad)
+    mask = batch[3]
+    roll = torch.zeros_like(mask)
+    for i in range(len(got.response_ids)):
+        idx = mask[i].nonzero().squeeze(-1)
+        roll[i, idx] = torch.tensor(got.rollout_logprobs[i][:len(idx)])
+    for name, routing in (("no_replay", None), ("replay", got.routing)):
+        lp = rl._train_forward(batch, routing, 1.0)
+        out[f"kl_{name}"] = float(((roll - lp) * mask).sum() / mask.sum())
+    out["routing_recorded"] = got.routing is not None
+    # sampled (T=0.8, top-p 0.9), per-row settings; then release / restore
+    s = dyn.generate(prompts, 4, [8, 16, 24], temperature=[0.8, 1.0, 1.0], top_p=[0.9, 1.0, 1.0], top_k=[0, 0, 5],
+                     generator=torch.Generator().manual_seed(2))
+    out["per_prompt_len_ok"] = all(len(r) <= [8, 16, 24][i // 4] for i, r in enumerate(s.response_ids))
+    # generate suspends at its end: memory now vs. with the KV cache restored
+    after = torch.cuda.memory_allocated()
+    dyn.restore()
+    before = torch.cuda.memory_allocated()
+    dyn.release()
+    out["released_gb"] = (before - after) / 2 ** 30
+    out["release_again_gb"] = (before - torch.cuda.memory_allocated()) / 2 ** 30
+    print(f"[diag] memory: restored {before / 2**30:.3f} GiB, released {after / 2**30:.3f} GiB", file=sys.stderr)
+    again = dyn.generate(prompts, 2, 12, generator=torch.Generator().manual_seed(1), **greedy)
+    out["restore_same"] = again.response_ids == got.response_ids
+    out["peak_rollout_gb"] = dyn.peak_memory.get("rollout_gb")
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except BaseException:
+        traceback.print_exc()  # (full chain: the first GPU run is where this meets the real engine)
+        raise

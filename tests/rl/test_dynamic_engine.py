@@ -1,0 +1,70 @@
+"""Engine choice (CPU: LocalEngine, logged once), rl.local_engine validation and the RowSampling -> SamplingParams
+mapping of the dynamic engine. Real megatron-core objects, no mocks."""
+import logging
+
+import pytest
+import torch
+
+from megatron_s1.rl.dynamic_engine import choose_local_engine, dynamic_engine_available, sampling_params_of
+from megatron_s1.rl.rollout import RowSampling
+
+cpu_only = pytest.mark.skipif(torch.cuda.is_available(), reason="CPU fallback behaviour")
+
+
+@cpu_only
+def test_auto_falls_back_to_local_engine_and_logs_one_line(caplog):
+    with caplog.at_level(logging.WARNING, logger="megatron_s1.rl.dynamic_engine"):
+        assert choose_local_engine("auto") == "static"
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "LocalEngine" in lines[0] and "no CUDA device" in lines[0]
+    assert dynamic_engine_available() == (False, "no CUDA device")
+
+
+@cpu_only
+def test_fp32_params_keep_local_engine():
+    assert choose_local_engine("auto", "fp32") == "static"
+
+
+@cpu_only
+def test_forcing_dynamic_without_cuda_is_one_clear_error():
+    with pytest.raises(ValueError, match="rl.local_engine=dynamic cannot run here: no CUDA device"):
+        choose_local_engine("dynamic")
+
+
+def test_static_is_always_allowed_and_bad_value_rejected():
+    assert choose_local_engine("static") == "static"
+    with pytest.raises(ValueError, match="rl.local_engine must be one of auto, dynamic, static"):
+        choose_local_engine("fast")
+
+
+def test_sampling_params_per_row():
+    s = RowSampling.expand(4, 2, [0.7, 1.0], [0.9, 1.0], [0, 1], [8, 32])
+    a, b = sampling_params_of(s, 1, eos_id=5), sampling_params_of(s, 2, eos_id=5)
+    assert (a.temperature, a.top_p, a.top_k, a.num_tokens_to_generate) == (0.7, 0.9, 0, 8)
+    # top_p 1.0 is Megatron's 0.0 ("off"); top_k 1 = greedy
+    assert (b.temperature, b.top_p, b.top_k, b.num_tokens_to_generate) == (1.0, 0.0, 1, 32)
+    assert a.termination_id == 5 and a.return_log_probs and a.skip_prompt_log_probs
+
+
+def test_config_knob_in_schema():
+    from megatron_s1.config import load_config
+
+    cfg = load_config(None, ["rl.local_engine=static", "rl.dynamic_kv_gb=2.5"])
+    assert cfg.rl.local_engine == "static" and cfg.rl.dynamic_kv_gb == 2.5
+
+
+@cpu_only
+def test_trainer_picks_local_engine_on_cpu_and_refuses_forced_dynamic(tmp_path):
+    from megatron_s1.config import load_config
+    from megatron_s1.config.schema import ConfigError
+    from megatron_s1.rl.rollout import LocalEngine
+    from megatron_s1.rl.trainer import RLTrainer
+
+    base = [f"run.dir={tmp_path}", "model.preset=tiny-moe", "rl.task=toy_copy", "logging.tensorboard=false",
+            "data.seq_length=16", "checkpoint.save_final=false", "model.spec=local"]
+    rl = RLTrainer(load_config(None, base), rollout_dtype="fp32")
+    assert type(rl.engine) is LocalEngine
+    rl.t.checkpointer.close()
+    bad = RLTrainer.__new__(RLTrainer)  # (shares the first one's process group)
+    with pytest.raises(ConfigError, match="rl.local_engine=dynamic cannot run here"):
+        RLTrainer.__init__(bad, load_config(None, base + ["rl.local_engine=dynamic"]), rollout_dtype="fp32")
