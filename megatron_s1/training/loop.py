@@ -110,6 +110,10 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def _build_model(self) -> list:
         cfg, vpp = self.cfg, self.cfg.parallel.virtual_pipeline
+        if cfg.model.recompute is not None and not torch.cuda.is_available():
+            # Megatron's recompute saves and replays the CUDA RNG state: on CPU it fails deep in the forward.
+            raise ConfigError(f"model.recompute={cfg.model.recompute} needs a CUDA GPU (Megatron's activation "
+                              "recompute replays the CUDA RNG state); drop model.recompute on CPU")
         stages = list(range(vpp)) if (vpp and cfg.parallel.pipeline > 1) else [None]
         chunks = []
         for vp_stage in stages:

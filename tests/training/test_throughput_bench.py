@@ -5,9 +5,11 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from megatron_s1.config import load_config
 from megatron_s1.training.flops import training_flops_per_token
+from tests.conftest import run_cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _spec = importlib.util.spec_from_file_location("throughput_bench", os.path.join(REPO, "bench", "throughput.py"))
@@ -68,3 +70,13 @@ def test_cli_bad_input_is_one_error_line(args, message):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith(message)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
+def test_recompute_on_cpu_is_one_error_line(tmp_path, train_args):
+    """Megatron's recompute replays the CUDA RNG state; on CPU the run stops at setup with one line, exit 2."""
+    proc = run_cli(train_args(str(tmp_path / "run"), "train.steps=1", "model.recompute=moe"), check=False)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "model.recompute=moe needs a CUDA GPU" in errors[0], errors
+    assert "Traceback" not in proc.stderr
