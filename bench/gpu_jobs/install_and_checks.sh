@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# First call on a fresh GPU machine after the five .devwheels/cK copies: install, versions (flash-attn present?), the FP8 checkpoint + dynamic-engine GPU tests.
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+bash .devwheels/small/install.sh > $OUT/install.log 2>&1 || { tail -20 $OUT/install.log; exit 1; }
+tail -2 $OUT/install.log
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee $OUT/gpu.txt
+python3 -c "import torch, transformer_engine, megatron.core as m; print(torch.__version__, transformer_engine.__version__, m.__version__)
+import importlib.util as u; print('flash_attn', u.find_spec('flash_attn') is not None, 'fa3', u.find_spec('flash_attn_3') is not None)" | tee -a $OUT/gpu.txt
+timeout 200 python3 -m pytest -q -rs tests/gpu/test_gpu_fp8_checkpoint.py tests/gpu/test_gpu_dynamic_engine.py -p no:cacheprovider > $OUT/fp8ckpt.txt 2>&1; echo "fp8ckpt+dyn tests rc=$?"; tail -8 $OUT/fp8ckpt.txt
