@@ -56,15 +56,21 @@ def test_sft_multimodal_turns(tmp_path):
             f.write(json.dumps({"messages": [
                 {"role": "user", "content": [{"text": "Describe this: "}, item]},
                 {"role": "assistant", "content": f"It is {desc}."}]}) + "\n")
-    proc = run_cli(["train", "--config", RECIPE, f"run.dir={tmp_path / 'run'}", "train.steps=2",
+    _train_media_sft(tmp_path, 2, 9, "vision.preset=tiny-vit", "vision.max_tiles=4", "timeseries.preset=tiny-ts",
+                     "data.seq_length=512", "train.global_batch_tokens=[[0,1024]]")
+
+
+def _train_media_sft(tmp_path, steps: int, train_samples: int, *overrides: str) -> None:
+    """SFT on tmp_path/chat.jsonl (tiny-dense, 2112 vocab, 75/25 split): finite valid loss after `steps`, no
+    sample dropped, `train_samples` in the mixture."""
+    proc = run_cli(["train", "--config", RECIPE, f"run.dir={tmp_path / 'run'}", f"train.steps={steps}",
                     f"sft.datasets=[{{path: {tmp_path / 'chat.jsonl'}}}]", "sft.system_prompts={}",
-                    "model.vocab_size=2112", "vision.preset=tiny-vit", "vision.max_tiles=4", "timeseries.preset=tiny-ts",
-                    "data.split=75,25,0", "data.seq_length=512", "data.packing_epochs=4",
-                    "train.global_batch_tokens=[[0,1024]]", "train.eval_interval=0", "checkpoint.save_final=false"])
+                    "model.vocab_size=2112", "data.split=75,25,0", "data.packing_epochs=4",
+                    "train.eval_interval=0", "checkpoint.save_final=false", *overrides])
     result = _result(proc)
-    assert np.isfinite(result["valid_loss"]) and result["step"] == 2
+    assert np.isfinite(result["valid_loss"]) and result["step"] == steps
     mix = json.loads((tmp_path / "run" / "sft_mixture.json").read_text())
-    assert mix["dropped_train"] == 0 and mix["train_samples"] == 9
+    assert mix["dropped_train"] == 0 and mix["train_samples"] == train_samples
 
 
 def test_sft_pro_vision_turns(tmp_path):
@@ -84,15 +90,8 @@ def test_sft_pro_vision_turns(tmp_path):
                 {"role": "user", "content": [{"text": "Describe this: "}, item]},
                 {"role": "assistant", "content": f"It is {'a panda' if i % 2 == 0 else 'a moving gradient'}."}]})
                 + "\n")
-    proc = run_cli(["train", "--config", RECIPE, f"run.dir={tmp_path / 'run'}", "train.steps=3",
-                    f"sft.datasets=[{{path: {tmp_path / 'chat.jsonl'}}}]", "sft.system_prompts={}",
-                    "model.vocab_size=2112", "vision.preset=tiny-pro-vit", "data.split=75,25,0",
-                    "data.seq_length=256", "data.packing_epochs=4", "train.global_batch_tokens=[[0,512]]",
-                    "train.eval_interval=0", "train.log_interval=1", "checkpoint.save_final=false"])
-    result = _result(proc)
-    assert np.isfinite(result["valid_loss"]) and result["step"] == 3
-    mix = json.loads((tmp_path / "run" / "sft_mixture.json").read_text())
-    assert mix["dropped_train"] == 0 and mix["train_samples"] == 6
+    _train_media_sft(tmp_path, 3, 6, "vision.preset=tiny-pro-vit", "data.seq_length=256",
+                     "train.global_batch_tokens=[[0,512]]", "train.log_interval=1")
 
 
 def test_sft_ablate_over_ratios(tmp_path):
