@@ -19,7 +19,13 @@ import importlib.util as u; print('te', u.find_spec('transformer_engine') is not
 # (a) smoke: the check script alone, verbose tracebacks + diagnostics
 step smoke 110 $PY tests/rl/_dynamic_check.py "$OUT/smoke_run" model.spec=te
 # (b) GPU tests (new + the existing RL GPU test as a baseline)
-step gpu_tests 110 $PY -m pytest -q tests/gpu/test_gpu_dynamic_engine.py -p no:cacheprovider -rs
+step gpu_tests 150 $PY -m pytest -q tests/gpu/test_gpu_dynamic_engine.py tests/gpu/test_gpu_rl.py -p no:cacheprovider -rs
+# (b2) RL step time split of the tiny-MoE recipe (TE spec, bf16 weights) with both engines, 12 steps each
+for eng in static dynamic; do
+  step rl_$eng 60 $PY -m megatron_s1.cli rl --config examples/rl/tiny_cpu.yaml train.steps=12 train.log_interval=4 \
+    model.spec=te model.params_dtype=bf16 rl.local_engine=$eng run.dir="$OUT/rl_$eng"
+done
+$PY bench/gpu_jobs/rl_split.py "$OUT"/rl_static "$OUT"/rl_dynamic 2>&1 | tee "$OUT/rl_split.txt"
 # (c) moderate bench (~3 min)
 step bench_moderate 170 $PY bench/rollout.py --prompts 8 --g 8 --pmin 128 --pmax 384 --new 256 --out "$OUT/bench_moderate.json"
 # (d) full-size bench only if time remains

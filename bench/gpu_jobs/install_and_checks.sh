@@ -4,7 +4,8 @@ set -uo pipefail
 export PYTHONUNBUFFERED=1
 bash .devwheels/small/install.sh > $OUT/install.log 2>&1 || { tail -20 $OUT/install.log; exit 1; }
 tail -2 $OUT/install.log
+[ -d .devwheels/fa1 ] && { bash bench/gpu_jobs/install_fa4.sh > $OUT/fa4.log 2>&1; tail -3 $OUT/fa4.log; }
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee $OUT/gpu.txt
 python3 -c "import torch, transformer_engine, megatron.core as m; print(torch.__version__, transformer_engine.__version__, m.__version__)
-import importlib.util as u; print('flash_attn', u.find_spec('flash_attn') is not None, 'fa3', u.find_spec('flash_attn_3') is not None)" | tee -a $OUT/gpu.txt
+import importlib.util as u; print('flash_attn', u.find_spec('flash_attn') is not None, 'fa3', u.find_spec('flash_attn_3') is not None, 'cutlass', u.find_spec('cutlass') is not None)" | tee -a $OUT/gpu.txt
 timeout 200 python3 -m pytest -q -rs tests/gpu/test_gpu_fp8_checkpoint.py tests/gpu/test_gpu_dynamic_engine.py -p no:cacheprovider > $OUT/fp8ckpt.txt 2>&1; echo "fp8ckpt+dyn tests rc=$?"; tail -8 $OUT/fp8ckpt.txt
