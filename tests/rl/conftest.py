@@ -74,6 +74,13 @@ def fake_server():
 # ------------------------------------------------------------------ parallel-layout comparisons (real CLI runs)
 
 
+# toy_add, 1 new token, 4 prompts x 8 samples per data-parallel rank, 2 mini-batches, 3 steps
+DP_COMMON = ("rl.prompts_per_step=4", "rl.mini_batches=2", "train.steps=3")
+# The DP=2 run the EP layouts with routing replay (test_expert_parallel.py, PP=2 x EP=2) are compared with. (Not a
+# reference for no-replay runs: after the first mini-batch's update the training forward routes afresh.)
+DP2_REFERENCE = (*DP_COMMON, "rl.routing_replay=true")
+
+
 def rl_records(run_dir) -> list:
     return [json.loads(line) for line in open(os.path.join(run_dir, "rl_metrics.jsonl"))]
 
@@ -92,3 +99,20 @@ def init_ckpt(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("rl_init")
     run_cli(["rl", "--config", RL_RECIPE, f"run.dir={run_dir}", "train.steps=0", "checkpoint.save_final=true"])
     return str(run_dir / "checkpoints")
+
+
+@pytest.fixture(scope="session")
+def reference_rl(init_ckpt, tmp_path_factory):
+    """``get(*overrides, nproc=1) -> (run_dir, records)``: a reference run that several layout tests compare
+    against, trained once per session per (overrides, nproc) from ``init_ckpt``, with its final checkpoint."""
+    cache = {}
+
+    def get(*overrides: str, nproc: int = 1):
+        key = (overrides, nproc)
+        if key not in cache:
+            run_dir = tmp_path_factory.mktemp("rl_reference")
+            cache[key] = run_dir, run_rl(run_dir, init_ckpt, *overrides, "checkpoint.save_final=true", nproc=nproc)
+        return cache[key]
+
+    return get
+

@@ -5,17 +5,14 @@ with a DP=2, EP=1 run from the same init checkpoint: same seeds per data-paralle
 and the same global objective; only the expert placement (all-to-all vs local experts) differs."""
 import pytest
 
-from tests.rl.conftest import run_check, run_rl
-
-# toy_add, 1 new token, 4 prompts x 8 samples per rank (multi-token decoding with EP: the generation check below)
-COMMON = ["rl.prompts_per_step=4", "rl.mini_batches=2", "train.steps=3"]
-
+from tests.rl.conftest import DP2_REFERENCE, DP_COMMON, run_check, run_rl
 
 @pytest.mark.parametrize("replay", [True, False], ids=["replay", "no_replay"])
-def test_ep2_training_matches_dp2(tmp_path, init_ckpt, replay):
-    common = [*COMMON, f"rl.routing_replay={str(replay).lower()}"]
-    dp2 = run_rl(tmp_path / "dp2", init_ckpt, *common, "checkpoint.save_final=true", nproc=2)
-    ep2 = run_rl(tmp_path / "ep2", init_ckpt, *common, "parallel.expert=2", "checkpoint.save_final=true", nproc=2)
+def test_ep2_training_matches_dp2(tmp_path, init_ckpt, reference_rl, replay):
+    replay_flag = f"rl.routing_replay={str(replay).lower()}"
+    dp2_dir, dp2 = reference_rl(*DP2_REFERENCE, nproc=2) if replay else reference_rl(*DP_COMMON, replay_flag, nproc=2)
+    ep2 = run_rl(tmp_path / "ep2", init_ckpt, *DP_COMMON, replay_flag, "parallel.expert=2",
+                 f"checkpoint.save_final={str(replay).lower()}", nproc=2)
     assert len(dp2) == len(ep2) == 3
     assert any(abs(r["loss"]) > 1e-4 for r in dp2)  # the comparison covers real updates
     for a, b in zip(dp2, ep2):
@@ -32,19 +29,18 @@ def test_ep2_training_matches_dp2(tmp_path, init_ckpt, replay):
     if replay:
         # Checkpoint of the EP=2 run (experts sharded over 2 ranks), loaded at EP=1: one more step from it
         # reproduces the same step from the DP=2 run's checkpoint.
-        one = ["train.steps=1", "rl.routing_replay=true", *COMMON[:-1]]
-        from_dp = run_rl(tmp_path / "from_dp2", tmp_path / "dp2" / "checkpoints", *one, nproc=2)
+        one = ["train.steps=1", "rl.routing_replay=true", *DP_COMMON[:-1]]
+        from_dp = run_rl(tmp_path / "from_dp2", dp2_dir / "checkpoints", *one, nproc=2)
         from_ep = run_rl(tmp_path / "from_ep2", tmp_path / "ep2" / "checkpoints", *one, nproc=2)
         assert from_dp[0]["rollout_crc"] == from_ep[0]["rollout_crc"]
         for key in ("loss", "grad_norm"):
             assert from_ep[0][key] == pytest.approx(from_dp[0][key], rel=1e-5, abs=1e-7), key
 
 
-def test_tp2_ep2_training_matches_dp2(tmp_path, init_ckpt):
+def test_tp2_ep2_training_matches_dp2(tmp_path, init_ckpt, reference_rl):
     """TP=2 x EP=2 on 4 ranks (expert-TP 1: the 2 TP ranks of a DP rank split the experts' tokens) = DP=2."""
-    common = [*COMMON, "rl.routing_replay=true"]
-    dp2 = run_rl(tmp_path / "dp2", init_ckpt, *common, nproc=2)
-    tpep = run_rl(tmp_path / "tp2ep2", init_ckpt, *common, "parallel.tensor=2", "parallel.expert=2",
+    _, dp2 = reference_rl(*DP2_REFERENCE, nproc=2)
+    tpep = run_rl(tmp_path / "tp2ep2", init_ckpt, *DP2_REFERENCE, "parallel.tensor=2", "parallel.expert=2",
                   "parallel.expert_tensor=1", nproc=4)
     assert len(dp2) == len(tpep) == 3
     for a, b in zip(dp2, tpep):

@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 
 from tests.conftest import run_cli
-from tests.rl.conftest import RL_RECIPE, run_rl, serve_fake_engine
+from tests.rl.conftest import DP2_REFERENCE, RL_RECIPE, run_rl, serve_fake_engine
 
 COPY = ["rl.task=toy_copy", "rl.prompts_per_step=4", "rl.samples_per_prompt=4", "rl.mini_batches=2",
         "train.steps=3", "rl.routing_replay=true"]
@@ -25,9 +25,9 @@ def _same_run(a_records, b_records, keys=("loss", "grad_norm", "kl_train_rollout
             assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), (a["step"], key)
 
 
-def test_pp2_training_matches_pp1(tmp_path, init_ckpt):
+def test_pp2_training_matches_pp1(tmp_path, init_ckpt, reference_rl):
     """Copy task, 2 mini-batches, routing replay; the PP=2 checkpoint then resumes at PP=1 like the PP=1 one."""
-    pp1 = run_rl(tmp_path / "pp1", init_ckpt, *COPY, "checkpoint.save_final=true")
+    pp1_dir, pp1 = reference_rl(*COPY)
     pp2 = run_rl(tmp_path / "pp2", init_ckpt, *COPY, "parallel.pipeline=2", "checkpoint.save_final=true", nproc=2)
     assert any(abs(r["loss"]) > 1e-4 for r in pp1)  # the comparison covers real updates
     _same_run(pp1, pp2)
@@ -36,7 +36,7 @@ def test_pp2_training_matches_pp1(tmp_path, init_ckpt):
         assert b["first_update_logp_maxdiff"] < 1e-5 and b["routing_mismatch"] == 0.0
         assert b["kl_train_rollout_replay"] < 1e-9
     one = [*COPY[:-2], "train.steps=1", "rl.routing_replay=true"]
-    from_pp1 = run_rl(tmp_path / "from_pp1", tmp_path / "pp1" / "checkpoints", *one)
+    from_pp1 = run_rl(tmp_path / "from_pp1", pp1_dir / "checkpoints", *one)
     from_pp2 = run_rl(tmp_path / "from_pp2", tmp_path / "pp2" / "checkpoints", *one)
     _same_run(from_pp1, from_pp2, ("loss", "grad_norm"))
 
@@ -59,20 +59,20 @@ def test_pp2_generation_matches_pp1(tmp_path, init_ckpt, kv_cache):
         assert b["logp_train_rollout_maxdiff"] < 1e-5 and b["routing_mismatch"] == 0.0
 
 
-def test_tp2_pp2_training_matches_pp1(tmp_path, init_ckpt):
+def test_tp2_pp2_training_matches_pp1(tmp_path, init_ckpt, reference_rl):
     """TP=2 x PP=2 on 4 ranks: sequence-parallel shards [L / TP, N, h] travel between the stages."""
-    pp1 = run_rl(tmp_path / "pp1", init_ckpt, *COPY)
+    _, pp1 = reference_rl(*COPY)
     tppp = run_rl(tmp_path / "tp2pp2", init_ckpt, *COPY, "parallel.tensor=2", "parallel.pipeline=2", nproc=4)
     _same_run(pp1, tppp)
     assert all(b["routing_mismatch"] == 0.0 for b in tppp)
 
 
-def test_pp2_ep2_training_matches_dp2(tmp_path, init_ckpt):
+def test_pp2_ep2_training_matches_dp2(tmp_path, init_ckpt, reference_rl):
     """PP=2 x EP=2 on 4 ranks = DP=2 (EP ranks are data-parallel ranks with their own prompts; see
     test_expert_parallel.py): the expert all-to-all runs inside each pipeline stage."""
-    common = ["rl.prompts_per_step=4", "rl.mini_batches=2", "train.steps=3", "rl.routing_replay=true"]
-    dp2 = run_rl(tmp_path / "dp2", init_ckpt, *common, nproc=2)
-    ppep = run_rl(tmp_path / "pp2ep2", init_ckpt, *common, "parallel.pipeline=2", "parallel.expert=2", nproc=4)
+    _, dp2 = reference_rl(*DP2_REFERENCE, nproc=2)
+    ppep = run_rl(tmp_path / "pp2ep2", init_ckpt, *DP2_REFERENCE, "parallel.pipeline=2", "parallel.expert=2",
+                  nproc=4)
     _same_run(dp2, ppep, ("loss", "grad_norm"))
     assert all(b["routing_mismatch"] == 0.0 and b["kl_train_rollout_replay"] < 1e-9 for b in ppep)
 
