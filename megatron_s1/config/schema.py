@@ -523,8 +523,10 @@ def _yaml_problem(err: Exception) -> str:
 
 def check_values(cfg: ExperimentConfig) -> None:
     """Ranges the loop relies on, checked before anything is built (a bad value costs no model build)."""
-    d, t = cfg.data, cfg.train
-    for dotted, value, least in (("data.micro_batch_size", d.micro_batch_size, 1), ("data.seq_length", d.seq_length, 1),
+    d, t, m = cfg.data, cfg.train, cfg.model
+    for dotted, value, least in (("model.num_layers", m.num_layers, 1), ("model.hidden_size", m.hidden_size, 1),
+                                 ("model.num_attention_heads", m.num_attention_heads, 1),
+                                 ("data.micro_batch_size", d.micro_batch_size, 1), ("data.seq_length", d.seq_length, 1),
                                  ("train.steps", t.steps, 0), ("train.log_interval", t.log_interval, 1),
                                  ("train.eval_interval", t.eval_interval, 0), ("train.eval_iters", t.eval_iters, 0),
                                  ("checkpoint.interval", cfg.checkpoint.interval, 0),

@@ -43,6 +43,8 @@ class Sweep:
         self.min_lr_ratio = cfg.optimizer.min_lr / cfg.optimizer.lr
         if args.seeds < 1:
             raise ConfigError(f"--seeds {args.seeds}: give 1 or more training seeds per setting")
+        if args.jobs < 1:
+            raise ConfigError(f"--jobs {args.jobs}: give 1 or more sweep runs to train at a time")
         # The recipe's seed first, so a sweep run with one seed is reused when more are asked for.
         self.seeds = [cfg.run.seed + k for k in range(args.seeds)]
 
@@ -92,8 +94,8 @@ class Sweep:
 
     def command(self, overrides: list[str]) -> list[str]:
         base = ["-m", "megatron_s1.cli", "train"] + (["--config", self.args.config] if self.args.config else [])
-        if self.args.nproc > 1:
-            return [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={self.args.nproc}",
+        if self.args.nproc > 1:  # --standalone: a free rendezvous port per run, so --jobs runs do not collide
+            return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={self.args.nproc}",
                     *base[1:], *overrides]
         return [sys.executable, *base, *overrides]
 
@@ -109,6 +111,17 @@ class Sweep:
             proc = subprocess.run(self.command(overrides), stdout=log, stderr=subprocess.STDOUT,
                                   env=dict(os.environ, PYTHONUNBUFFERED="1"))
         return "" if proc.returncode == 0 else f"training exited with {proc.returncode} (see {run_dir}/train.log)"
+
+
+    def run_all(self, points: list[tuple[str, list[str]]]) -> dict[str, str]:
+        """Train every (run folder, overrides) point, --jobs of them at a time; {run folder: why it failed}."""
+        if self.args.jobs == 1:
+            return {run_dir: why for run_dir, why in ((d, self.run(d, o)) for d, o in points) if why}
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(self.args.jobs) as pool:  # each thread waits on its own training process
+            whys = list(pool.map(lambda point: self.run(*point), points))
+        return {run_dir: why for (run_dir, _), why in zip(points, whys) if why}
 
 
 def _completed(run_dir: str, steps: int) -> bool:
@@ -179,11 +192,8 @@ def _cmd_tune_lr(args) -> int:
             for _, overrides in points:
                 print(" ".join([args.config or "", *overrides]).strip())
             return 0
-        for run_dir, overrides in points:
-            why = sweep.run(run_dir, overrides)
-            if why:
-                failures[run_dir] = why
-            run_dirs.append(run_dir)
+        failures = sweep.run_all(points)
+        run_dirs += [run_dir for run_dir, _ in points]
     run_dirs += lt.find_runs(args.runs)
     if not run_dirs:
         raise ConfigError("no sweep runs: give --lrs/--batches/--tokens/--sweep-dir to run a sweep, or --runs DIR")
@@ -260,17 +270,18 @@ def _validate(sweep: Sweep, fit, rec, out_dir: str, tokens: int) -> dict:
 
     cfg = sweep.cfg
     recipe_stages = _recipe_stages(cfg)
-    result = {}
+    settings = {}
     for name, lr, stages in (("recommended", rec.lr, rec.stages), ("recipe", cfg.optimizer.lr, recipe_stages)):
         batches = "-".join(str(b) for _, b in stages)
         run_dir = os.path.join(out_dir, f"{lt.VALIDATION_PREFIX}{name}_lr{lr:.4g}_b{batches}")  # new setting: new run
-        runs = []
-        for folder, overrides in sweep.seeded(run_dir, lr, stages, tokens):
-            why = sweep.run(folder, overrides)
-            if why:
-                raise RuntimeError(f"validation run {name} failed: {why}")
-            runs.append(lt.read_run(folder))
-        result[name] = _compare(fit, runs, f"validate {name}")
+        settings[name] = sweep.seeded(run_dir, lr, stages, tokens)
+    failures = sweep.run_all([point for points in settings.values() for point in points])
+    result = {}
+    for name, points in settings.items():
+        why = next((failures[folder] for folder, _ in points if folder in failures), "")
+        if why:
+            raise RuntimeError(f"validation run {name} failed: {why}")
+        result[name] = _compare(fit, [lt.read_run(folder) for folder, _ in points], f"validate {name}")
     gain = result["recipe"]["measured"] - result["recommended"]["measured"]
     print(f"validate: the recommendation is {'better' if gain > 0 else 'worse'} than the recipe by {abs(gain):.4f} "
           f"({100 * gain / result['recipe']['measured']:+.2f}% of the recipe's loss)")
@@ -302,8 +313,10 @@ def _holdout(sweep: Sweep, fit) -> dict:
     from megatron_s1.training import lr_tuning as lt
 
     result = {}
-    for run_dir, overrides in sweep.points(sweep.args.holdout_tokens, lt.HOLDOUT_PREFIX):
-        why = sweep.run(run_dir, overrides)
+    points = sweep.points(sweep.args.holdout_tokens, lt.HOLDOUT_PREFIX)
+    failures = sweep.run_all(points)
+    for run_dir, _ in points:
+        why = failures.get(run_dir, "")
         run = lt.read_run(run_dir) if not why else None
         if why or run.diverged:
             print(f"holdout {os.path.basename(run_dir)} excluded: {why or run.diverged}")
@@ -340,6 +353,8 @@ def register(subparsers) -> None:
     q.add_argument("--seeds", type=int, default=1, help="training seeds per sweep point and validation run (run.seed "
                    "= the recipe's, +1, ...; default 1): averages out the scatter of short runs")
     q.add_argument("--nproc", type=int, default=1, help="processes per sweep run (torchrun; default 1)")
+    q.add_argument("--jobs", type=int, default=1, help="sweep / validation / holdout runs trained at a time on this "
+                   "machine (default 1; e.g. the core count with OMP_NUM_THREADS=1)")
     q.add_argument("--bootstrap", type=int, default=200, help="bootstrap replicates (default 200)")
     q.add_argument("--plot", help="PNG of the fit (default SWEEP_DIR/tune_lr.png)")
     q.add_argument("--out", help="JSON report (default SWEEP_DIR/tune_lr.json)")

@@ -49,6 +49,15 @@ def test_type_errors_and_bad_override_form():
         load_config("no/such/recipe.yaml")
 
 
+@pytest.mark.parametrize("override", ["model.num_layers=-1", "model.hidden_size=0", "model.num_attention_heads=0",
+                                      "data.micro_batch_size=0", "train.steps=-1"])
+def test_out_of_range_sizes_are_config_errors(override):
+    # before the model is built: a negative layer count used to fail deep in the build (math domain error)
+    key, value = override.split("=")
+    with pytest.raises(ConfigError, match=rf"^{key}={value} must be >= [01]$"):
+        load_config(RECIPE, [override])
+
+
 def _cfg(*overrides):
     return load_config(None, ["model.preset=tiny-moe", *overrides])
 

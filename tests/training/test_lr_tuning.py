@@ -217,3 +217,24 @@ def test_seeds_repeat_every_point(tmp_path):
                                    (f"{tmp_path}/lr0.003_b1024_t8192_seed1235", "1235")]
     proc = run_cli(args + ["--seeds", "0"], check=False)
     assert proc.returncode == 2 and proc.stderr.count("error:") == 1 and "--seeds 0" in proc.stderr
+
+
+def test_jobs_train_points_concurrently_and_report_each_failure(tmp_path, data_prefix):
+    """--jobs 2: two real sweep points train at once; the one that cannot start is reported with its own
+    reason and the other still completes (and is then skipped as complete)."""
+    import argparse
+
+    from megatron_s1.config import load_config
+    from megatron_s1.training.tune_cli import Sweep
+
+    args = argparse.Namespace(seeds=1, jobs=2, nproc=1, config="examples/cpt/tiny_cpu.yaml",
+                              overrides=[f"data.blend=[{data_prefix}]"], eval_tokens=1024)
+    sweep = Sweep(args, load_config(args.config, args.overrides))
+    good, bad = str(tmp_path / "good"), str(tmp_path / "bad")
+    points = [(good, sweep.overrides(good, 3e-3, [(0, 1024)], 4096)),
+              (bad, sweep.overrides(bad, 3e-3, [(0, 1024)], 4096) + ["train.steps=-1"])]
+    failures = sweep.run_all(points)
+    assert list(failures) == [bad] and "exited with 2" in failures[bad]
+    assert lt.read_run(good).tokens == 4096
+    with pytest.raises(ConfigError, match="--jobs 0"):
+        Sweep(argparse.Namespace(**{**vars(args), "jobs": 0}), sweep.cfg)
