@@ -24,8 +24,6 @@ def test_dynamic_engine_matches_local_engine_and_trainer(tmp_path):
         pytest.skip(f"dynamic engine cannot run: {why}")
     out = run_check("_dynamic_check.py", tmp_path, "model.spec=te", timeout=400)
     assert out["valid"] and out["per_prompt_len_ok"]
-    assert out["greedy_same"], out
-    assert out["greedy_logp_diff"] < 1e-2, out
     assert abs(out["kl_no_replay"]) < 1e-2 and abs(out["kl_replay"]) < 1e-2, out
     assert out["routing_recorded"], out
     assert out["released_gb"] > 0 and out["restore_same"], out
