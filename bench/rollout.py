@@ -121,8 +121,6 @@ def bench_hf(rl, prompts, tail, sizes, run_dir, kind, args):
     ckpt = rl.t.save(blocking=True)
     hf_dir = os.path.join(run_dir, f"{kind}_hf")
     mcore_to_hf(ckpt, hf_dir, force=True, dtype="bf16")
-    free = [p for p in rl.model.parameters()]
-    del free
     torch.cuda.empty_cache()
     model = AutoModelForCausalLM.from_pretrained(hf_dir, torch_dtype=torch.bfloat16).cuda().eval()
     rows = sorted(((i // sizes["g"], p) for i, p in enumerate(p for p in prompts for _ in range(sizes["g"]))),

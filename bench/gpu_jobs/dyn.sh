@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU job for the dynamic rollout engine (issue 25). Copy: .gpu/dyn.sh. Runs on a fresh GPU machine, <= 7 min.
+# GPU job for the dynamic rollout engine (issue 25): after install_and_checks.sh on the same machine, <= 7 min.
 # Each step has its own timeout and the job continues on failure; summary on stdout, full logs in $OUT.
 set -uo pipefail
 OUT=${OUT:-/tmp/dyn_out}; mkdir -p "$OUT"

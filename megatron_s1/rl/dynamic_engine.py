@@ -97,8 +97,8 @@ class _IdTokenizer:
 class DynamicEngine:
     """Rollouts with megatron.core.inference's DynamicInferenceEngine on the training model.
 
-    ``kv_buffer_gb``: the paged KV-cache budget; ``cuda_graphs``: capture decode CUDA graphs (model config
-    ``cuda_graph_impl="local"`` is required by Megatron; off by default: the training model is not built for it).
+    ``kv_buffer_gb``: the paged KV-cache budget (decode CUDA graphs are not used: Megatron needs the model built
+    with ``cuda_graph_impl="local"``, which the training model is not).
     Rows with ``allowed_tokens`` or image inputs go to ``fallback`` (the dynamic engine has no vocabulary mask and
     no image path), logged once.
     """

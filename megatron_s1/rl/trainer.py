@@ -351,9 +351,7 @@ class RLTrainer:
             if rollout.routing is not None:  # the server reports every layer: keep this pipeline stage's
                 rollout.routing = stage_routing(rollout.routing)
             return rollout
-        rollout = self.engine.generate(prompt_ids, n, **kwargs)
-        if hasattr(self.engine, "release"):  # dynamic engine: KV cache freed for the log-prob / update phases
-            self.engine.release()
+        rollout = self.engine.generate(prompt_ids, n, **kwargs)  # (DynamicEngine frees its KV cache on return)
         if self.tp == 1:
             return rollout
         group = parallel_state.get_tensor_model_parallel_group()

@@ -115,8 +115,6 @@ class Sweep:
 
     def run_all(self, points: list[tuple[str, list[str]]]) -> dict[str, str]:
         """Train every (run folder, overrides) point, --jobs of them at a time; {run folder: why it failed}."""
-        if self.args.jobs == 1:
-            return {run_dir: why for run_dir, why in ((d, self.run(d, o)) for d, o in points) if why}
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(self.args.jobs) as pool:  # each thread waits on its own training process

@@ -1,6 +1,7 @@
 """Helper (subprocess, GPU): DynamicEngine against LocalEngine and the trainer on a tiny MoE. Prints diagnostics to
 stderr and one RESULT JSON line. argv: RUN_DIR [overrides...]."""
 import json
+import os
 import sys
 import traceback
 
@@ -8,8 +9,6 @@ import torch
 
 
 def _trainer(run_dir, extra):
-    import os
-
     from megatron_s1.config import load_config
     from megatron_s1.rl.trainer import RLTrainer
 
@@ -27,7 +26,7 @@ def _trainer(run_dir, extra):
 
 def main():
     from megatron_s1.rl.dynamic_engine import DynamicEngine
-    from megatron_s1.rl.rollout import pad_batch, token_logprobs
+    from megatron_s1.rl.rollout import pad_batch
 
     out = {}
     from megatron_s1.rl.dynamic_engine import dynamic_engine_available
