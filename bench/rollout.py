@@ -68,7 +68,8 @@ def bench_one(kind, args, sizes, run_dir):
 
     seq = sizes["pmax"] + sizes["new"]
     cfg = load_config(None, [f"run.dir={run_dir}/{kind}", "logging.tensorboard=false", "rl.task=toy_copy",
-                             f"data.seq_length={seq}", "model.spec=te", "model.params_dtype=bf16",
+                             f"data.seq_length={seq}", "data.micro_batch_size=1",
+                             f"train.global_batch_tokens=[[0,{seq}]]", "model.spec=te", "model.params_dtype=bf16",
                              "rl.local_engine=static", *_model_overrides(kind, args.full)])
     rl = RLTrainer(cfg, rollout_dtype="bf16")
     vocab = cfg.model.vocab_size

@@ -8,4 +8,5 @@ tail -2 $OUT/install.log
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee $OUT/gpu.txt
 python3 -c "import torch, transformer_engine, megatron.core as m; print(torch.__version__, transformer_engine.__version__, m.__version__)
 import importlib.util as u; print('flash_attn', u.find_spec('flash_attn') is not None, 'fa3', u.find_spec('flash_attn_3') is not None, 'cutlass', u.find_spec('cutlass') is not None)" | tee -a $OUT/gpu.txt
+[ "${CHECKS:-1}" = 0 ] && exit 0
 timeout 280 python3 -m pytest -q -s -rs tests/gpu/test_gpu_fp8_checkpoint.py tests/gpu/test_gpu_dynamic_engine.py tests/gpu/test_gpu_rl.py -p no:cacheprovider > $OUT/fp8ckpt.txt 2>&1; echo "fp8ckpt+dyn+rl tests rc=$?"; grep -E "fp8 experts|step-1 loss|passed|failed|skipped|Error|assert" $OUT/fp8ckpt.txt | tail -14

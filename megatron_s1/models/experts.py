@@ -207,6 +207,29 @@ class DeviceCountsAlltoAllDispatcher(MoEAlltoAllTokenDispatcher):
         return tokens_per_expert
 
 
+class PaddedRoutingAlltoAllDispatcher(MoEAlltoAllTokenDispatcher):
+    """Megatron's all-to-all dispatcher, padding a copy of the routing map (`model.moe_router_padding_fp8`).
+
+    megatron-core 0.19's ``pad_routing_map`` writes the padding into the map it is given, which is the router's
+    output that autograd saved for the router's backward: the first backward then fails ("modified by an inplace
+    operation"). The copy is [tokens, experts] booleans, small next to the activations.
+    """
+
+    def dispatch_preprocess(self, hidden_states, routing_map, probs):
+        return super().dispatch_preprocess(hidden_states, routing_map.clone(), probs)
+
+
+def pad_routing_map_copies(model: torch.nn.Module) -> int:
+    """Swap in PaddedRoutingAlltoAllDispatcher where the router pads for FP8; returns how many were swapped."""
+    swapped = 0
+    for module in model.modules():
+        dispatcher = getattr(module, "token_dispatcher", None)
+        if type(dispatcher) is MoEAlltoAllTokenDispatcher and dispatcher.config.moe_router_padding_for_quantization:
+            dispatcher.__class__ = PaddedRoutingAlltoAllDispatcher
+            swapped += 1
+    return swapped
+
+
 def keep_expert_counts_on_device(model: torch.nn.Module) -> int:
     """Swap in DeviceCountsAlltoAllDispatcher on the MoE layers where that is safe; returns how many were swapped."""
     swapped = 0

@@ -94,13 +94,46 @@ class _IdTokenizer:
         raise NotImplementedError("rollout prompts are token ids")
 
 
+@contextlib.contextmanager
+def vocabulary_mask(module, allowed_tokens: Optional[list]):
+    """While active, the output layer's logits outside ``allowed_tokens`` are -inf (before the engine's temperature
+    and sampling, so sampled tokens and their log-probs are those of LocalEngine's / the trainer's masked softmax).
+    Works on the tensor-parallel vocabulary shard each rank holds; padded vocabulary entries are masked too."""
+    if allowed_tokens is None:
+        yield
+        return
+    from megatron.core import parallel_state
+
+    cache = {}
+
+    def hook(_layer, _inputs, output):
+        logits = output[0] if isinstance(output, tuple) else output
+        local = logits.shape[-1]
+        mask = cache.get(local)
+        if mask is None:
+            start = parallel_state.get_tensor_model_parallel_rank() * local if \
+                parallel_state.model_parallel_is_initialized() else 0
+            ids = torch.tensor([t - start for t in allowed_tokens if start <= t < start + local], dtype=torch.long)
+            mask = torch.ones(local, dtype=torch.bool)
+            mask[ids] = False
+            mask = cache[local] = mask.to(logits.device)
+        logits = logits.masked_fill(mask, float("-inf"))
+        return (logits, *output[1:]) if isinstance(output, tuple) else logits
+
+    handle = module.output_layer.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 class DynamicEngine:
     """Rollouts with megatron.core.inference's DynamicInferenceEngine on the training model.
 
     ``kv_buffer_gb``: the paged KV-cache budget (decode CUDA graphs are not used: Megatron needs the model built
     with ``cuda_graph_impl="local"``, which the training model is not).
-    Rows with ``allowed_tokens`` or image inputs go to ``fallback`` (the dynamic engine has no vocabulary mask and
-    no image path), logged once.
+    ``allowed_tokens`` (a task's vocabulary) masks the output layer's logits while generating (`vocabulary_mask`);
+    rows with image inputs go to ``fallback`` (the dynamic engine has no image path), logged once.
     """
 
     def __init__(self, model, eos_id: int, pad_id: int, rollout_dtype: Optional[torch.dtype] = None,
@@ -119,6 +152,7 @@ class DynamicEngine:
         self._max_len = 0
         self._logprobs_mode = None
         self._warned = False
+        self._warned_renorm = False
         self._next_id = 0
         self.peak_memory = {}
 
@@ -174,12 +208,12 @@ class DynamicEngine:
 
     def generate(self, prompts: list, n: int, max_new_tokens, temperature=1.0, top_p=1.0, top_k=0,
                  allowed_tokens: Optional[list] = None, generator=None, pixels: Optional[list] = None) -> Rollout:
-        if allowed_tokens is not None or (pixels is not None and any(p is not None for p in pixels)):
+        if pixels is not None and any(p is not None for p in pixels):
             if self.fallback is None:
-                raise ValueError("the dynamic engine has no vocabulary mask / image path; set rl.local_engine=static")
+                raise ValueError("the dynamic engine has no image path; set rl.local_engine=static")
             if not self._warned:
-                log.warning("rollout engine: LocalEngine for this task (allowed_tokens / images are not supported "
-                            "by the dynamic engine)")
+                log.warning("rollout engine: LocalEngine for this task (image prompts are not supported by the "
+                            "dynamic engine)")
                 self._warned = True
             return self.fallback.generate(prompts, n, max_new_tokens, temperature, top_p, top_k, allowed_tokens,
                                           generator, pixels)
@@ -192,6 +226,14 @@ class DynamicEngine:
         need = max(len(p) + m for p, m in zip(prompt_ids, sampling.max_new_tokens))
         # log-probs the trainer recomputes: tempered full-vocabulary ones; "raw" (untempered) equals them at T=1
         mode = "raw_logprobs" if all(t == 1.0 for t in sampling.temperature) else "processed_logprobs"
+        if mode == "processed_logprobs" and not self._warned_renorm and any(
+                t != 1.0 and (k > 0 or p < 1.0) for t, k, p in zip(sampling.temperature, sampling.top_k,
+                                                                   sampling.top_p)):
+            # megatron-core's processed log-probs renormalise over the top-k / top-p set; the trainer's are over the
+            # full tempered vocabulary, so IcePop's ratio sees the filtering on these rows.
+            log.warning("dynamic engine: rows with temperature != 1 and top-k / top-p filtering return log-probs of "
+                        "the filtered, renormalised distribution (LocalEngine: full tempered vocabulary)")
+            self._warned_renorm = True
         if self._engine is None or need > self._max_len or mode != self._logprobs_mode:
             self._build(need, mode)
         else:
@@ -204,7 +246,8 @@ class DynamicEngine:
         record = self.record_routing and self._module().config.moe_enable_routing_replay
         try:
             with torch.no_grad(), self._numerics(), sequence_parallel_off(self.model), \
-                    (routing_record() if record else contextlib.nullcontext()):
+                    (routing_record() if record else contextlib.nullcontext()), \
+                    vocabulary_mask(self._module(), allowed_tokens):
                 base = self._next_id  # (ids unique over the engine's life: it keeps records of old requests)
                 self._next_id += len(prompt_ids)
                 for i, p in enumerate(prompt_ids):

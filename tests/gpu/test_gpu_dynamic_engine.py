@@ -26,4 +26,5 @@ def test_dynamic_engine_matches_local_engine_and_trainer(tmp_path):
     assert out["valid"] and out["per_prompt_len_ok"]
     assert abs(out["kl_no_replay"]) < 1e-2 and abs(out["kl_replay"]) < 1e-2, out
     assert out["routing_recorded"], out
+    assert out["allowed_ok"], out
     assert out["released_gb"] > 0 and out["restore_same"], out

@@ -147,3 +147,29 @@ def test_grouped_mm_fp8_needs_an_fp8_gpu():
     cfg = load_config(None, ["model.num_moe_experts=4", "model.moe_experts=grouped_mm_fp8"])
     with pytest.raises(ConfigError, match="needs a CUDA GPU with FP8"):
         resolve_experts_impl(cfg)
+
+
+def test_router_padding_for_fp8_pads_a_copy_of_the_routing_map(single_process):
+    """`model.moe_router_padding_fp8`: megatron-core's pad_routing_map writes into its input (the router output
+    autograd saved: the first backward failed on the GPU); our dispatcher pads a copy, counts to the FP8 multiple."""
+    from megatron.core.transformer.moe.moe_utils import pad_routing_map
+
+    from megatron_s1.models.experts import PaddedRoutingAlltoAllDispatcher, pad_routing_map_copies
+
+    routing = torch.tensor([[1, 0], [0, 0], [1, 0]], dtype=torch.bool)
+    pad_routing_map(routing, 4)
+    assert routing.sum() > 2  # upstream still pads in place (drop our copy once it does not)
+
+    cfg, model = _build("sequential", 0, "model.moe_router_topk=2")
+    tconfig = model.config
+    tconfig.moe_router_padding_for_quantization, tconfig.fp8, tconfig.fp8_recipe = True, "e4m3", "blockwise"
+    assert pad_routing_map_copies(model) == cfg.model.num_layers
+    layer = model.decoder.layers[0].mlp
+    assert type(layer.token_dispatcher) is PaddedRoutingAlltoAllDispatcher
+    hidden = torch.randn(1, 37, cfg.model.hidden_size)
+    probs, routing_map = layer.router(hidden)
+    before = routing_map.clone()
+    layer.token_dispatcher.dispatch_preprocess(hidden, routing_map, probs)
+    assert torch.equal(routing_map, before)
+    counts = layer.token_dispatcher.tokens_per_expert
+    assert int(counts.sum()) > int(before.sum()) and all(int(c) % 16 == 0 for c in counts)

@@ -43,7 +43,7 @@ def main():
     prompts = [rl.tok.encode(t) for t in ["copy 3=", "Once upon a time, in a land far", "The answer is"]]
     greedy = dict(temperature=1.0, top_k=1, top_p=1.0)
     ref = local.generate(prompts, 2, 12, generator=torch.Generator().manual_seed(1), **greedy)
-    got = dyn.generate(prompts, 2, 12, generator=torch.Generator().manual_seed(1), **greedy)
+    got = first_greedy = dyn.generate(prompts, 2, 12, generator=torch.Generator().manual_seed(1), **greedy)
     print(f"[diag] dyn engine ctx max_len={dyn._max_len} mode={dyn._logprobs_mode} "
           f"lens={[len(r) for r in got.response_ids]} local_lens={[len(r) for r in ref.response_ids]}",
           file=sys.stderr, flush=True)
@@ -71,6 +71,13 @@ def main():
     s = dyn.generate(prompts, 4, [8, 16, 24], temperature=[0.8, 1.0, 1.0], top_p=[0.9, 1.0, 1.0], top_k=[0, 0, 5],
                      generator=torch.Generator().manual_seed(2))
     out["per_prompt_len_ok"] = all(len(r) <= [8, 16, 24][i // 4] for i, r in enumerate(s.response_ids))
+    # a task vocabulary (allowed_tokens): every sampled token inside it, the first greedy token as LocalEngine's
+    allowed = sorted(set(range(10, 60)) | {rl.eos})
+    m_ref = local.generate(prompts, 1, 6, allowed_tokens=allowed, generator=torch.Generator().manual_seed(5), **greedy)
+    m = dyn.generate(prompts, 2, 6, allowed_tokens=allowed, generator=torch.Generator().manual_seed(5))
+    out["allowed_ok"] = all(t in allowed for r in m.response_ids for t in r) and all(m.response_ids)
+    m1 = dyn.generate(prompts, 1, 6, allowed_tokens=allowed, generator=torch.Generator().manual_seed(5), **greedy)
+    out["allowed_first_token_same"] = [a[:1] == b[:1] for a, b in zip(m1.response_ids, m_ref.response_ids)]
     # generate suspends at its end: memory now vs. with the KV cache restored
     after = torch.cuda.memory_allocated()
     dyn.restore()
@@ -80,7 +87,7 @@ def main():
     out["release_again_gb"] = (before - torch.cuda.memory_allocated()) / 2 ** 30
     print(f"[diag] memory: restored {before / 2**30:.3f} GiB, released {after / 2**30:.3f} GiB", file=sys.stderr)
     again = dyn.generate(prompts, 2, 12, generator=torch.Generator().manual_seed(1), **greedy)
-    out["restore_same"] = again.response_ids == got.response_ids
+    out["restore_same"] = again.response_ids == first_greedy.response_ids
     out["peak_rollout_gb"] = dyn.peak_memory.get("rollout_gb")
     print("RESULT " + json.dumps(out), flush=True)
 

@@ -68,3 +68,30 @@ def test_trainer_picks_local_engine_on_cpu_and_refuses_forced_dynamic(tmp_path):
     bad = RLTrainer.__new__(RLTrainer)  # (shares the first one's process group)
     with pytest.raises(ConfigError, match="rl.local_engine=dynamic cannot run here"):
         RLTrainer.__init__(bad, load_config(None, base + ["rl.local_engine=dynamic"]), rollout_dtype="fp32")
+
+
+def test_vocabulary_mask_is_minus_inf_outside_the_task_vocabulary_and_removed_after():
+    """The dynamic engine's allowed_tokens path: the output layer's logits (tuple output as in Megatron's
+    ColumnParallelLinear) are -inf outside the list while generating, and untouched after."""
+    from megatron_s1.rl.dynamic_engine import vocabulary_mask
+
+    class Head(torch.nn.Module):
+        def forward(self, x):
+            return x * 2.0, None
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.output_layer = Head()
+
+    model, x = Model(), torch.arange(12.0).reshape(2, 6)
+    with vocabulary_mask(model, [1, 4]):
+        masked, _ = model.output_layer(x)
+    assert torch.equal(masked[:, [1, 4]], 2 * x[:, [1, 4]])
+    assert torch.isinf(masked[:, [0, 2, 3, 5]]).all() and (masked[:, [0, 2, 3, 5]] < 0).all()
+    # the same softmax as LocalEngine's masked one
+    want = torch.log_softmax((2 * x).masked_fill(~torch.tensor([0, 1, 0, 0, 1, 0], dtype=torch.bool), float("-inf")), -1)
+    assert torch.equal(torch.log_softmax(masked, -1), want)
+    assert torch.equal(model.output_layer(x)[0], 2 * x)  # hook gone
+    with vocabulary_mask(model, None):
+        assert torch.equal(model.output_layer(x)[0], 2 * x)
