@@ -56,6 +56,7 @@ from megatron_s1.rl.rollout import (LocalEngine, OpenAIEngine, RowSampling, moe_
                                      pad_routing, routing_replay, sampling_by_task, select_routing, stage_routing,
                                      token_logprobs)
 from megatron_s1.rl.tasks import build_prompt_source
+from megatron_s1.training.metrics import PhaseMemory
 from megatron_s1.training.tasks import register_task
 
 
@@ -486,6 +487,7 @@ class RLTrainer:
     def step(self) -> dict:
         cfg, r = self.cfg, self.cfg.rl
         t0 = self._clock()
+        memory = PhaseMemory()
         prompts = self.source.sample(r.prompts_per_step, self.rng)
         prompt_ids, pixels = zip(*map(self.encode, prompts))
         settings = self._prompt_sampling(prompts)
@@ -495,6 +497,7 @@ class RLTrainer:
 
         row_pixels = rollout.meta.get("pixels")
         t_roll = self._clock() - t0
+        memory.mark("rollout")  # (the colocated engines have released their KV cache by now: rollout_end_gb)
         G = r.samples_per_prompt
         texts, degen = [], []
         for resp in rollout.response_ids:
@@ -557,6 +560,7 @@ class RLTrainer:
             # k3 estimate of KL(pi_old || pi_ref) on the sampled tokens (0 until the policy moves)
             record["kl_ref"] = losses.sampled_kl(ref_all, old_all, full[3])
         t_logprob = self._clock()
+        memory.mark("logprob")
 
         loss_sum, stepped_any, grad_norms, mb_stats = 0.0, False, [], []
         order = rows[:]
@@ -625,6 +629,8 @@ class RLTrainer:
         record.update({"step_s": end - t0, "logprob_s": t_logprob - t0 - t_roll, "update_s": end - t_logprob,
                        "rollout_tokens_per_s": sum(map(len, rollout.response_ids)) / max(t_roll, 1e-9)})
         record.update(self._objective_metrics(mb_stats))
+        memory.mark("update")
+        record.update(memory.record)  # per-phase peak / end GB on CUDA
         return record
 
     def _objective_metrics(self, mb_stats: list) -> dict:
@@ -776,7 +782,8 @@ class RLTrainer:
                         keys = ("step", "reward_mean", "kept_groups", "loss", "grad_norm", "entropy", "kl_train_rollout",
                                 "kl_train_rollout_replay", "routing_mismatch", "icepop_masked_frac", "icepop_rho_min",
                                 "icepop_rho_mean", "icepop_rho_max", "kl_cov_selected_frac", "kl_cov_penalty",
-                                "kl_ref", "step_s", "rollout_s", "logprob_s", "update_s", "rollout_tokens_per_s")
+                                "kl_ref", "step_s", "rollout_s", "logprob_s", "update_s", "rollout_tokens_per_s",
+                                "rollout_peak_gb", "logprob_peak_gb", "update_peak_gb")
                         keys += tuple(k for k in rec if k.startswith("reward_mean/"))
                         print("[rl] " + " | ".join(f"{k} {rec[k]:.4g}" if isinstance(rec[k], float) else f"{k} {rec[k]}"
                                                    for k in keys if k in rec), flush=True)

@@ -13,7 +13,8 @@ from megatron_s1.atomic import atomic_open
 # Console formats per metric (metrics.jsonl keeps full precision): counts and rates as integers, losses to 4 decimals.
 CONSOLE_FORMATS = {"loss": "{:.4f}", "grad_norm": "{:.4f}", "lr": "{:.3e}", "tokens_per_s": "{:.0f}",
                    "rollout_tokens_per_s": "{:.0f}", "tflops_per_gpu": "{:.3g}", "mfu": "{:.1%}",
-                   "peak_mem_gb": "{:.2f}", "moe_aux_loss": "{:.4f}", "expert_imbalance_max": "{:.3f}"}
+                   "peak_mem_gb": "{:.2f}", "rollout_peak_gb": "{:.2f}", "logprob_peak_gb": "{:.2f}",
+                   "update_peak_gb": "{:.2f}", "moe_aux_loss": "{:.4f}", "expert_imbalance_max": "{:.3f}"}
 
 
 def _fmt(value, key: str = "") -> str:
@@ -122,6 +123,28 @@ def expert_imbalance(tokens_per_expert) -> list[float]:
     counts = tokens_per_expert.float()
     means = counts.mean(dim=-1).clamp_min(1e-9)
     return (counts.max(dim=-1).values / means).tolist()
+
+
+class PhaseMemory:
+    """Peak CUDA memory per phase of a step (RL: rollout / log-probs / update): ``mark(name)`` ends a phase, records
+    its peak and the memory still allocated at its end, and starts the next one. Records nothing without CUDA."""
+
+    def __init__(self):
+        import torch
+
+        self.cuda = torch.cuda.is_available()
+        self.record: dict = {}
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+
+    def mark(self, name: str) -> None:
+        if not self.cuda:
+            return
+        import torch
+
+        self.record[f"{name}_peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        self.record[f"{name}_end_gb"] = torch.cuda.memory_allocated() / 2**30
+        torch.cuda.reset_peak_memory_stats()
 
 
 def memory_peak_gb() -> Optional[float]:

@@ -37,3 +37,26 @@ def test_fope_rl_on_te_is_one_clear_error(tmp_path):
                              "model.spec=te", "rl.task=toy_copy"])
     with pytest.raises(ConfigError, match="fope needs model.spec=local"):
         RLTrainer(cfg)
+
+
+@pytest.mark.parametrize("engine", ["static", "dynamic"])
+def test_rl_step_reports_peak_memory_per_phase(tmp_path, engine):
+    """rl_metrics.jsonl carries rollout / log-prob / update peak GB on a GPU, with either colocated engine (the
+    dynamic one where it can run: flash-attn); after the rollout the engine holds no KV cache any more."""
+    import json
+
+    from megatron_s1.rl.dynamic_engine import dynamic_engine_available
+    from tests.conftest import run_cli
+
+    if engine == "dynamic" and not dynamic_engine_available()[0]:
+        pytest.skip(f"dynamic engine cannot run: {dynamic_engine_available()[1]}")
+    run_cli(["rl", "--config", "examples/rl/tiny_cpu.yaml", "train.steps=3", "model.spec=te",
+             "model.params_dtype=bf16", f"rl.local_engine={engine}", f"run.dir={tmp_path}"])
+    with open(tmp_path / "rl_metrics.jsonl") as f:
+        records = [json.loads(line) for line in f]
+    assert len(records) == 3
+    for rec in records:
+        for phase in ("rollout", "logprob", "update"):
+            assert rec[f"{phase}_peak_gb"] > 0 and rec[f"{phase}_end_gb"] <= rec[f"{phase}_peak_gb"] + 1e-6, rec
+        # what the update phase starts from is what the rollout left: weights + optimizer state, no KV cache
+        assert rec["rollout_end_gb"] < rec["rollout_peak_gb"]
