@@ -4,8 +4,9 @@ import json
 import os
 import sys
 
-KEYS = ("step_s", "rollout_s", "logprob_s", "update_s", "rollout_tokens_per_s", "kl_train_rollout", "routing_mismatch",
-        "rollout_peak_gb", "rollout_end_gb", "logprob_peak_gb", "update_peak_gb")
+KEYS = ("step_s", "rollout_s", "logprob_s", "update_s", "rollout_tokens_per_s", "kl_train_rollout",
+        "kl_train_rollout_replay", "routing_mismatch", "rollout_peak_gb", "rollout_end_gb", "logprob_peak_gb",
+        "update_peak_gb")
 for run in sys.argv[1:]:
     path = os.path.join(run, "rl_metrics.jsonl")
     if not os.path.exists(path):
