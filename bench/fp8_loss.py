@@ -27,6 +27,10 @@ RUNS = {
     "fp8-delayed": ["model.fp8=delayed"],
     # Intern-S1-Pro selection: FP8 on routed-expert GEMMs only, FP32 LM head.
     "fp8-experts": ["model.fp8=blockwise", "model.fp8_modules=experts", "model.fp32_lm_head=true"],
+    # our rowwise-FP8 grouped GEMM experts (torch._scaled_grouped_mm), everything else BF16 (issue 24)
+    "fp8-gmm": ["model.moe_experts=grouped_mm_fp8"],
+    # TE blockwise on the experts with the router's FP8 alignment padding
+    "fp8-experts-pad": ["model.fp8=blockwise", "model.fp8_modules=experts", "model.moe_router_padding_fp8=true"],
 }
 
 MODEL = ["model.num_layers=4", "model.hidden_size=1024", "model.num_attention_heads=16", "model.num_query_groups=4",

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 24 GPU jobs (one fresh H100/H200; megatron-core 0.19.2, TE 2.20.2 and the project installed; no network).
-#   bash bench/gpu_jobs/thr.sh [PART]     PART: bf16 (default) | fp8 | recompute | profile; one PART per device call
+#   bash bench/gpu_jobs/thr.sh [PART]     PART: bf16 (default) | fp8 | fp8loss | recompute | profile; one PART per call
 # Each part fits one device call (<= ~7.5 min); each step has its own timeout (measured in session 10: a run costs
 # ~25-60 s of process start, TE init, model build and torch.compile before its timed steps) and failures do not
 # stop later steps. Full logs + JSON in $OUT, a compact summary on stdout.
@@ -51,10 +51,13 @@ for part in "${PARTS[@]}"; do case $part in
       --runs mbs2x,recompute-selective,recompute-full,recompute-moe --out "$OUT/a3b_recompute.json"
     step mini_recompute 190 $PY $B --shape intern-s1-mini-slice --steps 2 --warmup 1 --accum "$ACCUM" \
       --runs mbs2x,recompute-selective,recompute-full --out "$OUT/mini_recompute.json" ;;
+  fp8loss)  # 200-step loss curves, FP8 variants against BF16 (same model, data order, seed; stdlib corpus)
+    step fp8loss 400 $PY bench/fp8_loss.py --steps 200 --runs bf16,fp8-gmm,fp8-blockwise,fp8-experts-pad \
+      --out "$OUT/fp8_loss.json" ;;
   profile)  # kernel tables (two steps after the timed ones) at 1 micro-batch per step: fixed vs per-micro costs
     step profile 200 $PY $B "${A3B[@]}" --steps 2 --warmup 2 --runs ours-bf16,fp8-gmm,fp8-experts-pad \
       --profile-dir "$OUT/profiles" --out "$OUT/profile.json"
     for f in "$OUT"/profiles/*.txt; do [[ -f $f ]] && { echo "== $(basename "$f") top kernels"; sed -n '4,20p' "$f" | cut -c1-92,150-178; tail -1 "$f"; }; done ;;
-  *) echo "unknown part $part (bf16 | fp8 | recompute | profile)"; exit 2 ;;
+  *) echo "unknown part $part (bf16 | fp8 | fp8loss | recompute | profile)"; exit 2 ;;
 esac; done
 echo "total $(( $(date +%s) - START ))s"
