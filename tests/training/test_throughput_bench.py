@@ -80,3 +80,15 @@ def test_recompute_on_cpu_is_one_error_line(tmp_path, train_args):
     errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "model.recompute=moe needs a CUDA GPU" in errors[0], errors
     assert "Traceback" not in proc.stderr
+
+
+def test_fp8_loss_runs_load_as_configs():
+    """bench/fp8_loss.py: every named run is real config keys on its model (a typo would only show on the GPU)."""
+    spec = importlib.util.spec_from_file_location("fp8_loss_bench", os.path.join(REPO, "bench", "fp8_loss.py"))
+    fp8_loss = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fp8_loss)
+    assert {"bf16", "fp8-gmm", "fp8-experts-pad"} <= set(fp8_loss.RUNS)
+    for name, overrides in fp8_loss.RUNS.items():
+        cfg = load_config(None, [*fp8_loss.MODEL, *overrides])
+        assert (cfg.model.fp8 is None) == (name in ("bf16", "fp8-gmm")), name
+    assert load_config(None, fp8_loss.RUNS["fp8-gmm"]).model.moe_experts == "grouped_mm_fp8"
