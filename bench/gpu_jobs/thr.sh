@@ -35,9 +35,9 @@ export PYTHONFAULTHANDLER=1
 A3B=(--shape qwen3-30b-a3b-slice --layers "$L30")
 PARTS=("$@"); (( ${#PARTS[@]} )) || PARTS=(bf16)
 for part in "${PARTS[@]}"; do case $part in
-  bf16)  # headline BF16 rows: both HF peers, ours, ours at 2x micro batch (same tokens per step)
-    step a3b_bf16 230 $PY $B "${A3B[@]}" --steps 3 --warmup 2 --accum "$ACCUM" --runs hf,hf-compile,ours-bf16,mbs2x \
-      --out "$OUT/a3b_bf16.json"
+  bf16)  # headline BF16 rows: both HF peers, ours, ours at 2x / 4x micro batch (same tokens per step)
+    step a3b_bf16 260 $PY $B "${A3B[@]}" --steps 3 --warmup 2 --accum "$ACCUM" --runs hf,hf-compile,ours-bf16,mbs2x,mbs4x \
+      --variant 'mbs4x:data.micro_batch_size=4' --out "$OUT/a3b_bf16.json"
     step mini_bf16 200 $PY $B --shape intern-s1-mini-slice --steps 3 --warmup 2 --accum "$ACCUM" \
       --runs hf,hf-compile,ours-bf16 --out "$OUT/mini_bf16.json" ;;
   fp8)   # FP8 against ours-bf16 of the same invocation
