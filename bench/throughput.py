@@ -195,13 +195,24 @@ def run_ours(shape, run, nproc, parallel, steps, warmup, variants, profile_dir=N
             return {"error": (proc.stdout + proc.stderr)[-2500:]}
         with open(os.path.join(run_dir, "metrics.jsonl")) as f:
             records = [json.loads(line) for line in f][warmup:warmup + steps]
+        profile = None
         if profile_dir:
             table = os.path.join(run_dir, "profile", "kernels_rank0.txt")
             if os.path.exists(table):
                 with open(table) as src, open(os.path.join(profile_dir, f"{run}.txt"), "w") as dst:
                     dst.write(src.read())
-    return {"tokens_per_s": statistics.median(r["tokens_per_s"] for r in records) / nproc,
-            "peak_mem_gb": max(r["peak_mem_gb"] for r in records), "loss_last": records[-1]["loss"]}
+            summary = os.path.join(run_dir, "profile", "summary_rank0.json")
+            if os.path.exists(summary):  # per step: wall, GPU busy / idle, kernel time per category
+                with open(summary) as f:
+                    profile = json.load(f)
+                with open(os.path.join(profile_dir, f"{run}.summary.json"), "w") as f:
+                    json.dump(profile, f, indent=1)
+    out = {"tokens_per_s": statistics.median(r["tokens_per_s"] for r in records) / nproc,
+           "peak_mem_gb": max(r["peak_mem_gb"] for r in records), "loss_last": records[-1]["loss"]}
+    if profile is not None:
+        out["profile"] = {k: profile[k] for k in ("wall_ms_per_step", "device_busy_ms_per_step",
+                                                  "device_idle_ms_per_step", "kernel_ms_per_step")}
+    return out
 
 
 def main() -> None:

@@ -57,7 +57,7 @@ for part in "${PARTS[@]}"; do case $part in
   profile)  # kernel tables (two steps after the timed ones) at 1 micro-batch per step: fixed vs per-micro costs
     step profile 200 $PY $B "${A3B[@]}" --steps 2 --warmup 2 --runs ours-bf16,fp8-gmm,fp8-experts-pad \
       --profile-dir "$OUT/profiles" --out "$OUT/profile.json"
-    for f in "$OUT"/profiles/*.txt; do [[ -f $f ]] && { echo "== $(basename "$f") top kernels"; sed -n '4,20p' "$f" | cut -c1-92,150-178; tail -1 "$f"; }; done ;;
+    for f in "$OUT"/profiles/*.summary.json; do [[ -f $f ]] && { echo "== $(basename "$f")"; cut -c1-400 "$f" | head -40; }; done ;;
   *) echo "unknown part $part (bf16 | fp8 | fp8loss | recompute | profile)"; exit 2 ;;
 esac; done
 echo "total $(( $(date +%s) - START ))s"

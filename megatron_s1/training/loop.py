@@ -37,7 +37,7 @@ from megatron_s1.training.distributed import (all_reduce_max_flag, init_distribu
 from megatron_s1.training.metrics import MetricsLogger, expert_imbalance, memory_peak_gb
 from megatron_s1.training.noise_scale import (MicroBatchGradNorms, NoiseScaleEMA, check_noise_scale_supported,
                                               step_noise_scale)
-from megatron_s1.training.profiling import StepProfiler
+from megatron_s1.training.profiling import StepProfiler, summary_line
 from megatron_s1.training.run_lock import run_dir_lock
 from megatron_s1.training.schedules import BatchSizeSchedule, build_lr_scheduler
 from megatron_s1.training.summary import startup_summary
@@ -421,7 +421,9 @@ class Trainer:
                     stage = new_stage
                 profiler.before_step(self.state["step"] + 1)
                 result = self.train_step()
-                profiler.after_step(self.state["step"])
+                profile = profiler.after_step(self.state["step"])
+                if profile is not None:
+                    log.event(summary_line(profile, profiler.window))
                 interval_tokens += result["global_batch_tokens"]
                 step = self.state["step"]
                 moe = self._moe_metrics(result["num_microbatches"])
