@@ -7,8 +7,10 @@ engine wraps the very same GPTModel: no weight copy). Chosen by ``rl.local_engin
 Facts of megatron-core 0.19 this relies on (read from its source, not guessed):
   * ``SamplingParams`` is per request: temperature, top_k (0 = off), top_p (0.0 = off, *not* 1.0),
     num_tokens_to_generate, termination_id, return_log_probs / skip_prompt_log_probs;
-  * ``InferenceConfig.logprobs_mode``: "raw_logprobs" = log_softmax of the untempered logits,
-    "processed_logprobs" = of the logits after the request's temperature / top-k / top-p;
+  * ``InferenceConfig.logprobs_mode``: "raw_logprobs" = log_softmax of the output layer's logits,
+    "processed_logprobs" = of the request's temperature / top-k / top-p distribution, renormalised over the kept
+    set (so not the trainer's full-vocabulary log-probs: this engine applies the temperature itself, `rollout_logits`,
+    and uses "raw_logprobs");
   * with ``moe_enable_routing_replay`` on the model config the finished request carries ``routing_indices``
     [prompt + generated - 1, layers, k] (the last sampled token is never forwarded);
   * ``engine.suspend()`` / ``resume()`` free / rebuild the KV cache when ``kv_cache_management_mode`` is not
@@ -70,12 +72,14 @@ def choose_local_engine(setting: str, params_dtype: str = "bf16") -> str:
     return choice
 
 
-def sampling_params_of(sampling: RowSampling, row: int, eos_id: int):
-    """Row ``row`` of a `RowSampling` as Megatron-Core SamplingParams (top_p 1.0 -> 0.0: Megatron's "off")."""
+def sampling_params_of(sampling: RowSampling, row: int, eos_id: int, temperature: Optional[float] = None):
+    """Row ``row`` of a `RowSampling` as Megatron-Core SamplingParams (top_p 1.0 -> 0.0: Megatron's "off").
+    ``temperature``: the engine's own (DynamicEngine passes 1.0: `rollout_logits` has applied the row's)."""
     from megatron.core.inference.sampling_params import SamplingParams
 
     top_p = float(sampling.top_p[row])
-    return SamplingParams(temperature=float(sampling.temperature[row]), top_k=int(sampling.top_k[row]),
+    temperature = float(sampling.temperature[row]) if temperature is None else temperature
+    return SamplingParams(temperature=temperature, top_k=int(sampling.top_k[row]),
                           top_p=0.0 if top_p >= 1.0 else top_p, return_log_probs=True, skip_prompt_log_probs=True,
                           num_tokens_to_generate=int(sampling.max_new_tokens[row]), termination_id=int(eos_id))
 
@@ -95,11 +99,15 @@ class _IdTokenizer:
 
 
 @contextlib.contextmanager
-def vocabulary_mask(module, allowed_tokens: Optional[list]):
-    """While active, the output layer's logits outside ``allowed_tokens`` are -inf (before the engine's temperature
-    and sampling, so sampled tokens and their log-probs are those of LocalEngine's / the trainer's masked softmax).
-    Works on the tensor-parallel vocabulary shard each rank holds; padded vocabulary entries are masked too."""
-    if allowed_tokens is None:
+def rollout_logits(module, allowed_tokens: Optional[list] = None, temperature: float = 1.0):
+    """While active, the output layer's logits are divided by ``temperature`` and are -inf outside
+    ``allowed_tokens`` (a task's vocabulary), before Megatron's sampling.
+
+    The engine then samples at temperature 1 (top-k / top-p filtering on these logits, as LocalEngine filters its
+    tempered logits) and returns ``raw_logprobs`` = log-softmax of these logits: the trainer's tempered, masked,
+    full-vocabulary log-probs, with or without filtering (Megatron's own ``processed_logprobs`` renormalise over the
+    top-k / top-p set instead). Works on each tensor-parallel rank's vocabulary shard; padded entries are masked."""
+    if allowed_tokens is None and temperature == 1.0:
         yield
         return
     from megatron.core import parallel_state
@@ -108,16 +116,20 @@ def vocabulary_mask(module, allowed_tokens: Optional[list]):
 
     def hook(_layer, _inputs, output):
         logits = output[0] if isinstance(output, tuple) else output
-        local = logits.shape[-1]
-        mask = cache.get(local)
-        if mask is None:
-            start = parallel_state.get_tensor_model_parallel_rank() * local if \
-                parallel_state.model_parallel_is_initialized() else 0
-            ids = torch.tensor([t - start for t in allowed_tokens if start <= t < start + local], dtype=torch.long)
-            mask = torch.ones(local, dtype=torch.bool)
-            mask[ids] = False
-            mask = cache[local] = mask.to(logits.device)
-        logits = logits.masked_fill(mask, float("-inf"))
+        if temperature != 1.0:
+            logits = logits / temperature
+        if allowed_tokens is not None:
+            local = logits.shape[-1]
+            mask = cache.get(local)
+            if mask is None:
+                start = parallel_state.get_tensor_model_parallel_rank() * local if \
+                    parallel_state.model_parallel_is_initialized() else 0
+                ids = torch.tensor([t - start for t in allowed_tokens if start <= t < start + local],
+                                   dtype=torch.long)
+                mask = torch.ones(local, dtype=torch.bool)
+                mask[ids] = False
+                mask = cache[local] = mask.to(logits.device)
+            logits = logits.masked_fill(mask, float("-inf"))
         return (logits, *output[1:]) if isinstance(output, tuple) else logits
 
     handle = module.output_layer.register_forward_hook(hook)
@@ -127,13 +139,22 @@ def vocabulary_mask(module, allowed_tokens: Optional[list]):
         handle.remove()
 
 
+def rows_by_temperature(temperatures: list) -> dict:
+    """{temperature: [row indices]} in order of first appearance."""
+    groups = {}
+    for i, t in enumerate(temperatures):
+        groups.setdefault(float(t), []).append(i)
+    return groups
+
+
 class DynamicEngine:
     """Rollouts with megatron.core.inference's DynamicInferenceEngine on the training model.
 
     ``kv_buffer_gb``: the paged KV-cache budget (decode CUDA graphs are not used: Megatron needs the model built
     with ``cuda_graph_impl="local"``, which the training model is not).
-    ``allowed_tokens`` (a task's vocabulary) masks the output layer's logits while generating (`vocabulary_mask`);
-    rows with image inputs go to ``fallback`` (the dynamic engine has no image path), logged once.
+    While generating, `rollout_logits` applies each batch's temperature and ``allowed_tokens`` (a task's vocabulary)
+    to the output layer's logits; rows of different temperatures run as consecutive continuous batches. Rows with
+    image inputs go to ``fallback`` (the dynamic engine has no image path), logged once.
     """
 
     def __init__(self, model, eos_id: int, pad_id: int, rollout_dtype: Optional[torch.dtype] = None,
@@ -150,9 +171,7 @@ class DynamicEngine:
         self.fallback = fallback
         self._engine = None
         self._max_len = 0
-        self._logprobs_mode = None
         self._warned = False
-        self._warned_renorm = False
         self._next_id = 0
         self.peak_memory = {}
 
@@ -163,7 +182,7 @@ class DynamicEngine:
             m = m.module
         return m
 
-    def _build(self, max_len: int, logprobs_mode: str):
+    def _build(self, max_len: int):
         from megatron.core.inference.config import InferenceConfig, KVCacheManagementMode
         from megatron.core.inference.contexts.dynamic_context import DynamicInferenceContext
         from megatron.core.inference.engines.dynamic_engine import DynamicInferenceEngine
@@ -179,13 +198,13 @@ class DynamicEngine:
         cfg = InferenceConfig(max_sequence_length=max_len, buffer_size_gb=self.kv_buffer_gb,
                               block_size_tokens=self.block_size, max_requests=self.max_requests,
                               kv_cache_management_mode=KVCacheManagementMode.RECOMPUTE,
-                              materialize_only_last_token_logits=True, logprobs_mode=logprobs_mode,
+                              materialize_only_last_token_logits=True, logprobs_mode="raw_logprobs",
                               enable_chunked_prefill=False)
         context = DynamicInferenceContext(module.config, cfg)
         wrapper = GPTInferenceWrapper(module, context)
         controller = TextGenerationController(inference_wrapped_model=wrapper, tokenizer=_IdTokenizer(self.eos_id))
         self._engine = DynamicInferenceEngine(controller=controller, context=context)
-        self._max_len, self._logprobs_mode = max_len, logprobs_mode
+        self._max_len = max_len
 
     def release(self) -> None:
         """Free the KV cache (and CUDA graphs) for the update phase; the next generate restores it."""
@@ -224,18 +243,8 @@ class DynamicEngine:
         # One seed from the checkpointed RL generator drives the engine's sampler: resumable, not per-row exact.
         seed = draw_row_seeds(1, generator)[0]
         need = max(len(p) + m for p, m in zip(prompt_ids, sampling.max_new_tokens))
-        # log-probs the trainer recomputes: tempered full-vocabulary ones; "raw" (untempered) equals them at T=1
-        mode = "raw_logprobs" if all(t == 1.0 for t in sampling.temperature) else "processed_logprobs"
-        if mode == "processed_logprobs" and not self._warned_renorm and any(
-                t != 1.0 and (k > 0 or p < 1.0) for t, k, p in zip(sampling.temperature, sampling.top_k,
-                                                                   sampling.top_p)):
-            # megatron-core's processed log-probs renormalise over the top-k / top-p set; the trainer's are over the
-            # full tempered vocabulary, so IcePop's ratio sees the filtering on these rows.
-            log.warning("dynamic engine: rows with temperature != 1 and top-k / top-p filtering return log-probs of "
-                        "the filtered, renormalised distribution (LocalEngine: full tempered vocabulary)")
-            self._warned_renorm = True
-        if self._engine is None or need > self._max_len or mode != self._logprobs_mode:
-            self._build(need, mode)
+        if self._engine is None or need > self._max_len:
+            self._build(need)
         else:
             self.restore()
         eng = self._engine
@@ -246,17 +255,21 @@ class DynamicEngine:
         record = self.record_routing and self._module().config.moe_enable_routing_replay
         try:
             with torch.no_grad(), self._numerics(), sequence_parallel_off(self.model), \
-                    (routing_record() if record else contextlib.nullcontext()), \
-                    vocabulary_mask(self._module(), allowed_tokens):
+                    (routing_record() if record else contextlib.nullcontext()):
                 base = self._next_id  # (ids unique over the engine's life: it keeps records of old requests)
                 self._next_id += len(prompt_ids)
-                for i, p in enumerate(prompt_ids):
-                    eng.add_request(base + i, p, sampling_params_of(sampling, i, self.eos_id))
                 finished = {}
-                while eng.has_unfinished_requests():
-                    for rec in eng.step_modern()["finished_request_records"]:
-                        req = rec.merge()
-                        finished[int(req.request_id) - base] = req
+                # One continuous batch per distinct temperature (one task = one batch): the output-layer hook
+                # applies it, so every row's log-probs are the trainer's tempered full-vocabulary ones.
+                for temperature, rows in rows_by_temperature(sampling.temperature).items():
+                    with rollout_logits(self._module(), allowed_tokens, temperature):
+                        for i in rows:
+                            eng.add_request(base + i, prompt_ids[i],
+                                            sampling_params_of(sampling, i, self.eos_id, temperature=1.0))
+                        while eng.has_unfinished_requests():
+                            for rec in eng.step_modern()["finished_request_records"]:
+                                req = rec.merge()
+                                finished[int(req.request_id) - base] = req
         finally:
             if was_training:
                 self.model.train()

@@ -27,4 +27,5 @@ def test_dynamic_engine_matches_local_engine_and_trainer(tmp_path):
     assert abs(out["kl_no_replay"]) < 1e-2 and abs(out["kl_replay"]) < 1e-2, out
     assert out["routing_recorded"], out
     assert out["allowed_ok"], out
+    assert abs(out["kl_tempered_filtered"]) < 1e-2, out  # T=0.8 + top-p / top-k rows: still the trainer's log-probs
     assert out["released_gb"] > 0 and out["restore_same"], out

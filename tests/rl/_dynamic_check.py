@@ -44,7 +44,7 @@ def main():
     greedy = dict(temperature=1.0, top_k=1, top_p=1.0)
     ref = local.generate(prompts, 2, 12, generator=torch.Generator().manual_seed(1), **greedy)
     got = first_greedy = dyn.generate(prompts, 2, 12, generator=torch.Generator().manual_seed(1), **greedy)
-    print(f"[diag] dyn engine ctx max_len={dyn._max_len} mode={dyn._logprobs_mode} "
+    print(f"[diag] dyn engine ctx max_len={dyn._max_len} "
           f"lens={[len(r) for r in got.response_ids]} local_lens={[len(r) for r in ref.response_ids]}",
           file=sys.stderr, flush=True)
     out["valid"] = (len(got.response_ids) == 6 and all(len(a) == len(b) for a, b in
@@ -71,6 +71,18 @@ def main():
     s = dyn.generate(prompts, 4, [8, 16, 24], temperature=[0.8, 1.0, 1.0], top_p=[0.9, 1.0, 1.0], top_k=[0, 0, 5],
                      generator=torch.Generator().manual_seed(2))
     out["per_prompt_len_ok"] = all(len(r) <= [8, 16, 24][i // 4] for i, r in enumerate(s.response_ids))
+    # ... and their log-probs are still the trainer's (tempered per row, full vocabulary despite top-p / top-k)
+    from megatron_s1.rl.rollout import RowSampling
+
+    batch = pad_batch(s.prompt_ids, s.response_ids, rl.pad)
+    mask = batch[3]
+    roll = torch.zeros_like(mask)
+    for i in range(len(s.response_ids)):
+        idx = mask[i].nonzero().squeeze(-1)
+        roll[i, idx] = torch.tensor(s.rollout_logprobs[i][:len(idx)])
+    temps = RowSampling.expand(12, 4, [0.8, 1.0, 1.0], [0.9, 1.0, 1.0], [0, 0, 5], [8, 16, 24]).temperature_of_rows()
+    lp = rl._train_forward(batch, s.routing, temps.to(roll.device) if torch.is_tensor(temps) else temps)
+    out["kl_tempered_filtered"] = float(((roll - lp) * mask).sum() / mask.sum())
     # a task vocabulary (allowed_tokens): every sampled token inside it, the first greedy token as LocalEngine's
     allowed = sorted(set(range(10, 60)) | {rl.eos})
     m_ref = local.generate(prompts, 1, 6, allowed_tokens=allowed, generator=torch.Generator().manual_seed(5), **greedy)

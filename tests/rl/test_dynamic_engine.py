@@ -44,6 +44,9 @@ def test_sampling_params_per_row():
     # top_p 1.0 is Megatron's 0.0 ("off"); top_k 1 = greedy
     assert (b.temperature, b.top_p, b.top_k, b.num_tokens_to_generate) == (1.0, 0.0, 1, 32)
     assert a.termination_id == 5 and a.return_log_probs and a.skip_prompt_log_probs
+    # the engine's own temperature when the logits hook has applied the row's (DynamicEngine)
+    c = sampling_params_of(s, 1, eos_id=5, temperature=1.0)
+    assert (c.temperature, c.top_p, c.top_k) == (1.0, 0.9, 0)
 
 
 def test_config_knob_in_schema():
@@ -70,10 +73,11 @@ def test_trainer_picks_local_engine_on_cpu_and_refuses_forced_dynamic(tmp_path):
         RLTrainer.__init__(bad, load_config(None, base + ["rl.local_engine=dynamic"]), rollout_dtype="fp32")
 
 
-def test_vocabulary_mask_is_minus_inf_outside_the_task_vocabulary_and_removed_after():
-    """The dynamic engine's allowed_tokens path: the output layer's logits (tuple output as in Megatron's
-    ColumnParallelLinear) are -inf outside the list while generating, and untouched after."""
-    from megatron_s1.rl.dynamic_engine import vocabulary_mask
+def test_rollout_logits_temper_and_mask_then_removed():
+    """The dynamic engine's logits hook: divided by the batch's temperature and -inf outside the task vocabulary
+    (tuple output as Megatron's ColumnParallelLinear), so the engine's raw log-probs are the trainer's tempered,
+    masked full-vocabulary ones; untouched after the context."""
+    from megatron_s1.rl.dynamic_engine import rollout_logits, rows_by_temperature
 
     class Head(torch.nn.Module):
         def forward(self, x):
@@ -85,13 +89,17 @@ def test_vocabulary_mask_is_minus_inf_outside_the_task_vocabulary_and_removed_af
             self.output_layer = Head()
 
     model, x = Model(), torch.arange(12.0).reshape(2, 6)
-    with vocabulary_mask(model, [1, 4]):
-        masked, _ = model.output_layer(x)
-    assert torch.equal(masked[:, [1, 4]], 2 * x[:, [1, 4]])
-    assert torch.isinf(masked[:, [0, 2, 3, 5]]).all() and (masked[:, [0, 2, 3, 5]] < 0).all()
-    # the same softmax as LocalEngine's masked one
-    want = torch.log_softmax((2 * x).masked_fill(~torch.tensor([0, 1, 0, 0, 1, 0], dtype=torch.bool), float("-inf")), -1)
-    assert torch.equal(torch.log_softmax(masked, -1), want)
+    with rollout_logits(model, [1, 4], temperature=0.5):
+        got, _ = model.output_layer(x)
+    assert torch.equal(got[:, [1, 4]], 4 * x[:, [1, 4]])  # 2x / 0.5
+    assert torch.isinf(got[:, [0, 2, 3, 5]]).all() and (got[:, [0, 2, 3, 5]] < 0).all()
+    allowed = torch.tensor([0, 1, 0, 0, 1, 0], dtype=torch.bool)
+    # LocalEngine's full_logp: log_softmax of (logits / T) masked
+    assert torch.allclose(torch.log_softmax(got, -1)[:, [1, 4]],
+                          torch.log_softmax((2 * x / 0.5).masked_fill(~allowed, float("-inf")), -1)[:, [1, 4]])
+    with rollout_logits(model, None, temperature=0.8):
+        assert torch.allclose(model.output_layer(x)[0], 2 * x / 0.8)
     assert torch.equal(model.output_layer(x)[0], 2 * x)  # hook gone
-    with vocabulary_mask(model, None):
+    with rollout_logits(model, None, 1.0):
         assert torch.equal(model.output_layer(x)[0], 2 * x)
+    assert rows_by_temperature([0.8, 1.0, 0.8, 1]) == {0.8: [0, 2], 1.0: [1, 3]}
