@@ -13,8 +13,7 @@ from megatron_s1.atomic import atomic_open
 # Console formats per metric (metrics.jsonl keeps full precision): counts and rates as integers, losses to 4 decimals.
 CONSOLE_FORMATS = {"loss": "{:.4f}", "grad_norm": "{:.4f}", "lr": "{:.3e}", "tokens_per_s": "{:.0f}",
                    "rollout_tokens_per_s": "{:.0f}", "tflops_per_gpu": "{:.3g}", "mfu": "{:.1%}",
-                   "peak_mem_gb": "{:.2f}", "rollout_peak_gb": "{:.2f}", "logprob_peak_gb": "{:.2f}",
-                   "update_peak_gb": "{:.2f}", "moe_aux_loss": "{:.4f}", "expert_imbalance_max": "{:.3f}"}
+                   "peak_mem_gb": "{:.2f}", "moe_aux_loss": "{:.4f}", "expert_imbalance_max": "{:.3f}"}
 
 
 def _fmt(value, key: str = "") -> str:
