@@ -24,10 +24,21 @@ def _trainer(run_dir, extra):
     return RLTrainer(cfg, rollout_dtype="fp32")
 
 
-def main():
-    from megatron_s1.rl.dynamic_engine import DynamicEngine
+def _scored(rollout, pad):
+    """(padded batch, response mask, the engine's log-probs laid out on the mask) of a rollout."""
     from megatron_s1.rl.rollout import pad_batch
 
+    batch = pad_batch(rollout.prompt_ids, rollout.response_ids, pad)
+    mask = batch[3]
+    roll = torch.zeros_like(mask)
+    for i in range(len(rollout.response_ids)):
+        idx = mask[i].nonzero().squeeze(-1)
+        roll[i, idx] = torch.tensor(rollout.rollout_logprobs[i][:len(idx)])
+    return batch, mask, roll
+
+
+def main():
+    from megatron_s1.rl.dynamic_engine import DynamicEngine
     out = {}
     from megatron_s1.rl.dynamic_engine import dynamic_engine_available
 
@@ -57,12 +68,7 @@ def main():
     # The contract: the trainer's recomputed log-probs on the dynamic engine's (T=1, unfiltered) rollout equal the
     # engine's (no replay / with the dynamic engine's routing).
     got = dyn.generate(prompts, 2, 12, temperature=1.0, top_p=1.0, top_k=0, generator=torch.Generator().manual_seed(4))
-    batch = pad_batch(got.prompt_ids, got.response_ids, rl.pad)
-    mask = batch[3]
-    roll = torch.zeros_like(mask)
-    for i in range(len(got.response_ids)):
-        idx = mask[i].nonzero().squeeze(-1)
-        roll[i, idx] = torch.tensor(got.rollout_logprobs[i][:len(idx)])
+    batch, mask, roll = _scored(got, rl.pad)
     for name, routing in (("no_replay", None), ("replay", got.routing)):
         lp = rl._train_forward(batch, routing, 1.0)
         out[f"kl_{name}"] = float(((roll - lp) * mask).sum() / mask.sum())
@@ -74,12 +80,7 @@ def main():
     # ... and their log-probs are still the trainer's (tempered per row, full vocabulary despite top-p / top-k)
     from megatron_s1.rl.rollout import RowSampling
 
-    batch = pad_batch(s.prompt_ids, s.response_ids, rl.pad)
-    mask = batch[3]
-    roll = torch.zeros_like(mask)
-    for i in range(len(s.response_ids)):
-        idx = mask[i].nonzero().squeeze(-1)
-        roll[i, idx] = torch.tensor(s.rollout_logprobs[i][:len(idx)])
+    batch, mask, roll = _scored(s, rl.pad)
     temps = RowSampling.expand(12, 4, [0.8, 1.0, 1.0], [0.9, 1.0, 1.0], [0, 0, 5], [8, 16, 24]).temperature_of_rows()
     lp = rl._train_forward(batch, s.routing, temps.to(roll.device) if torch.is_tensor(temps) else temps)
     out["kl_tempered_filtered"] = float(((roll - lp) * mask).sum() / mask.sum())
