@@ -5,7 +5,7 @@ waits for a device->host copy of the counts (the dispatcher's stream sync) and t
 bookkeeps every expert from Python. On the H100 probe (32 local experts, docs/performance.md) that host work was
 ~13 ms per layer and micro-batch, more than the layer's GPU time, so the step was host-bound. Here the counts
 become device offsets for `torch.nn.functional.grouped_mm` (one CUTLASS kernel per GEMM, forward and backward),
-and with EP=1 / expert-TP=1 the dispatcher never copies them to the host (`keep_expert_counts_on_device`).
+and with EP=1 / expert-TP=1 the dispatcher never copies them to the host (`specialise_dispatchers`).
 
 FP8 (`model.moe_experts=grouped_mm_fp8`, issue 24): the same module with the two forward GEMMs and the input-gradient
 GEMMs in FP8 e4m3 through `torch._scaled_grouped_mm` with rowwise float32 scales (per token row of the activations,
@@ -219,29 +219,23 @@ class PaddedRoutingAlltoAllDispatcher(MoEAlltoAllTokenDispatcher):
         return super().dispatch_preprocess(hidden_states, routing_map.clone(), probs)
 
 
-def pad_routing_map_copies(model: torch.nn.Module) -> int:
-    """Swap in PaddedRoutingAlltoAllDispatcher where the router pads for FP8; returns how many were swapped."""
+def specialise_dispatchers(model: torch.nn.Module) -> int:
+    """Swap Megatron's all-to-all dispatcher for ours where one applies; returns how many were swapped:
+    PaddedRoutingAlltoAllDispatcher where the router pads for FP8, DeviceCountsAlltoAllDispatcher on grouped_mm
+    experts where nothing on the host needs the per-expert counts."""
     swapped = 0
     for module in model.modules():
         dispatcher = getattr(module, "token_dispatcher", None)
-        if type(dispatcher) is MoEAlltoAllTokenDispatcher and dispatcher.config.moe_router_padding_for_quantization:
-            dispatcher.__class__ = PaddedRoutingAlltoAllDispatcher
-            swapped += 1
-    return swapped
-
-
-def keep_expert_counts_on_device(model: torch.nn.Module) -> int:
-    """Swap in DeviceCountsAlltoAllDispatcher on the MoE layers where that is safe; returns how many were swapped."""
-    swapped = 0
-    for module in model.modules():
-        dispatcher = getattr(module, "token_dispatcher", None)
-        if type(dispatcher) is not MoEAlltoAllTokenDispatcher or not isinstance(module.experts, GroupedMMExperts):
+        if type(dispatcher) is not MoEAlltoAllTokenDispatcher:
             continue
         cfg = dispatcher.config
-        host_free = (dispatcher.ep_size == 1 and dispatcher.tp_size == 1 and not dispatcher.drop_and_pad
-                     and cfg.moe_expert_capacity_factor is None and not cfg.moe_router_padding_for_quantization
-                     and (cfg.moe_permute_fusion or dispatcher.num_local_experts == 1))
-        if host_free:
+        if cfg.moe_router_padding_for_quantization:
+            dispatcher.__class__ = PaddedRoutingAlltoAllDispatcher
+        elif (isinstance(module.experts, GroupedMMExperts) and dispatcher.ep_size == 1 and dispatcher.tp_size == 1
+              and not dispatcher.drop_and_pad and cfg.moe_expert_capacity_factor is None
+              and (cfg.moe_permute_fusion or dispatcher.num_local_experts == 1)):
             dispatcher.__class__ = DeviceCountsAlltoAllDispatcher
-            swapped += 1
+        else:
+            continue
+        swapped += 1
     return swapped

@@ -18,7 +18,7 @@ from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.transformer_block import get_num_layers_to_build
 
 from megatron_s1.config.schema import ConfigError, ExperimentConfig, ModelConfig, ParallelConfig
-from megatron_s1.models.experts import keep_expert_counts_on_device, pad_routing_map_copies
+from megatron_s1.models.experts import specialise_dispatchers
 from megatron_s1.models.precision import restrict_fp8_to_experts, use_fp32_output_layer, validate_precision_options
 from megatron_s1.models.specs import build_block_spec, resolve_experts_impl, resolve_spec_kind
 from megatron_s1.models.pro.spec import apply_pro_spec, validate_pro_options
@@ -269,10 +269,7 @@ def build_language_model(cfg: ExperimentConfig, config: TransformerConfig, pre_p
     )
     if kind == "local":
         model.rotary_pos_emb = PositionIdRotary(model.rotary_pos_emb)
-    if experts_impl in ("grouped_mm", "grouped_mm_fp8"):
-        keep_expert_counts_on_device(model)
-    if cfg.model.moe_router_padding_fp8:
-        pad_routing_map_copies(model)
+    specialise_dispatchers(model)
     model.cross_entropy_impl = resolve_cross_entropy(cfg.model)
     if cfg.model.fp8 is not None and cfg.model.fp8_modules == "experts":
         restrict_fp8_to_experts(model)

@@ -154,7 +154,7 @@ def test_router_padding_for_fp8_pads_a_copy_of_the_routing_map(single_process):
     autograd saved: the first backward failed on the GPU); our dispatcher pads a copy, counts to the FP8 multiple."""
     from megatron.core.transformer.moe.moe_utils import pad_routing_map
 
-    from megatron_s1.models.experts import PaddedRoutingAlltoAllDispatcher, pad_routing_map_copies
+    from megatron_s1.models.experts import PaddedRoutingAlltoAllDispatcher, specialise_dispatchers
 
     routing = torch.tensor([[1, 0], [0, 0], [1, 0]], dtype=torch.bool)
     pad_routing_map(routing, 4)
@@ -163,7 +163,7 @@ def test_router_padding_for_fp8_pads_a_copy_of_the_routing_map(single_process):
     cfg, model = _build("sequential", 0, "model.moe_router_topk=2")
     tconfig = model.config
     tconfig.moe_router_padding_for_quantization, tconfig.fp8, tconfig.fp8_recipe = True, "e4m3", "blockwise"
-    assert pad_routing_map_copies(model) == cfg.model.num_layers
+    assert specialise_dispatchers(model) == cfg.model.num_layers
     layer = model.decoder.layers[0].mlp
     assert type(layer.token_dispatcher) is PaddedRoutingAlltoAllDispatcher
     hidden = torch.randn(1, 37, cfg.model.hidden_size)
