@@ -173,7 +173,6 @@ class DynamicEngine:
         self._max_len = 0
         self._warned = False
         self._next_id = 0
-        self.peak_memory = {}
 
     # -- lifecycle
     def _module(self):
@@ -249,7 +248,6 @@ class DynamicEngine:
             self.restore()
         eng = self._engine
         eng.controller.sampling_rng.manual_seed(seed & 0x7FFFFFFFFFFFFFFF)  # (the controller's own CUDA generator)
-        torch.cuda.reset_peak_memory_stats()
         was_training = self.model.training
         self.model.eval()
         record = self.record_routing and self._module().config.moe_enable_routing_replay
@@ -273,7 +271,6 @@ class DynamicEngine:
         finally:
             if was_training:
                 self.model.train()
-            self.peak_memory["rollout_gb"] = torch.cuda.max_memory_allocated() / 2 ** 30
             # Always suspend: it frees the KV cache for the log-prob / update phases *and* clears Megatron's global
             # InferenceMode, which would otherwise make GPTModel compute last-position logits only in training.
             self.release()

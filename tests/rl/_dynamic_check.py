@@ -99,9 +99,10 @@ def main():
     out["released_gb"] = (before - after) / 2 ** 30
     out["release_again_gb"] = (before - torch.cuda.memory_allocated()) / 2 ** 30
     print(f"[diag] memory: restored {before / 2**30:.3f} GiB, released {after / 2**30:.3f} GiB", file=sys.stderr)
+    torch.cuda.reset_peak_memory_stats()
     again = dyn.generate(prompts, 2, 12, generator=torch.Generator().manual_seed(1), **greedy)
     out["restore_same"] = again.response_ids == first_greedy.response_ids
-    out["peak_rollout_gb"] = dyn.peak_memory.get("rollout_gb")
+    out["peak_rollout_gb"] = torch.cuda.max_memory_allocated() / 2 ** 30
     print("RESULT " + json.dumps(out), flush=True)
 
 
