@@ -36,6 +36,7 @@ A3B=(--shape qwen3-30b-a3b-slice --layers "$L30")
 PARTS=("$@"); (( ${#PARTS[@]} )) || PARTS=(bf16)
 for part in "${PARTS[@]}"; do case $part in
   bf16)  # headline BF16 rows: both HF peers, ours, ours at 2x / 4x micro batch (same tokens per step)
+    step wgradcheck 40 $PY bench/gpu_jobs/check_grouped_wgrad.py
     step a3b_bf16 260 $PY $B "${A3B[@]}" --steps 3 --warmup 2 --accum "$ACCUM" --runs hf,hf-compile,ours-bf16,mbs2x,mbs4x \
       --variant 'mbs4x:data.micro_batch_size=4' --out "$OUT/a3b_bf16.json"
     step mini_bf16 200 $PY $B --shape intern-s1-mini-slice --steps 3 --warmup 2 --accum "$ACCUM" \

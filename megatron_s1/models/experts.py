@@ -19,6 +19,8 @@ expert axis), so a checkpoint loads into any of the three implementations.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from megatron.core.dist_checkpointing.mapping import ShardedTensor
@@ -86,7 +88,7 @@ class _FP8GroupedLinear(torch.autograd.Function):
         out = torch._scaled_grouped_mm(xq, wq, xs, ws, offs=offsets, out_dtype=x.dtype)
         ctx.save_for_backward(x, offsets)
         ctx.bwd = bwd
-        ctx.weight_dtype = weight.dtype
+        ctx.weight = weight
         return out
 
     @staticmethod
@@ -96,8 +98,38 @@ class _FP8GroupedLinear(torch.autograd.Function):
         dy = dy.contiguous()
         dyq, dys = _rowwise_e4m3(dy)
         dx = torch._scaled_grouped_mm(dyq, wtq, dys, wts, offs=offsets, out_dtype=dy.dtype)
-        dw = _grouped_mm(dy.t(), x, offs=offsets)  # [E, N, K], grouped along the token axis
-        return dx, dw.to(ctx.weight_dtype), None, None
+        return dx, _weight_grad(ctx.weight, dy, x, offsets), None, None
+
+
+class _BF16GroupedLinear(torch.autograd.Function):
+    """y[rows of e] = x[rows of e] @ W[e]^T through grouped_mm; autograd's own backward unless the weight
+    accumulates its gradient into main_grad (then the weight gradient is ours, `_weight_grad`)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, offsets):
+        ctx.save_for_backward(x, weight, offsets)
+        ctx.weight = weight
+        return _grouped_mm(x, weight.transpose(1, 2), offs=offsets)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, offsets = ctx.saved_tensors
+        dy = dy.contiguous()
+        dx = _grouped_mm(dy, weight, offs=offsets)
+        return dx, _weight_grad(ctx.weight, dy, x, offsets), None
+
+
+def _weight_grad(weight: torch.Tensor, dy: torch.Tensor, x: torch.Tensor, offsets: torch.Tensor):
+    """dW[e] = dy[rows of e]^T @ x[rows of e]: added straight into weight.main_grad when the weight was switched to
+    fused accumulation (`enable_fused_wgrad_accumulation`; then autograd gets no gradient and Megatron's DDP hook
+    skips its add), else returned in the weight's dtype."""
+    if getattr(weight, "fuse_wgrad_accumulation", False):
+        from megatron_s1.models.grouped_wgrad import grouped_wgrad_into
+
+        grouped_wgrad_into(weight.main_grad, dy, x, offsets)
+        weight.grad_added_to_main_grad = True
+        return None
+    return _grouped_mm(dy.t(), x, offs=offsets).to(weight.dtype)  # [E, N, K], grouped along the token axis
 
 
 class _GroupedWeight(torch.nn.Module):
@@ -170,9 +202,30 @@ class GroupedMMExperts(MegatronModule):
             fc1_output = _FP8GroupedLinear.apply(x, self.linear_fc1.weight, offsets, self._fp8_caches[0])
             hidden = self.activation(fc1_output, permuted_probs.unsqueeze(-1))
             return _FP8GroupedLinear.apply(hidden, self.linear_fc2.weight, offsets, self._fp8_caches[1]), None
+        if self.fuse_wgrad_accumulation:
+            fc1_output = _BF16GroupedLinear.apply(x, self.linear_fc1.weight, offsets)
+            hidden = self.activation(fc1_output, permuted_probs.unsqueeze(-1))
+            return _BF16GroupedLinear.apply(hidden, self.linear_fc2.weight, offsets), None
         fc1_output = _grouped_mm(x, self.linear_fc1.weight.transpose(1, 2), offs=offsets)
         hidden = self.activation(fc1_output, permuted_probs.unsqueeze(-1))
         return _grouped_mm(hidden, self.linear_fc2.weight.transpose(1, 2), offs=offsets), None
+
+    @property
+    def fuse_wgrad_accumulation(self) -> bool:
+        return getattr(self.linear_fc1.weight, "fuse_wgrad_accumulation", False)
+
+    def enable_fused_wgrad_accumulation(self) -> bool:
+        """Accumulate both weight gradients straight into their fp32 main_grad (models/grouped_wgrad.py). Needs
+        Megatron DDP's main_grad on every weight and a backend Triton runs on (CUDA, or the interpreter); returns
+        whether it was switched on."""
+        weights = (self.linear_fc1.weight, self.linear_fc2.weight)
+        runs = all(w.is_cuda for w in weights) or os.environ.get("TRITON_INTERPRET") == "1"
+        if not runs or not all(getattr(w, "main_grad", None) is not None and w.main_grad.dtype == torch.float32
+                               for w in weights):
+            return False
+        for w in weights:
+            w.fuse_wgrad_accumulation = True
+        return True
 
     def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (), metadata=None):
         """The SequentialMLP layout: key `{prefix}experts.linear_fcN.weight`, experts on the axis after the layers."""

@@ -98,16 +98,22 @@ def use_fp32_output_layer(model: torch.nn.Module) -> bool:
     return True
 
 
-def enable_fused_wgrad_accumulation(model: torch.nn.Module) -> int:
-    """Let TE linears accumulate weight gradients straight into Megatron DDP's fp32 `main_grad` buffers.
+def enable_fused_wgrad_accumulation(model: torch.nn.Module, te_linears: bool = True,
+                                    grouped_experts: bool = True) -> int:
+    """Let weight gradients accumulate straight into Megatron DDP's fp32 `main_grad` buffers.
 
-    This is Megatron's gradient_accumulation_fusion, restricted to TE modules: the config flag would also turn
-    it on for the non-TE output layer, which needs apex's fused_weight_gradient_mlp_cuda. Call only on models
+    This is Megatron's gradient_accumulation_fusion, restricted to the modules that do it without apex: TE linears
+    (`te_linears`) and our grouped_mm experts (`grouped_experts`, models/grouped_wgrad.py). The config flag would also
+    turn it on for the non-TE output layer, which needs apex's fused_weight_gradient_mlp_cuda. Call only on models
     wrapped by Megatron DDP (every trainable weight has `main_grad`). Returns the number of modules switched.
     """
-    count, te_linears = 0, _te_linear_types()
+    from megatron_s1.models.experts import GroupedMMExperts
+
+    count, te_types = 0, _te_linear_types() if te_linears else ()
     for module in model.modules():
-        if isinstance(module, te_linears) and hasattr(module, "fuse_wgrad_accumulation"):
+        if te_types and isinstance(module, te_types) and hasattr(module, "fuse_wgrad_accumulation"):
             module.fuse_wgrad_accumulation = True
             count += 1
+        elif grouped_experts and isinstance(module, GroupedMMExperts):
+            count += module.enable_fused_wgrad_accumulation()
     return count

@@ -132,9 +132,12 @@ class Trainer:
         )
         wrapped = [DistributedDataParallel(config=self.tconfig, ddp_config=ddp_config, module=chunk,
                                            disable_bucketing=i > 0) for i, chunk in enumerate(chunks)]
-        if cfg.model.fusions and resolve_spec_kind(cfg.model.spec) == "te":
-            for chunk in wrapped:  # DDP gave every weight its fp32 main_grad
-                enable_fused_wgrad_accumulation(chunk)
+        if cfg.model.fusions:
+            # DDP gave every weight its fp32 main_grad. Our grouped experts then return no weight gradient, which
+            # DDP's overlapped reduction refuses (it asserts param.grad), so they keep the plain path there.
+            for chunk in wrapped:
+                enable_fused_wgrad_accumulation(chunk, te_linears=resolve_spec_kind(cfg.model.spec) == "te",
+                                                grouped_experts=not cfg.parallel.overlap_grad_reduce)
         return wrapped
 
     def _optimizer_config(self) -> MegatronOptimizerConfig:

@@ -1,0 +1,19 @@
+"""The grouped experts' weight gradient accumulated into main_grad (models/grouped_wgrad.py), on the CPU through
+the Triton interpreter: hand values, partial tiles, empty experts, and equality with autograd + DDP in a model."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, cli_env
+
+CHECK = os.path.join(REPO, "tests", "models", "_grouped_wgrad_check.py")
+
+
+@pytest.mark.parametrize("part", ["kernel", "model"])
+def test_grouped_wgrad(part):
+    env = dict(cli_env(), PYTHONPATH=REPO, TRITON_INTERPRET="1")
+    proc = subprocess.run([sys.executable, CHECK, part], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-4000:]
