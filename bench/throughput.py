@@ -68,9 +68,11 @@ BUILTIN_VARIANTS = {
                                  "parallel.distributed_optimizer=true"],
     # Our rowwise-FP8 grouped GEMM experts (torch._scaled_grouped_mm, device offsets, cached FP8 weights), BF16 elsewhere.
     "fp8-gmm": ["model.moe_experts=grouped_mm_fp8"],
+    "wgrad-fused": ["model.moe_wgrad_fusion=true"],
+    "fp8-gmm-wgrad-fused": ["model.moe_experts=grouped_mm_fp8", "model.moe_wgrad_fusion=true"],
     "fp8-experts-pad": ["model.fp8=blockwise", "model.fp8_modules=experts", "model.moe_router_padding_fp8=true"],
 }
-MOE_ONLY = ("recompute-moe", "fp8-experts", "fp8-gmm", "fp8-blockwise-pad", "fp8-blockwise-param-pad",
+MOE_ONLY = ("recompute-moe", "fp8-experts", "fp8-gmm", "wgrad-fused", "fp8-gmm-wgrad-fused", "fp8-blockwise-pad", "fp8-blockwise-param-pad",
             "fp8-tensorwise-param-pad", "fp8-experts-pad")
 
 

@@ -37,14 +37,14 @@ PARTS=("$@"); (( ${#PARTS[@]} )) || PARTS=(bf16)
 for part in "${PARTS[@]}"; do case $part in
   bf16)  # headline BF16 rows: both HF peers, ours, ours at 2x / 4x micro batch (same tokens per step)
     step wgradcheck 40 $PY bench/gpu_jobs/check_grouped_wgrad.py
-    step a3b_bf16 260 $PY $B "${A3B[@]}" --steps 3 --warmup 2 --accum "$ACCUM" --runs hf,hf-compile,ours-bf16,mbs2x,mbs4x \
+    step a3b_bf16 260 $PY $B "${A3B[@]}" --steps 3 --warmup 2 --accum "$ACCUM" --runs ours-bf16,wgrad-fused,hf,hf-compile,mbs2x,mbs4x \
       --variant 'mbs4x:data.micro_batch_size=4' --out "$OUT/a3b_bf16.json"
     step mini_bf16 200 $PY $B --shape intern-s1-mini-slice --steps 3 --warmup 2 --accum "$ACCUM" \
       --runs hf,hf-compile,ours-bf16 --out "$OUT/mini_bf16.json" ;;
   fp8)   # FP8 against ours-bf16 of the same invocation
     step fp8check 30 $PY bench/gpu_jobs/check_fp8_gmm.py
     step a3b_fp8 200 $PY $B "${A3B[@]}" --steps 3 --warmup 2 --accum "$ACCUM" \
-      --runs ours-bf16,fp8-gmm,fp8-experts-pad,fp8-blockwise-param-pad --out "$OUT/a3b_fp8.json"
+      --runs ours-bf16,fp8-gmm,fp8-gmm-wgrad-fused,fp8-experts-pad,fp8-blockwise-param-pad --out "$OUT/a3b_fp8.json"
     step mini_fp8 170 $PY $B --shape intern-s1-mini-slice --steps 3 --warmup 2 --accum "$ACCUM" \
       --runs ours-bf16,ours-fp8-blockwise,fp8-blockwise-param --out "$OUT/mini_fp8.json" ;;
   recompute)  # activation recompute at 2x the micro batch (peak GB is the point), same tokens per step

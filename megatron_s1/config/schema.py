@@ -83,6 +83,10 @@ class ModelConfig:
     # TE-spec fusions (RoPE, MoE permute and router, fused cross-entropy, TE wgrad accumulation into main_grad):
     # measured faster on H100 and numerically equivalent, so on by default (docs/performance.md).
     fusions: bool = True
+    # Grouped experts (moe_experts=grouped_mm / grouped_mm_fp8): weight gradient added straight into the fp32
+    # main_grad by a Triton grouped GEMM (models/grouped_wgrad.py). Off until its GPU timing is measured
+    # (docs/performance.md, session 11); needs parallel.overlap_grad_reduce=false.
+    moe_wgrad_fusion: bool = False
     # Token cross-entropy: auto (triton on the TE spec with model.fusions, else megatron) | triton (our two-pass
     # kernel, models/cross_entropy.py) | megatron (Megatron-Core's; its fused version with model.fusions).
     cross_entropy: str = "auto"

@@ -132,12 +132,15 @@ class Trainer:
         )
         wrapped = [DistributedDataParallel(config=self.tconfig, ddp_config=ddp_config, module=chunk,
                                            disable_bucketing=i > 0) for i, chunk in enumerate(chunks)]
-        if cfg.model.fusions:
-            # DDP gave every weight its fp32 main_grad. Our grouped experts then return no weight gradient, which
-            # DDP's overlapped reduction refuses (it asserts param.grad), so they keep the plain path there.
-            for chunk in wrapped:
-                enable_fused_wgrad_accumulation(chunk, te_linears=resolve_spec_kind(cfg.model.spec) == "te",
-                                                grouped_experts=not cfg.parallel.overlap_grad_reduce)
+        te_linears = cfg.model.fusions and resolve_spec_kind(cfg.model.spec) == "te"
+        if te_linears or cfg.model.moe_wgrad_fusion:
+            if cfg.model.moe_wgrad_fusion and cfg.parallel.overlap_grad_reduce:
+                # the fused experts hand autograd no weight gradient; DDP's overlapped reduction asserts one
+                raise ConfigError("model.moe_wgrad_fusion=true needs parallel.overlap_grad_reduce=false; "
+                                  "drop one of the two")
+            for chunk in wrapped:  # DDP gave every weight its fp32 main_grad
+                enable_fused_wgrad_accumulation(chunk, te_linears=te_linears,
+                                                grouped_experts=cfg.model.moe_wgrad_fusion)
         return wrapped
 
     def _optimizer_config(self) -> MegatronOptimizerConfig:

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, cli_env
+from tests.conftest import REPO, cli_env, run_cli
 
 CHECK = os.path.join(REPO, "tests", "models", "_grouped_wgrad_check.py")
 
@@ -17,3 +17,12 @@ def test_grouped_wgrad(part):
     proc = subprocess.run([sys.executable, CHECK, part], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-4000:]
+
+
+def test_fusion_with_overlapped_grad_reduce_is_one_clear_error(tmp_path, train_args):
+    proc = run_cli(train_args(str(tmp_path), "train.steps=1", "model.moe_wgrad_fusion=true",
+                              "parallel.overlap_grad_reduce=true"), check=False)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and errors == ["error: model.moe_wgrad_fusion=true needs "
+                                               "parallel.overlap_grad_reduce=false; drop one of the two"], \
+        proc.stderr[-3000:]
