@@ -37,7 +37,7 @@ case $PART in
   check)
     step smoke 110 $PY tests/rl/_dynamic_check.py "$OUT/smoke_run" model.spec=te
     grep -h "^RESULT" "$OUT/smoke.log"
-    step gpu_tests 200 $PY -m pytest -q tests/gpu/test_gpu_dynamic_engine.py \
+    step gpu_tests 150 $PY -m pytest -q tests/gpu/test_gpu_dynamic_engine.py \
       tests/gpu/test_gpu_rl.py::test_rl_step_reports_peak_memory_per_phase -p no:cacheprovider -rs
     for eng in static dynamic; do
       step rl_$eng 60 $PY "${RL[@]}" train.steps=12 train.log_interval=4 rl.local_engine=$eng run.dir="$OUT/rl_$eng"

@@ -19,6 +19,7 @@ Facts of megatron-core 0.19 this relies on (read from its source, not guessed):
 from __future__ import annotations
 
 import contextlib
+import math
 import logging
 from typing import Optional
 
@@ -117,7 +118,7 @@ def rollout_logits(module, allowed_tokens: Optional[list] = None, temperature: f
     def hook(_layer, _inputs, output):
         logits = output[0] if isinstance(output, tuple) else output
         if temperature != 1.0:
-            logits = logits / temperature
+            logits = logits.float() / temperature  # (in fp32: no extra bf16 rounding of the tempered logits)
         if allowed_tokens is not None:
             local = logits.shape[-1]
             mask = cache.get(local)
@@ -170,7 +171,7 @@ class DynamicEngine:
         self.max_requests = max_requests
         self.fallback = fallback
         self._engine = None
-        self._max_len = 0
+        self._max_len = self._slots = 0
         self._warned = False
         self._next_id = 0
 
@@ -181,7 +182,22 @@ class DynamicEngine:
             m = m.module
         return m
 
-    def _build(self, max_len: int):
+    def _request_slots(self, n_requests: int) -> int:
+        """Concurrent requests the engine is built for: this call's count (rounded to Megatron's multiple of 4 and
+        the TP size), at most its 16384-token forward budget. Megatron's default (one KV block per request) exceeds
+        that budget and fails its own check on small models with a large KV buffer."""
+        if self.max_requests is not None:
+            return self.max_requests
+        from megatron.core import parallel_state
+        from megatron.core.inference.contexts.dynamic_context import DynamicInferenceContext
+
+        tp = parallel_state.get_tensor_model_parallel_world_size() if \
+            parallel_state.model_parallel_is_initialized() else 1
+        step = 4 * tp // math.gcd(4, tp)
+        cap = DynamicInferenceContext.DEFAULT_MAX_TOKENS // step * step
+        return min(cap, -(-n_requests // step) * step)
+
+    def _build(self, max_len: int, n_requests: int):
         from megatron.core.inference.config import InferenceConfig, KVCacheManagementMode
         from megatron.core.inference.contexts.dynamic_context import DynamicInferenceContext
         from megatron.core.inference.engines.dynamic_engine import DynamicInferenceEngine
@@ -194,8 +210,9 @@ class DynamicEngine:
         module = self._module()
         # block-aligned length: a request never needs a partial extra block
         max_len = -(-max_len // self.block_size) * self.block_size
+        slots = self._request_slots(n_requests)
         cfg = InferenceConfig(max_sequence_length=max_len, buffer_size_gb=self.kv_buffer_gb,
-                              block_size_tokens=self.block_size, max_requests=self.max_requests,
+                              block_size_tokens=self.block_size, max_requests=slots,
                               kv_cache_management_mode=KVCacheManagementMode.RECOMPUTE,
                               materialize_only_last_token_logits=True, logprobs_mode="raw_logprobs",
                               enable_chunked_prefill=False)
@@ -203,7 +220,7 @@ class DynamicEngine:
         wrapper = GPTInferenceWrapper(module, context)
         controller = TextGenerationController(inference_wrapped_model=wrapper, tokenizer=_IdTokenizer(self.eos_id))
         self._engine = DynamicInferenceEngine(controller=controller, context=context)
-        self._max_len = max_len
+        self._max_len, self._slots = max_len, slots
 
     def release(self) -> None:
         """Free the KV cache (and CUDA graphs) for the update phase; the next generate restores it."""
@@ -242,8 +259,8 @@ class DynamicEngine:
         # One seed from the checkpointed RL generator drives the engine's sampler: resumable, not per-row exact.
         seed = draw_row_seeds(1, generator)[0]
         need = max(len(p) + m for p, m in zip(prompt_ids, sampling.max_new_tokens))
-        if self._engine is None or need > self._max_len:
-            self._build(need)
+        if self._engine is None or need > self._max_len or self._request_slots(len(prompt_ids)) > self._slots:
+            self._build(need, len(prompt_ids))
         else:
             self.restore()
         eng = self._engine

@@ -84,6 +84,12 @@ def main():
     temps = RowSampling.expand(12, 4, [0.8, 1.0, 1.0], [0.9, 1.0, 1.0], [0, 0, 5], [8, 16, 24]).temperature_of_rows()
     lp = rl._train_forward(batch, s.routing, temps.to(roll.device) if torch.is_tensor(temps) else temps)
     out["kl_tempered_filtered"] = float(((roll - lp) * mask).sum() / mask.sum())
+    # diagnostics: per sampling group (T=0.8 top-p 0.9 / T=1 / top-k 5), and per response position (drift)
+    rows = [slice(0, 4), slice(4, 8), slice(8, 12)]
+    out["kl_by_group"] = [float(((roll - lp)[r] * mask[r]).sum() / mask[r].sum()) for r in rows]
+    d = (roll - lp) * mask
+    pos = mask.cumsum(1) * mask  # 1-based response position of each masked token
+    out["kl_by_position"] = [round(float(d[pos == k].mean()), 5) for k in range(1, 25) if (pos == k).any()]
     # a task vocabulary (allowed_tokens): every sampled token inside it, the first greedy token as LocalEngine's
     allowed = sorted(set(range(10, 60)) | {rl.eos})
     m_ref = local.generate(prompts, 1, 6, allowed_tokens=allowed, generator=torch.Generator().manual_seed(5), **greedy)

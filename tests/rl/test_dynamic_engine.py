@@ -103,3 +103,34 @@ def test_rollout_logits_temper_and_mask_then_removed():
     with rollout_logits(model, None, 1.0):
         assert torch.equal(model.output_layer(x)[0], 2 * x)
     assert rows_by_temperature([0.8, 1.0, 0.8, 1]) == {0.8: [0, 2], 1.0: [1, 3]}
+
+
+def test_tempered_bf16_logits_are_divided_in_fp32():
+    """bf16 logits are tempered in fp32 (no second bf16 rounding), as the trainer's log-probs are."""
+    from megatron_s1.rl.dynamic_engine import rollout_logits
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.output_layer = torch.nn.Identity()
+
+    x = torch.tensor([[1.0, 3.0, 7.0]]).to(torch.bfloat16)
+    m = Model()
+    with rollout_logits(m, None, temperature=0.7):
+        got = m.output_layer(x)
+    assert got.dtype == torch.float32 and torch.equal(got, x.float() / 0.7)
+
+
+def test_request_slots_fit_megatrons_token_budget():
+    """Concurrent requests: this call's count rounded up to a multiple of 4, capped at the 16384-token forward
+    budget (Megatron's own default, one KV block per request, fails its max_tokens >= max_requests check on a
+    small model with a multi-GB KV buffer); an explicit max_requests wins."""
+    from megatron_s1.rl.dynamic_engine import DynamicEngine
+
+    eng = DynamicEngine(torch.nn.Linear(1, 1), eos_id=0, pad_id=0, device=torch.device("cpu"))
+    assert eng._request_slots(512) == 512
+    assert eng._request_slots(10) == 12
+    assert eng._request_slots(1) == 4
+    assert eng._request_slots(70000) == 16384
+    assert DynamicEngine(torch.nn.Linear(1, 1), 0, 0, device=torch.device("cpu"),
+                         max_requests=64)._request_slots(512) == 64
