@@ -138,9 +138,15 @@ class Trainer:
                 # the fused experts hand autograd no weight gradient; DDP's overlapped reduction asserts one
                 raise ConfigError("model.moe_wgrad_fusion=true needs parallel.overlap_grad_reduce=false; "
                                   "drop one of the two")
+            experts = 0
             for chunk in wrapped:  # DDP gave every weight its fp32 main_grad
-                enable_fused_wgrad_accumulation(chunk, te_linears=te_linears,
-                                                grouped_experts=cfg.model.moe_wgrad_fusion)
+                if te_linears:
+                    enable_fused_wgrad_accumulation(chunk, te_linears=True, grouped_experts=False)
+                if cfg.model.moe_wgrad_fusion:
+                    experts += enable_fused_wgrad_accumulation(chunk, te_linears=False, grouped_experts=True)
+            if cfg.model.moe_wgrad_fusion and not experts:
+                self._warn("warning: model.moe_wgrad_fusion=true switched no experts (it needs "
+                           "model.moe_experts=grouped_mm on a GPU); their weight gradients accumulate unfused")
         return wrapped
 
     def _optimizer_config(self) -> MegatronOptimizerConfig:

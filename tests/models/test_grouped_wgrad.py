@@ -26,3 +26,11 @@ def test_fusion_with_overlapped_grad_reduce_is_one_clear_error(tmp_path, train_a
     assert proc.returncode == 2 and errors == ["error: model.moe_wgrad_fusion=true needs "
                                                "parallel.overlap_grad_reduce=false; drop one of the two"], \
         proc.stderr[-3000:]
+
+
+def test_fusion_that_switches_nothing_says_so(tmp_path, train_args):
+    """On the CPU (no Triton interpreter) no expert can take the fused path: the run trains unfused and says so."""
+    proc = run_cli(train_args(str(tmp_path), "train.steps=1", "model.moe_wgrad_fusion=true",
+                              "parallel.overlap_grad_reduce=false"), check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "warning: model.moe_wgrad_fusion=true switched no experts" in proc.stderr, proc.stderr[-3000:]
