@@ -84,12 +84,35 @@ def main():
     temps = RowSampling.expand(12, 4, [0.8, 1.0, 1.0], [0.9, 1.0, 1.0], [0, 0, 5], [8, 16, 24]).temperature_of_rows()
     lp = rl._train_forward(batch, s.routing, temps.to(roll.device) if torch.is_tensor(temps) else temps)
     out["kl_tempered_filtered"] = float(((roll - lp) * mask).sum() / mask.sum())
-    # diagnostics: per sampling group (T=0.8 top-p 0.9 / T=1 / top-k 5), and per response position (drift)
+    # Per sampling group (T=0.8 top-p 0.9 / T=1 / top-k 5), beside the gap each plausible wrong variant would show
+    # on the same tokens: log-probs renormalised over the top-p / top-k set, and untempered (T=1) log-probs.
+    from megatron_s1.rl.pipeline import run_microbatch
+    from megatron_s1.rl.rollout import filter_logits
+
     rows = [slice(0, 4), slice(4, 8), slice(8, 12)]
-    out["kl_by_group"] = [float(((roll - lp)[r] * mask[r]).sum() / mask[r].sum()) for r in rows]
+
+    def by_group(x):
+        return [float((x[r] * mask[r]).sum() / mask[r].sum()) for r in rows]
+
+    tokens, positions, amask = (x.to(rl.device) for x in batch[:3])
+    with torch.no_grad():
+        logits = run_microbatch(rl.model, lambda m: m(tokens, positions, amask), tokens.shape[1], tokens.shape[0])
+    z = logits.float() / torch.as_tensor(temps, dtype=torch.float32, device=logits.device).view(-1, 1, 1)
+    per_row = lambda v: torch.tensor([v[i // 4] for i in range(12)], device=z.device).repeat_interleave(z.shape[1])
+    kept = filter_logits(z.reshape(-1, z.shape[-1]), per_row([0, 0, 5]), per_row([0.9, 1.0, 1.0])).view_as(z)
+    nxt = tokens[:, 1:, None]
+
+    def at_tokens(logp):
+        g = logp[:, :-1].gather(-1, nxt).squeeze(-1)
+        return torch.cat([g, torch.zeros_like(g[:, :1])], 1).cpu()
+
+    renorm_gap = at_tokens(torch.log_softmax(kept, -1)) - at_tokens(torch.log_softmax(z, -1))
+    out["gap_by_group"] = by_group(roll - lp)
+    out["wrong_renormalised_gap_by_group"] = by_group(torch.where(renorm_gap.isfinite(), renorm_gap, 0.0))
+    out["wrong_untempered_gap_by_group"] = by_group(rl._train_forward(batch, s.routing, 1.0) - lp)
     d = (roll - lp) * mask
-    pos = mask.cumsum(1) * mask  # 1-based response position of each masked token
-    out["kl_by_position"] = [round(float(d[pos == k].mean()), 5) for k in range(1, 25) if (pos == k).any()]
+    pos = mask.cumsum(1) * mask  # 1-based response position of each response token
+    out["gap_by_position"] = [round(float(d[pos == k].mean()), 5) for k in range(1, 25) if (pos == k).any()]
     # a task vocabulary (allowed_tokens): every sampled token inside it, the first greedy token as LocalEngine's
     allowed = sorted(set(range(10, 60)) | {rl.eos})
     m_ref = local.generate(prompts, 1, 6, allowed_tokens=allowed, generator=torch.Generator().manual_seed(5), **greedy)
