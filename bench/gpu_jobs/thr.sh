@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 24 GPU jobs (one fresh H100/H200; megatron-core 0.19.2, TE 2.20.2 and the project installed; no network).
-#   bash bench/gpu_jobs/thr.sh [PART]     PART: bf16 (default) | fp8 | fp8loss | recompute | profile; one PART per call
+#   bash bench/gpu_jobs/thr.sh [PART]     PART: bf16 (default) | fp8 | mini | fp8loss | recompute | profile; one PART per call
 # Each part fits one device call (<= ~7.5 min); each step has its own timeout (measured in session 10: a run costs
 # ~25-60 s of process start, TE init, model build and torch.compile before its timed steps) and failures do not
 # stop later steps. Full logs + JSON in $OUT, a compact summary on stdout.
@@ -35,18 +35,19 @@ export PYTHONFAULTHANDLER=1
 A3B=(--shape qwen3-30b-a3b-slice --layers "$L30")
 PARTS=("$@"); (( ${#PARTS[@]} )) || PARTS=(bf16)
 for part in "${PARTS[@]}"; do case $part in
-  bf16)  # headline BF16 rows: both HF peers, ours, ours at 2x / 4x micro batch (same tokens per step)
+  bf16)  # headline BF16 rows of the MoE slice: both HF peers, ours, ours at 2x / 4x micro batch (same tokens per step)
     step wgradcheck 40 $PY bench/gpu_jobs/check_grouped_wgrad.py
-    step a3b_bf16 260 $PY $B "${A3B[@]}" --steps 3 --warmup 2 --accum "$ACCUM" --runs ours-bf16,wgrad-fused,hf,hf-compile,mbs2x,mbs4x \
-      --variant 'mbs4x:data.micro_batch_size=4' --out "$OUT/a3b_bf16.json"
+    step a3b_bf16 300 $PY $B "${A3B[@]}" --steps 3 --warmup 2 --accum "$ACCUM" --runs ours-bf16,wgrad-fused,hf,hf-compile,mbs2x,mbs4x \
+      --variant 'mbs4x:data.micro_batch_size=4' --out "$OUT/a3b_bf16.json" ;;
+  mini)  # the dense Intern-S1-mini slice: BF16 peers, then FP8 against ours-bf16 of the same invocation
     step mini_bf16 200 $PY $B --shape intern-s1-mini-slice --steps 3 --warmup 2 --accum "$ACCUM" \
-      --runs hf,hf-compile,ours-bf16 --out "$OUT/mini_bf16.json" ;;
-  fp8)   # FP8 against ours-bf16 of the same invocation
-    step fp8check 30 $PY bench/gpu_jobs/check_fp8_gmm.py
-    step a3b_fp8 200 $PY $B "${A3B[@]}" --steps 3 --warmup 2 --accum "$ACCUM" \
-      --runs ours-bf16,fp8-gmm,fp8-gmm-wgrad-fused,fp8-experts-pad,fp8-blockwise-param-pad --out "$OUT/a3b_fp8.json"
+      --runs hf,hf-compile,ours-bf16 --out "$OUT/mini_bf16.json"
     step mini_fp8 170 $PY $B --shape intern-s1-mini-slice --steps 3 --warmup 2 --accum "$ACCUM" \
       --runs ours-bf16,ours-fp8-blockwise,fp8-blockwise-param --out "$OUT/mini_fp8.json" ;;
+  fp8)   # FP8 against ours-bf16 of the same invocation
+    step fp8check 30 $PY bench/gpu_jobs/check_fp8_gmm.py
+    step a3b_fp8 380 $PY $B "${A3B[@]}" --steps 3 --warmup 2 --accum "$ACCUM" \
+      --runs ours-bf16,fp8-gmm,fp8-gmm-wgrad-fused,fp8-experts-pad,fp8-blockwise-param-pad --out "$OUT/a3b_fp8.json" ;;
   recompute)  # activation recompute at 2x the micro batch (peak GB is the point), same tokens per step
     step a3b_recompute 230 $PY $B "${A3B[@]}" --steps 2 --warmup 1 --accum "$ACCUM" \
       --runs mbs2x,recompute-selective,recompute-full,recompute-moe --out "$OUT/a3b_recompute.json"
@@ -59,6 +60,6 @@ for part in "${PARTS[@]}"; do case $part in
     step profile 200 $PY $B "${A3B[@]}" --steps 2 --warmup 2 --runs ours-bf16,fp8-gmm,fp8-experts-pad \
       --profile-dir "$OUT/profiles" --out "$OUT/profile.json"
     for f in "$OUT"/profiles/*.summary.json; do [[ -f $f ]] && { echo "== $(basename "$f")"; cut -c1-400 "$f" | head -40; }; done ;;
-  *) echo "unknown part $part (bf16 | fp8 | fp8loss | recompute | profile)"; exit 2 ;;
+  *) echo "unknown part $part (bf16 | fp8 | mini | fp8loss | recompute | profile)"; exit 2 ;;
 esac; done
 echo "total $(( $(date +%s) - START ))s"
