@@ -19,8 +19,8 @@ Facts of megatron-core 0.19 this relies on (read from its source, not guessed):
 from __future__ import annotations
 
 import contextlib
-import math
 import logging
+import math
 from typing import Optional
 
 import torch
