@@ -14,7 +14,9 @@ Facts of megatron-core 0.19 this relies on (read from its source, not guessed):
   * with ``moe_enable_routing_replay`` on the model config the finished request carries ``routing_indices``
     [prompt + generated - 1, layers, k] (the last sampled token is never forwarded);
   * ``engine.suspend()`` / ``resume()`` free / rebuild the KV cache when ``kv_cache_management_mode`` is not
-    PERSIST (RECOMPUTE here: nothing is in flight between rollouts, so nothing needs offloading).
+    PERSIST (RECOMPUTE here: nothing is in flight between rollouts, so nothing needs offloading);
+  * ``max_requests`` None defaults to one request per KV block, and the context asserts ``max_tokens`` (default
+    16384) >= ``max_requests``: a multi-GB buffer on a small model breaks that, so `DynamicEngine` sets it.
 """
 from __future__ import annotations
 
