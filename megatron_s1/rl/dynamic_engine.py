@@ -195,11 +195,11 @@ class DynamicEngine:
 
         tp = parallel_state.get_tensor_model_parallel_world_size() if \
             parallel_state.model_parallel_is_initialized() else 1
-        step = 4 * tp // math.gcd(4, tp)
+        step = math.lcm(4, tp)
         cap = DynamicInferenceContext.DEFAULT_MAX_TOKENS // step * step
         return min(cap, -(-n_requests // step) * step)
 
-    def _build(self, max_len: int, n_requests: int):
+    def _build(self, max_len: int, slots: int):
         from megatron.core.inference.config import InferenceConfig, KVCacheManagementMode
         from megatron.core.inference.contexts.dynamic_context import DynamicInferenceContext
         from megatron.core.inference.engines.dynamic_engine import DynamicInferenceEngine
@@ -212,7 +212,6 @@ class DynamicEngine:
         module = self._module()
         # block-aligned length: a request never needs a partial extra block
         max_len = -(-max_len // self.block_size) * self.block_size
-        slots = self._request_slots(n_requests)
         cfg = InferenceConfig(max_sequence_length=max_len, buffer_size_gb=self.kv_buffer_gb,
                               block_size_tokens=self.block_size, max_requests=slots,
                               kv_cache_management_mode=KVCacheManagementMode.RECOMPUTE,
@@ -261,8 +260,9 @@ class DynamicEngine:
         # One seed from the checkpointed RL generator drives the engine's sampler: resumable, not per-row exact.
         seed = draw_row_seeds(1, generator)[0]
         need = max(len(p) + m for p, m in zip(prompt_ids, sampling.max_new_tokens))
-        if self._engine is None or need > self._max_len or self._request_slots(len(prompt_ids)) > self._slots:
-            self._build(need, len(prompt_ids))
+        slots = self._request_slots(len(prompt_ids))
+        if self._engine is None or need > self._max_len or slots > self._slots:
+            self._build(need, slots)
         else:
             self.restore()
         eng = self._engine

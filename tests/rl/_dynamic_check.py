@@ -83,11 +83,12 @@ def main():
     batch, mask, roll = _scored(s, rl.pad)
     temps = RowSampling.expand(12, 4, [0.8, 1.0, 1.0], [0.9, 1.0, 1.0], [0, 0, 5], [8, 16, 24]).temperature_of_rows()
     lp = rl._train_forward(batch, s.routing, temps.to(roll.device) if torch.is_tensor(temps) else temps)
-    out["kl_tempered_filtered"] = float(((roll - lp) * mask).sum() / mask.sum())
+    d = (roll - lp) * mask
+    out["kl_tempered_filtered"] = float(d.sum() / mask.sum())
     # Per sampling group (T=0.8 top-p 0.9 / T=1 / top-k 5), beside the gap each plausible wrong variant would show
     # on the same tokens: log-probs renormalised over the top-p / top-k set, and untempered (T=1) log-probs.
     from megatron_s1.rl.pipeline import run_microbatch
-    from megatron_s1.rl.rollout import filter_logits
+    from megatron_s1.rl.rollout import filter_logits, token_logprobs
 
     rows = [slice(0, 4), slice(4, 8), slice(8, 12)]
 
@@ -97,20 +98,18 @@ def main():
     tokens, positions, amask = (x.to(rl.device) for x in batch[:3])
     with torch.no_grad():
         logits = run_microbatch(rl.model, lambda m: m(tokens, positions, amask), tokens.shape[1], tokens.shape[0])
-    z = logits.float() / torch.as_tensor(temps, dtype=torch.float32, device=logits.device).view(-1, 1, 1)
-    per_row = lambda v: torch.tensor([v[i // 4] for i in range(12)], device=z.device).repeat_interleave(z.shape[1])
-    kept = filter_logits(z.reshape(-1, z.shape[-1]), per_row([0, 0, 5]), per_row([0.9, 1.0, 1.0])).view_as(z)
-    nxt = tokens[:, 1:, None]
+    row_temps = torch.as_tensor(temps, dtype=torch.float32, device=logits.device).view(-1, 1, 1)
+    z = logits.float() / row_temps
 
-    def at_tokens(logp):
-        g = logp[:, :-1].gather(-1, nxt).squeeze(-1)
-        return torch.cat([g, torch.zeros_like(g[:, :1])], 1).cpu()
+    def per_position(group_values):  # one value per row group -> one per flattened (row, position)
+        return torch.tensor([group_values[i // 4] for i in range(12)], device=z.device).repeat_interleave(z.shape[1])
 
-    renorm_gap = at_tokens(torch.log_softmax(kept, -1)) - at_tokens(torch.log_softmax(z, -1))
+    kept = filter_logits(z.reshape(-1, z.shape[-1]), per_position([0, 0, 5]), per_position([0.9, 1.0, 1.0]))
+    kept_lp = token_logprobs(kept.view_as(z), tokens)  # (already tempered; -1e4 outside the kept set)
+    renorm_gap = torch.where(kept_lp > -1e4, kept_lp - token_logprobs(logits, tokens, row_temps), 0.0).cpu()
     out["gap_by_group"] = by_group(roll - lp)
-    out["wrong_renormalised_gap_by_group"] = by_group(torch.where(renorm_gap.isfinite(), renorm_gap, 0.0))
+    out["wrong_renormalised_gap_by_group"] = by_group(renorm_gap)
     out["wrong_untempered_gap_by_group"] = by_group(rl._train_forward(batch, s.routing, 1.0) - lp)
-    d = (roll - lp) * mask
     pos = mask.cumsum(1) * mask  # 1-based response position of each response token
     out["gap_by_position"] = [round(float(d[pos == k].mean()), 5) for k in range(1, 25) if (pos == k).any()]
     # a task vocabulary (allowed_tokens): every sampled token inside it, the first greedy token as LocalEngine's
